@@ -1,0 +1,194 @@
+"""Operator actions (customers, keys, stages, owners, custom fields, limits): used by the CLI."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mega_crm.auth.models import ApiKey
+from mega_crm.auth.scopes import ALL_SCOPES
+from mega_crm.customers.models import CustomFieldDefinition, Customer, Owner, Stage
+from mega_crm.db import Database, utcnow
+from mega_crm.ratelimit.limiter import parse_limits
+from mega_crm.security import hash_api_token, new_api_token
+
+DEFAULT_PIPELINE = [
+    ("new", "New", "#3b82f6"),
+    ("contacted", "Contacted", "#8b5cf6"),
+    ("qualified", "Qualified", "#f59e0b"),
+    ("won", "Won", "#10b981"),
+    ("lost", "Lost", "#6b7280"),
+]
+
+
+class AdminError(ValueError):
+    """Bad operator input; the message is shown as is."""
+
+
+@dataclass
+class IssuedKey:
+    id: uuid.UUID
+    token: str  # shown once, never stored
+    scopes: list[str]
+    customer_id: uuid.UUID
+    name: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "token": self.token,
+            "scopes": self.scopes,
+            "customer_id": str(self.customer_id),
+            "name": self.name,
+        }
+
+
+def parse_uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise AdminError(f"{what} must be a UUID, got {value!r}") from None
+
+
+def _customer(session: Session, customer_id: uuid.UUID) -> Customer:
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        raise AdminError(f"no customer {customer_id}")
+    return customer
+
+
+def create_customer(db: Database, name: str, customer_id: uuid.UUID | None = None) -> Customer:
+    name = name.strip()
+    if not name:
+        raise AdminError("customer name must not be empty")
+    with db.write_session() as session:
+        if customer_id and session.get(Customer, customer_id) is not None:
+            raise AdminError(f"customer {customer_id} already exists")
+        customer = Customer(id=customer_id or uuid.uuid4(), name=name)
+        session.add(customer)
+        session.flush()
+        for position, (slug, stage_name, color) in enumerate(DEFAULT_PIPELINE):
+            session.add(Stage(customer_id=customer.id, slug=slug, name=stage_name, color=color, position=position))
+        return customer
+
+
+def issue_key(db: Database, customer_id: uuid.UUID, scopes: list[str], name: str | None = None) -> IssuedKey:
+    unknown = [s for s in scopes if s not in ALL_SCOPES]
+    if unknown or not scopes:
+        raise AdminError(f"scopes must be among {', '.join(ALL_SCOPES)}; got {', '.join(unknown) or 'none'}")
+    scopes = sorted(set(scopes), key=ALL_SCOPES.index)
+    token = new_api_token()
+    with db.write_session() as session:
+        _customer(session, customer_id)
+        key = ApiKey(
+            customer_id=customer_id,
+            name=name,
+            token_hash=hash_api_token(token),
+            token_hint=token[:9],
+            scopes=scopes,
+        )
+        session.add(key)
+        session.flush()
+        return IssuedKey(key.id, token, scopes, customer_id, name)
+
+
+def revoke_key(db: Database, key_id: uuid.UUID) -> ApiKey:
+    with db.write_session() as session:
+        key = session.get(ApiKey, key_id)
+        if key is None:
+            raise AdminError(f"no key {key_id}")
+        if key.revoked_at is None:
+            key.revoked_at = utcnow()
+        return key
+
+
+def list_keys(db: Database, customer_id: uuid.UUID) -> list[ApiKey]:
+    with db.read_session() as session:
+        _customer(session, customer_id)
+        return list(session.scalars(select(ApiKey).where(ApiKey.customer_id == customer_id).order_by(ApiKey.created_at)))
+
+
+def add_stage(db: Database, customer_id: uuid.UUID, slug: str, name: str, color: str | None) -> Stage:
+    slug = slug.strip()
+    if not slug or not name.strip():
+        raise AdminError("stage slug and name must not be empty")
+    with db.write_session() as session:
+        _customer(session, customer_id)
+        exists = session.scalar(select(Stage.id).where(Stage.customer_id == customer_id, Stage.slug == slug))
+        if exists:
+            raise AdminError(f"stage '{slug}' already exists for this customer")
+        position = session.scalar(
+            select(func.coalesce(func.max(Stage.position), -1) + 1).where(Stage.customer_id == customer_id)
+        )
+        stage = Stage(customer_id=customer_id, slug=slug, name=name.strip(), color=color, position=position)
+        session.add(stage)
+        session.flush()
+        return stage
+
+
+def add_owner(db: Database, customer_id: uuid.UUID, name: str, role: str | None) -> Owner:
+    if not name.strip():
+        raise AdminError("owner name must not be empty")
+    with db.write_session() as session:
+        _customer(session, customer_id)
+        owner = Owner(customer_id=customer_id, name=name.strip(), role_name=role)
+        session.add(owner)
+        session.flush()
+        return owner
+
+
+def add_field(db: Database, customer_id: uuid.UUID, slug: str, label: str | None) -> CustomFieldDefinition:
+    slug = slug.strip()
+    if not slug:
+        raise AdminError("field slug must not be empty")
+    with db.write_session() as session:
+        _customer(session, customer_id)
+        exists = session.scalar(
+            select(CustomFieldDefinition.id).where(
+                CustomFieldDefinition.customer_id == customer_id, CustomFieldDefinition.slug == slug
+            )
+        )
+        if exists:
+            raise AdminError(f"custom field '{slug}' already exists for this customer")
+        definition = CustomFieldDefinition(customer_id=customer_id, slug=slug, label=label)
+        session.add(definition)
+        session.flush()
+        return definition
+
+
+def set_limits(db: Database, customer_id: uuid.UUID, default: str | None, bulk: str | None) -> Customer:
+    for spec in (default, bulk):
+        if spec:
+            try:
+                parse_limits(spec)
+            except ValueError:
+                raise AdminError(f"not a rate limit: {spec!r} (e.g. '60/minute;1000/hour')") from None
+    with db.write_session() as session:
+        customer = _customer(session, customer_id)
+        if default is not None:
+            customer.rate_limit_default = default or None
+        if bulk is not None:
+            customer.rate_limit_bulk = bulk or None
+        return customer
+
+
+DEMO_CUSTOMER_ID = uuid.UUID("00000000-0000-4000-8000-00000000de00")
+
+
+def ensure_demo(db: Database) -> tuple[Customer, IssuedKey]:
+    """The demo customer with owners and custom fields (created once), and a fresh all-scopes key."""
+    with db.read_session() as session:
+        exists = session.get(Customer, DEMO_CUSTOMER_ID) is not None
+    if not exists:
+        create_customer(db, "Demo Realty", DEMO_CUSTOMER_ID)
+        add_owner(db, DEMO_CUSTOMER_ID, "Alex Agent", "Agent")
+        add_owner(db, DEMO_CUSTOMER_ID, "Morgan Manager", "Manager")
+        for slug, label in [("lead_line", "Lead line"), ("budget", "Budget"), ("neighborhood", "Neighborhood")]:
+            add_field(db, DEMO_CUSTOMER_ID, slug, label)
+    with db.read_session() as session:
+        customer = _customer(session, DEMO_CUSTOMER_ID)
+    return customer, issue_key(db, DEMO_CUSTOMER_ID, list(ALL_SCOPES), name="demo")

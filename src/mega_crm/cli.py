@@ -1,0 +1,288 @@
+"""The `mega-crm` command: serve, worker, db, admin, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mega_crm.admin import service as admin
+from mega_crm.config import get_settings
+from mega_crm.db import Database
+from mega_crm.security import ConfigurationError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="MEGA CRM Lead API server and operator tools.")
+admin_app = typer.Typer(no_args_is_help=True, help="Set up customers, keys, stages, owners, fields, limits.")
+customers_app = typer.Typer(no_args_is_help=True, help="Customers.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
+stages_app = typer.Typer(no_args_is_help=True, help="Pipeline stages.")
+owners_app = typer.Typer(no_args_is_help=True, help="Owners (team members).")
+fields_app = typer.Typer(no_args_is_help=True, help="Custom field definitions.")
+limits_app = typer.Typer(no_args_is_help=True, help="Per-customer rate limits.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+app.add_typer(admin_app, name="admin")
+app.add_typer(db_app, name="db")
+for sub, name in [
+    (customers_app, "customers"), (keys_app, "keys"), (stages_app, "stages"),
+    (owners_app, "owners"), (fields_app, "fields"), (limits_app, "limits"),
+]:  # fmt: skip
+    admin_app.add_typer(sub, name=name)
+
+console = Console()
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+CustomerOpt = Annotated[str, typer.Option("--customer", help="Customer id (UUID).")]
+
+
+def fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def operator_db() -> Iterator[Database]:
+    """A migrated database, with operator mistakes turned into one-line errors."""
+    settings = get_settings()
+    from mega_crm.migrate import upgrade
+
+    try:
+        db = Database(settings.resolved_database_url)
+        upgrade(db.url)
+    except Exception as exc:  # noqa: BLE001 - the operator needs one line, not a traceback
+        fail(f"cannot open the database: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    try:
+        yield db
+    except admin.AdminError as exc:
+        fail(str(exc))
+    finally:
+        db.dispose()
+
+
+def emit(as_json: bool, payload: dict[str, Any], human: Callable[[], None]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(payload) + "\n")
+    else:
+        human()
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return admin.parse_uuid(value, what)
+    except admin.AdminError as exc:
+        fail(str(exc))
+
+
+# --- admin ----------------------------------------------------------------------------------
+
+
+@customers_app.command("create")
+def customers_create(
+    name: Annotated[str, typer.Option("--name", help="Customer name.")],
+    customer_id: Annotated[str | None, typer.Option("--id", help="Use this UUID as the id.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a customer with the default pipeline (first stage: new)."""
+    cid = _uuid(customer_id, "--id") if customer_id else None
+    with operator_db() as db:
+        customer = admin.create_customer(db, name, cid)
+    payload = {"id": str(customer.id), "name": customer.name}
+    emit(as_json, payload, lambda: console.print(f"Created customer [bold]{customer.name}[/] {customer.id}"))
+
+
+@keys_app.command("issue")
+def keys_issue(
+    customer: CustomerOpt,
+    scope: Annotated[list[str], typer.Option("--scope", help="A scope; repeat for several.")],
+    name: Annotated[str | None, typer.Option("--name", help="A label for the key.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Issue a key. The token is shown once; only its hash is stored."""
+    cid = _uuid(customer, "--customer")
+    with operator_db() as db:
+        issued = admin.issue_key(db, cid, scope, name)
+
+    def human() -> None:
+        console.print(f"Key {issued.id} for customer {issued.customer_id} ({', '.join(issued.scopes)})")
+        console.print("Token (shown once, store it now):")
+        typer.echo(issued.token)
+
+    emit(as_json, issued.as_dict(), human)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id (UUID).")], as_json: JsonFlag = False) -> None:
+    """Revoke a key; it stops working on the next request."""
+    kid = _uuid(key_id, "KEY_ID")
+    with operator_db() as db:
+        key = admin.revoke_key(db, kid)
+    emit(as_json, {"id": str(key.id), "revoked": True}, lambda: console.print(f"Revoked key {key.id}"))
+
+
+@keys_app.command("list")
+def keys_list(customer: CustomerOpt, as_json: JsonFlag = False) -> None:
+    """List a customer's keys (never their tokens)."""
+    cid = _uuid(customer, "--customer")
+    with operator_db() as db:
+        keys = admin.list_keys(db, cid)
+    rows = [
+        {
+            "id": str(k.id),
+            "name": k.name,
+            "hint": k.token_hint + "…",
+            "scopes": k.scopes,
+            "created_at": k.created_at.isoformat(),
+            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+        }
+        for k in keys
+    ]
+
+    def human() -> None:
+        table = Table("id", "name", "token", "scopes", "revoked")
+        for r in rows:
+            table.add_row(r["id"], r["name"] or "", r["hint"], " ".join(r["scopes"]), r["revoked_at"] or "")
+        console.print(table)
+
+    emit(as_json, {"keys": rows}, human)
+
+
+@stages_app.command("add")
+def stages_add(
+    customer: CustomerOpt,
+    slug: Annotated[str, typer.Option("--slug")],
+    name: Annotated[str, typer.Option("--name")],
+    color: Annotated[str | None, typer.Option("--color")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Append a stage to the customer's pipeline."""
+    cid = _uuid(customer, "--customer")
+    with operator_db() as db:
+        stage = admin.add_stage(db, cid, slug, name, color)
+    payload = {"id": str(stage.id), "slug": stage.slug, "name": stage.name, "color": stage.color}
+    emit(as_json, payload, lambda: console.print(f"Added stage {stage.slug} ({stage.id})"))
+
+
+@owners_app.command("add")
+def owners_add(
+    customer: CustomerOpt,
+    name: Annotated[str, typer.Option("--name")],
+    role: Annotated[str | None, typer.Option("--role")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add a team member who can own leads."""
+    cid = _uuid(customer, "--customer")
+    with operator_db() as db:
+        owner = admin.add_owner(db, cid, name, role)
+    payload = {"id": str(owner.id), "name": owner.name, "role_name": owner.role_name}
+    emit(as_json, payload, lambda: console.print(f"Added owner {owner.name} ({owner.id})"))
+
+
+@fields_app.command("add")
+def fields_add(
+    customer: CustomerOpt,
+    slug: Annotated[str, typer.Option("--slug")],
+    label: Annotated[str | None, typer.Option("--label")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Define a custom field slug for the customer."""
+    cid = _uuid(customer, "--customer")
+    with operator_db() as db:
+        field = admin.add_field(db, cid, slug, label)
+    payload = {"id": str(field.id), "slug": field.slug, "label": field.label}
+    emit(as_json, payload, lambda: console.print(f"Added custom field {field.slug} ({field.id})"))
+
+
+@limits_app.command("set")
+def limits_set(
+    customer: CustomerOpt,
+    default: Annotated[str | None, typer.Option("--default", help='e.g. "60/minute;1000/hour"; "" resets.')] = None,
+    bulk: Annotated[str | None, typer.Option("--bulk", help='e.g. "10/minute"; "" resets.')] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Override the customer's rate limits."""
+    cid = _uuid(customer, "--customer")
+    with operator_db() as db:
+        c = admin.set_limits(db, cid, default, bulk)
+    payload = {"customer_id": str(c.id), "default": c.rate_limit_default, "bulk": c.rate_limit_bulk}
+    emit(as_json, payload, lambda: console.print(f"Limits for {c.id}: default={c.rate_limit_default or 'server default'} bulk={c.rate_limit_bulk or 'server default'}"))
+
+
+# --- demo, db, serve ------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    base_url: Annotated[str, typer.Option("--base-url")] = "http://127.0.0.1:8000",
+    as_json: JsonFlag = False,
+) -> None:
+    """Create the demo customer (once) and print a fresh all-scopes key with two curl commands."""
+    with operator_db() as db:
+        customer, issued = admin.ensure_demo(db)
+    auth = f'-H "Authorization: Bearer {issued.token}" -H "x-customer-id: {customer.id}"'
+    create = (
+        f"curl -s -X POST {base_url}/api/agents/crm/leads {auth} -H 'Content-Type: application/json' "
+        "-d '{\"contact_name\": \"Ada Lovelace\", \"contact_email\": \"ada@example.com\", "
+        "\"contact_phone\": \"(206) 555-0123\", \"custom_fields\": {\"lead_line\": \"buyer\"}}'"
+    )
+    listing = f"curl -s '{base_url}/api/agents/crm/leads?include_custom_fields=true' {auth}"
+    payload = {**issued.as_dict(), "curl_create": create, "curl_list": listing}
+
+    def human() -> None:
+        console.print(f"Demo customer: [bold]{customer.name}[/] {customer.id}")
+        console.print("API key (shown once):")
+        typer.echo(issued.token)
+        console.print("\nCreate a lead:")
+        typer.echo(create)
+        console.print("\nList leads:")
+        typer.echo(listing)
+
+    emit(as_json, payload, human)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations."""
+    with operator_db() as db:
+        console.print(f"Database is up to date ({db.engine.url.render_as_string(hide_password=True)})")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", help="Server processes (PostgreSQL only).")] = 1,
+) -> None:
+    """Apply pending migrations and serve the API."""
+    import uvicorn
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if workers > 1 and settings.is_sqlite:
+        fail("--workers > 1 needs PostgreSQL (set MEGA_DATABASE_URL); SQLite serves from one process")
+    with operator_db():
+        pass
+    try:
+        from mega_crm.app import create_app
+
+        if workers == 1:
+            application: Any = create_app(settings)
+        else:
+            create_app(settings)  # fail fast on bad configuration before forking
+            application = "mega_crm.asgi:app"
+    except ConfigurationError as exc:
+        fail(str(exc))
+    uvicorn.run(application, host=host, port=port, workers=workers, log_level=settings.log_level.lower(), proxy_headers=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""One settings object, read from MEGA_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SQLITE_PATH = "./mega-crm.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEGA_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="Database URL; unset means an embedded SQLite file ./mega-crm.db"
+    )
+    redis_url: str | None = Field(default=None, description="Redis URL for shared rate-limit counters")
+    secret_key: str | None = Field(
+        default=None,
+        description="Key for cursor signing and webhook-secret encryption; "
+        "generated beside the SQLite file when unset, required on PostgreSQL",
+    )
+    rate_limit_default: str = "60/minute;1000/hour"
+    rate_limit_bulk: str = "10/minute"
+    default_phone_region: str = "US"
+    idempotency_ttl_hours: float = 24.0
+    db_pool_size: int = 10
+    log_level: str = "info"
+    # Webhooks
+    webhook_allow_private_targets: bool = False
+    webhook_retry_base_seconds: float = 1.0
+    webhook_worker_concurrency: int = 16
+    webhook_lease_seconds: float = 60.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        from mega_crm.db import normalize_database_url
+
+        return normalize_database_url(self.database_url or f"sqlite:///{DEFAULT_SQLITE_PATH}")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    def sqlite_path(self) -> Path | None:
+        url = self.resolved_database_url
+        if not url.startswith("sqlite"):
+            return None
+        raw = url.split(":///", 1)[1] if ":///" in url else ""
+        return Path(raw) if raw and raw != ":memory:" else None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

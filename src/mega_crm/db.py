@@ -1,0 +1,161 @@
+"""Engine and sessions for SQLite (embedded default) and PostgreSQL.
+
+Reads use a plain transaction. Writes go through `write_session()`: on SQLite it takes the
+database write lock up front (BEGIN IMMEDIATE, behind an in-process lock so threads queue
+instead of spinning on busy_timeout), so a burst of parallel writes never ends in
+"database is locked".
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every dialect (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the forms people write (postgres://, postgresql://, sqlite:///x.db) and pick our drivers."""
+    url = url.strip()
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg2", ""):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite" and parsed.drivername != "sqlite":
+        parsed = parsed.set(drivername="sqlite")
+    return parsed.render_as_string(hide_password=False)
+
+
+class Database:
+    """The engine plus the two kinds of session the app uses."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = normalize_database_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+        if self.is_sqlite:
+            self.engine = _sqlite_engine(self.url)
+        else:
+            self.engine = create_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size * 2,
+                pool_pre_ping=True,
+                future=True,
+            )
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self._write_engine = (
+            self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine
+        )
+        self._write_sessions = sessionmaker(
+            self._write_engine, expire_on_commit=False, autoflush=False
+        )
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        # close() (not rollback) on exit: loaded objects stay readable after the block.
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def write_session(self, *, commit: bool = True) -> Iterator[Session]:
+        """One write transaction: commits on success (unless `commit` is False, for dry runs),
+        rolls back on any exception."""
+        lock = self._write_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self._write_sessions() as session:
+                try:
+                    yield session
+                    if commit:
+                        session.commit()
+                    else:
+                        session.rollback()
+                except BaseException:
+                    session.rollback()
+                    raise
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=20,
+        max_overflow=20,
+        future=True,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own is deferred-only).
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine

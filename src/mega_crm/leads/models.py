@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from mega_crm.db import Base, UTCDateTime, new_id
+
+
+class Lead(Base):
+    __tablename__ = "leads"
+    __table_args__ = (
+        # De-duplication is enforced by the database, not only by the merge logic.
+        Index("uq_leads_customer_email", "customer_id", "email_normalized", unique=True),
+        Index("uq_leads_customer_phone", "customer_id", "phone_last10", unique=True),
+        # Keyset pages: one index per sort, plus the common filter + default sort.
+        Index("ix_leads_customer_updated", "customer_id", "updated_at", "id"),
+        Index("ix_leads_customer_created", "customer_id", "created_at", "id"),
+        Index("ix_leads_customer_interaction", "customer_id", "last_interaction_at", "id"),
+        Index("ix_leads_customer_status_updated", "customer_id", "status", "updated_at", "id"),
+        Index("ix_leads_customer_status_created", "customer_id", "status", "created_at", "id"),
+        Index("ix_leads_customer_stage_updated", "customer_id", "stage_id", "updated_at", "id"),
+        Index("ix_leads_customer_line_updated", "customer_id", "lead_line", "updated_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    customer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    contact_name: Mapped[str | None] = mapped_column(Text)
+    contact_email: Mapped[str | None] = mapped_column(String(320))
+    email_normalized: Mapped[str | None] = mapped_column(String(320))
+    contact_phone: Mapped[str | None] = mapped_column(String(32))  # E.164
+    phone_last10: Mapped[str | None] = mapped_column(String(10))
+    source_platform: Mapped[str] = mapped_column(String(32))
+    source_type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    score: Mapped[int | None] = mapped_column(Integer)
+    qualified: Mapped[bool | None] = mapped_column(Boolean)
+    stage_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("stages.id", ondelete="SET NULL"))
+    owner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("owners.id", ondelete="SET NULL"))
+    lead_line: Mapped[str | None] = mapped_column(String(16))
+    custom_fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    last_interaction_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    interaction_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,196 @@
+"""All SQL of the lead operations. Each function is one statement, whatever the row count."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, false, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from mega_crm.customers.models import CustomFieldDefinition, Customer, Owner, Stage
+from mega_crm.leads.cursor import CursorPosition
+from mega_crm.leads.models import Lead
+
+LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
+
+
+def lock_customer(session: Session, customer_id: uuid.UUID) -> Customer | None:
+    """Serialises a customer's lead writes (row lock on PostgreSQL; SQLite holds the write lock)."""
+    return session.scalars(
+        select(Customer).where(Customer.id == customer_id).with_for_update()
+    ).one_or_none()
+
+
+def stages_of(session: Session, customer_id: uuid.UUID) -> list[Stage]:
+    return list(
+        session.scalars(
+            select(Stage).where(Stage.customer_id == customer_id).order_by(Stage.position, Stage.slug)
+        )
+    )
+
+
+def owners_by_id(session: Session, customer_id: uuid.UUID, ids: set[uuid.UUID]) -> dict[uuid.UUID, Owner]:
+    if not ids:
+        return {}
+    rows = session.scalars(select(Owner).where(Owner.customer_id == customer_id, Owner.id.in_(ids)))
+    return {o.id: o for o in rows}
+
+
+def custom_field_slugs(session: Session, customer_id: uuid.UUID) -> set[str]:
+    return set(
+        session.scalars(
+            select(CustomFieldDefinition.slug).where(CustomFieldDefinition.customer_id == customer_id)
+        )
+    )
+
+
+def leads_matching(
+    session: Session, customer_id: uuid.UUID, emails: set[str], phones: set[str]
+) -> list[dict[str, Any]]:
+    conditions = []
+    if emails:
+        conditions.append(Lead.email_normalized.in_(emails))
+    if phones:
+        conditions.append(Lead.phone_last10.in_(phones))
+    if not conditions:
+        return []
+    rows = session.execute(
+        select(*Lead.__table__.columns).where(Lead.customer_id == customer_id, or_(*conditions))
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
+    if records:
+        session.execute(insert(Lead), records)
+
+
+def update_leads(session: Session, records: list[dict[str, Any]]) -> None:
+    """Bulk UPDATE by primary key (one executemany)."""
+    if records:
+        session.execute(update(Lead), records)
+
+
+def advance_clock(session: Session, customer: Customer, now: datetime) -> datetime:
+    """A strictly increasing write time per customer, so keyset sync never skips a commit."""
+    if customer.leads_clock is not None and now <= customer.leads_clock:
+        now = customer.leads_clock + timedelta(microseconds=1)
+    session.execute(
+        update(Customer)
+        .where(Customer.id == customer.id)
+        .values(leads_clock=now, leads_version=Customer.leads_version + 1)
+    )
+    return now
+
+
+def leads_version(session: Session, customer_id: uuid.UUID) -> int:
+    return session.scalar(select(Customer.leads_version).where(Customer.id == customer_id)) or 0
+
+
+# --- listing -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeadFilters:
+    status: str | None = None
+    stage_id: uuid.UUID | None = None
+    search_text: str | None = None
+    search_phone_key: str | None = None  # 10 digits: exact match on phone_last10
+    search_phone_digits: str | None = None  # fewer digits: substring of the E.164 phone
+    created_since: datetime | None = None
+    updated_since: datetime | None = None
+    lead_line: str | None = None
+
+
+def _filter_clause(customer_id: uuid.UUID, f: LeadFilters) -> ColumnElement[bool]:
+    clauses: list[ColumnElement[bool]] = [Lead.customer_id == customer_id]
+    if f.status:
+        clauses.append(Lead.status == f.status)
+    if f.stage_id:
+        clauses.append(Lead.stage_id == f.stage_id)
+    if f.lead_line:
+        clauses.append(Lead.lead_line == f.lead_line)
+    if f.created_since:
+        clauses.append(Lead.created_at >= f.created_since)
+    if f.updated_since:
+        clauses.append(Lead.updated_at >= f.updated_since)
+    search: list[ColumnElement[bool]] = []
+    if f.search_text:
+        pattern = "%" + _escape_like(f.search_text.lower()) + "%"
+        search.append(func.lower(Lead.contact_name).like(pattern, escape="\\"))
+        search.append(Lead.email_normalized.like(pattern, escape="\\"))
+    if f.search_phone_key:
+        search.append(Lead.phone_last10 == f.search_phone_key)
+    elif f.search_phone_digits:
+        search.append(Lead.contact_phone.like("%" + f.search_phone_digits + "%"))
+    if search:
+        clauses.append(or_(*search))
+    return and_(*clauses)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def count_leads(session: Session, customer_id: uuid.UUID, f: LeadFilters) -> int:
+    return session.scalar(select(func.count()).select_from(Lead).where(_filter_clause(customer_id, f))) or 0
+
+
+def page_of_leads(
+    session: Session,
+    customer_id: uuid.UUID,
+    f: LeadFilters,
+    *,
+    sort_by: str,
+    descending: bool,
+    limit: int,
+    offset: int,
+    after: CursorPosition | None,
+) -> list[dict[str, Any]]:
+    column = getattr(Lead, sort_by)
+    where = _filter_clause(customer_id, f)
+    if after is not None:
+        where = and_(where, _after(column, after, descending))
+    if sort_by == "last_interaction_at":
+        # Nulls sort after every timestamp ascending (and first descending), on both dialects.
+        null_rank = column.is_(None)
+        order = [null_rank.desc(), column.desc(), Lead.id.desc()] if descending else [null_rank, column, Lead.id]
+    else:
+        order = [column.desc(), Lead.id.desc()] if descending else [column, Lead.id]
+    stmt = (
+        select(
+            *Lead.__table__.columns,
+            Stage.slug.label("stage_slug"),
+            Stage.name.label("stage_name"),
+            Stage.color.label("stage_color"),
+            Owner.name.label("owner_name"),
+            Owner.role_name.label("owner_role_name"),
+        )
+        .outerjoin(Stage, Stage.id == Lead.stage_id)
+        .outerjoin(Owner, Owner.id == Lead.owner_id)
+        .where(where)
+        .order_by(*order)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [dict(row) for row in session.execute(stmt).mappings()]
+
+
+def _after(column: Any, pos: CursorPosition, descending: bool) -> ColumnElement[bool]:
+    """Rows strictly after `pos` in (column, id) order. Only last_interaction_at can be null;
+    its nulls sort after every timestamp ascending and before them descending."""
+    nullable = column is Lead.last_interaction_at
+    if pos.value is None:
+        if descending:
+            return or_(and_(column.is_(None), Lead.id < pos.lead_id), column.is_not(None))
+        return and_(column.is_(None), Lead.id > pos.lead_id)
+    if descending:
+        return or_(column < pos.value, and_(column == pos.value, Lead.id < pos.lead_id))
+    return or_(
+        column > pos.value,
+        and_(column == pos.value, Lead.id > pos.lead_id),
+        column.is_(None) if nullable else false(),
+    )

@@ -1,0 +1,129 @@
+"""Request and response shapes of the lead operations, named as in the contract's OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic.json_schema import SkipJsonSchema
+
+SourcePlatform = Literal[
+    "google_ads", "meta_ads", "google_organic", "direct", "referral", "hubspot",
+    "zoho", "ghl", "shopify", "zenmaid", "lead_docket", "salesforce",
+]  # fmt: skip
+SourceType = Literal["form", "phone_call", "email", "chat", "sms", "manual", "import"]
+LeadStatus = Literal["active", "won", "lost", "nurture", "archived"]
+LeadLine = Literal["buyer", "seller"]
+SortBy = Literal["created_at", "updated_at", "last_interaction_at"]
+SortDir = Literal["asc", "desc"]
+
+CustomFieldValue = StrictStr | StrictInt | StrictFloat | StrictBool | None
+CustomFieldMap = dict[str, CustomFieldValue]
+
+# Optional in the request, `type: string` in the schema; an explicit null counts as absent.
+OptStr = Annotated[StrictStr | SkipJsonSchema[None], Field()]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class LeadCreateRequest(_Input):
+    """At least one of contact_name, contact_phone, contact_email is required."""
+
+    contact_name: OptStr = None
+    contact_phone: OptStr = None
+    contact_email: Annotated[StrictStr | SkipJsonSchema[None], Field(json_schema_extra={"format": "email"})] = None
+    source_platform: SourcePlatform | SkipJsonSchema[None] = None
+    source_type: SourceType | SkipJsonSchema[None] = None
+    stage_slug: OptStr = None
+    custom_fields: CustomFieldMap | SkipJsonSchema[None] = None
+
+
+class BulkLeadRow(LeadCreateRequest):
+    """At least one of contact_name, contact_phone, contact_email is required."""
+
+    row_ref: Annotated[
+        StrictStr | SkipJsonSchema[None],
+        Field(description="Your correlation id, echoed back in the per-row result."),
+    ] = None
+    owner_id: Annotated[
+        StrictStr | SkipJsonSchema[None],
+        Field(json_schema_extra={"format": "uuid"}, description="Must be one of the customer's team members."),
+    ] = None
+    lead_line: LeadLine | SkipJsonSchema[None] = None
+
+
+class BulkImportRequest(BaseModel):
+    leads: Annotated[list[BulkLeadRow], Field(min_length=1, max_length=500)]
+    on_duplicate: Literal["update", "skip"] = "update"
+    dry_run: bool = False
+
+
+class Stage(BaseModel):
+    id: str
+    slug: str
+    name: str
+    color: str | None = None
+
+
+class Owner(BaseModel):
+    id: str
+    name: str
+    role_name: str | None = None
+
+
+class Lead(BaseModel):
+    id: str
+    customer_id: str
+    contact_name: str | None = None
+    contact_phone: str | None = None
+    contact_email: str | None = None
+    source_platform: str
+    source_type: str
+    status: str
+    score: int | None = None
+    qualified: bool | None = None
+    current_stage: Stage | None = None
+    owner: Owner | None = None
+    last_interaction_at: str | None = Field(None, json_schema_extra={"format": "date-time"})
+    interaction_count: int = 0
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+    updated_at: str = Field(json_schema_extra={"format": "date-time"})
+    custom_fields: CustomFieldMap | SkipJsonSchema[None] = None
+
+
+class LeadListResponse(BaseModel):
+    leads: list[Lead]
+    total: int
+    limit: int
+    offset: int
+    next_cursor: str | None
+
+
+class LeadCreateResponse(BaseModel):
+    lead: Lead
+
+
+class BulkRowResult(BaseModel):
+    row_ref: str | None
+    status: Literal["created", "updated", "skipped", "failed"]
+    lead_id: str | None
+    matched_by: Literal["email", "phone"] | None
+    errors: list[str] | None
+    ignored_custom_fields: list[str] = []
+
+
+class BulkSummary(BaseModel):
+    total: int
+    created: int
+    updated: int
+    skipped: int
+    failed: int
+
+
+class BulkImportResponse(BaseModel):
+    dry_run: bool
+    summary: BulkSummary
+    results: list[BulkRowResult]
+    unknown_custom_fields: list[str]

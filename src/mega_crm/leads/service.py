@@ -1,0 +1,419 @@
+"""Lead operations: validate, merge, write (one transaction), and list."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mega_crm.customers.models import Customer, Stage
+from mega_crm.db import utcnow
+from mega_crm.errors import ConflictError, InvalidRequestError
+from mega_crm.leads import repository as repo
+from mega_crm.leads.cursor import CursorCodec, CursorPosition
+from mega_crm.leads.dedup import LeadInput, MergeDefaults, MergePlan, RowOutcome, plan_merge
+from mega_crm.leads.normalize import ContactError, digits_of, normalize_email, normalize_phone
+from mega_crm.leads.schemas import BulkLeadRow, LeadCreateRequest
+from mega_crm.validation import describe_errors
+from mega_crm.webhooks.outbox import record_lead_created
+
+LEAD_STATUSES = ("active", "won", "lost", "nurture", "archived")
+LEAD_LINE = "lead_line"
+LEAD_LINES = ("buyer", "seller")
+
+
+# --- validation against the customer's configuration ----------------------------------------
+
+
+@dataclass
+class CustomerConfig:
+    stages: list[Stage]
+    field_slugs: set[str]
+    owner_ids: set[uuid.UUID] = field(default_factory=set)
+
+    @property
+    def default_stage_id(self) -> uuid.UUID | None:
+        return self.stages[0].id if self.stages else None
+
+
+def resolve_row(
+    row: LeadCreateRequest | BulkLeadRow, config: CustomerConfig, phone_region: str
+) -> tuple[LeadInput | None, list[str], list[str]]:
+    """-> (input or None, errors, ignored custom-field slugs)."""
+    errors: list[str] = []
+    lead = LeadInput(
+        contact_name=row.contact_name or None,
+        source_platform=row.source_platform,
+        source_type=row.source_type,
+    )
+    if not (row.contact_name or row.contact_phone or row.contact_email):
+        errors.append("At least one of contact_name, contact_phone, contact_email is required.")
+    if row.contact_email:
+        try:
+            lead.contact_email, lead.email_normalized = normalize_email(row.contact_email)
+        except ContactError as exc:
+            errors.append(str(exc))
+    if row.contact_phone:
+        try:
+            lead.contact_phone, lead.phone_last10 = normalize_phone(row.contact_phone, phone_region)
+        except ContactError as exc:
+            errors.append(str(exc))
+    if row.stage_slug:
+        stage = next((s for s in config.stages if s.slug == row.stage_slug), None)
+        if stage is None:
+            errors.append(f"stage_slug '{row.stage_slug}' is not a stage of this customer's pipeline.")
+        else:
+            lead.stage_id = stage.id
+    if isinstance(row, BulkLeadRow):
+        if row.owner_id:
+            owner_id = _parse_uuid(row.owner_id)
+            if owner_id is None or owner_id not in config.owner_ids:
+                errors.append(f"owner_id '{row.owner_id}' is not a team member of this customer.")
+            else:
+                lead.owner_id = owner_id
+        lead.lead_line = row.lead_line
+    ignored: list[str] = []
+    for slug, value in (row.custom_fields or {}).items():
+        if slug == LEAD_LINE:
+            if value is not None and value not in LEAD_LINES:
+                errors.append("custom_fields.lead_line must be 'buyer' or 'seller'.")
+            elif value is not None:
+                lead.lead_line = lead.lead_line or str(value)
+        elif slug in config.field_slugs:
+            lead.custom_fields[slug] = value
+        else:
+            ignored.append(slug)
+    return (None if errors else lead), errors, ignored
+
+
+def _parse_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def load_config(session: Session, customer_id: uuid.UUID, owner_ids: set[uuid.UUID]) -> CustomerConfig:
+    return CustomerConfig(
+        stages=repo.stages_of(session, customer_id),
+        field_slugs=repo.custom_field_slugs(session, customer_id),
+        owner_ids=set(repo.owners_by_id(session, customer_id, owner_ids)),
+    )
+
+
+# --- serialisation --------------------------------------------------------------------------
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def lead_body(rec: dict[str, Any], *, include_custom_fields: bool = True) -> dict[str, Any]:
+    """A lead row (with stage_* / owner_* columns joined in) as the contract's `Lead`."""
+    body: dict[str, Any] = {
+        "id": str(rec["id"]),
+        "customer_id": str(rec["customer_id"]),
+        "contact_name": rec["contact_name"],
+        "contact_phone": rec["contact_phone"],
+        "contact_email": rec["contact_email"],
+        "source_platform": rec["source_platform"],
+        "source_type": rec["source_type"],
+        "status": rec["status"],
+        "score": rec["score"],
+        "qualified": rec["qualified"],
+        "current_stage": (
+            {
+                "id": str(rec["stage_id"]),
+                "slug": rec["stage_slug"],
+                "name": rec["stage_name"],
+                "color": rec["stage_color"],
+            }
+            if rec["stage_id"] and rec.get("stage_slug") is not None
+            else None
+        ),
+        "owner": (
+            {"id": str(rec["owner_id"]), "name": rec["owner_name"], "role_name": rec["owner_role_name"]}
+            if rec["owner_id"] and rec.get("owner_name") is not None
+            else None
+        ),
+        "last_interaction_at": iso(rec["last_interaction_at"]),
+        "interaction_count": rec["interaction_count"] or 0,
+        "created_at": iso(rec["created_at"]),
+        "updated_at": iso(rec["updated_at"]),
+    }
+    if include_custom_fields:
+        body["custom_fields"] = custom_fields_of(rec)
+    return body
+
+
+def custom_fields_of(rec: dict[str, Any]) -> dict[str, Any]:
+    fields = dict(rec.get("custom_fields") or {})
+    if rec.get("lead_line"):
+        fields[LEAD_LINE] = rec["lead_line"]
+    return fields
+
+
+def _with_relations(
+    session: Session, customer_id: uuid.UUID, rec: dict[str, Any], stages: list[Stage]
+) -> dict[str, Any]:
+    stage = next((s for s in stages if s.id == rec["stage_id"]), None)
+    owner = repo.owners_by_id(session, customer_id, {rec["owner_id"]} if rec["owner_id"] else set())
+    o = owner.get(rec["owner_id"]) if rec["owner_id"] else None
+    return {
+        **rec,
+        "stage_slug": stage.slug if stage else None,
+        "stage_name": stage.name if stage else None,
+        "stage_color": stage.color if stage else None,
+        "owner_name": o.name if o else None,
+        "owner_role_name": o.role_name if o else None,
+    }
+
+
+# --- writes ---------------------------------------------------------------------------------
+
+
+def _begin_lead_write(session: Session, customer_id: uuid.UUID) -> tuple[Customer, datetime]:
+    customer = repo.lock_customer(session, customer_id)
+    if customer is None:  # deleted between auth and now
+        raise InvalidRequestError("Unknown customer.")
+    return customer, repo.advance_clock(session, customer, utcnow())
+
+
+def _apply_plan(session: Session, plan: MergePlan) -> None:
+    try:
+        repo.insert_leads(session, plan.inserts)
+        repo.update_leads(session, plan.updates)
+        session.flush()
+    except IntegrityError:
+        # Only reachable if a writer bypassed the customer lock; the transaction is rolled back.
+        raise ConflictError("A concurrent write touched the same lead; retry the request.") from None
+
+
+def create_lead(
+    session: Session, customer_id: uuid.UUID, request: LeadCreateRequest, phone_region: str
+) -> tuple[int, dict[str, Any]]:
+    """createLead inside the caller's write transaction -> (201, {"lead": …})."""
+    customer, now = _begin_lead_write(session, customer_id)
+    config = load_config(session, customer_id, set())
+    lead_input, errors, _ignored = resolve_row(request, config, phone_region)
+    if lead_input is None:
+        raise InvalidRequestError(" ".join(errors))
+    existing = repo.leads_matching(
+        session,
+        customer_id,
+        {lead_input.email_normalized} if lead_input.email_normalized else set(),
+        {lead_input.phone_last10} if lead_input.phone_last10 else set(),
+    )
+    defaults = MergeDefaults(
+        customer_id=customer.id,
+        now=now,
+        default_stage_id=config.default_stage_id,
+        source_platform="direct",
+        source_type="manual",
+        counts_as_interaction=True,
+    )
+    plan = plan_merge([(lead_input, RowOutcome(row_ref=None, status="failed"))], existing, defaults)
+    _apply_plan(session, plan)
+    outcome = plan.outcomes[0]
+    assert outcome.lead_id is not None
+    body = lead_body(_with_relations(session, customer_id, plan.leads[outcome.lead_id], config.stages))
+    if outcome.status == "created":
+        record_lead_created(session, customer_id, body)
+    return 201, {"lead": body}
+
+
+def bulk_import(
+    session: Session,
+    customer_id: uuid.UUID,
+    raw_rows: list[Any],
+    *,
+    on_duplicate: str,
+    dry_run: bool,
+    phone_region: str,
+) -> tuple[int, dict[str, Any]]:
+    """bulkImportLeads inside the caller's write transaction (rolled back by the caller on dry_run).
+
+    Set-based: a fixed number of statements whatever the row count.
+    """
+    customer, now = _begin_lead_write(session, customer_id)
+    parsed: list[tuple[BulkLeadRow | None, RowOutcome]] = []
+    for raw in raw_rows:
+        row_ref = raw.get("row_ref") if isinstance(raw, dict) else None
+        outcome = RowOutcome(row_ref=row_ref if isinstance(row_ref, str) else None, status="failed")
+        try:
+            parsed.append((BulkLeadRow.model_validate(raw), outcome))
+        except ValidationError as exc:
+            outcome.errors = describe_errors(exc.errors())
+            parsed.append((None, outcome))
+    owner_ids = {u for row, _ in parsed if row and row.owner_id and (u := _parse_uuid(row.owner_id))}
+    config = load_config(session, customer_id, owner_ids)
+
+    resolved: list[tuple[LeadInput | None, RowOutcome]] = []
+    unknown: dict[str, None] = {}
+    for row, outcome in parsed:
+        if row is None:
+            resolved.append((None, outcome))
+            continue
+        lead_input, errors, ignored = resolve_row(row, config, phone_region)
+        outcome.ignored_custom_fields = ignored
+        unknown.update(dict.fromkeys(ignored))
+        if lead_input is None:
+            outcome.errors = errors
+        resolved.append((lead_input, outcome))
+
+    emails = {i.email_normalized for i, _ in resolved if i and i.email_normalized}
+    phones = {i.phone_last10 for i, _ in resolved if i and i.phone_last10}
+    existing = repo.leads_matching(session, customer_id, emails, phones)
+    defaults = MergeDefaults(
+        customer_id=customer.id,
+        now=now,
+        default_stage_id=config.default_stage_id,
+        source_platform="direct",
+        source_type="import",
+        counts_as_interaction=False,
+    )
+    plan = plan_merge(resolved, existing, defaults, on_duplicate=on_duplicate)
+    if not dry_run:
+        _apply_plan(session, plan)
+
+    results = []
+    summary = {"total": len(plan.outcomes), "created": 0, "updated": 0, "skipped": 0, "failed": 0}
+    for outcome in plan.outcomes:
+        summary[outcome.status] += 1
+        # A dry run creates nothing, so a would-be-created row has no id to show.
+        lead_id = None if (dry_run and outcome.status == "created") else outcome.lead_id
+        results.append(
+            {
+                "row_ref": outcome.row_ref,
+                "status": outcome.status,
+                "lead_id": str(lead_id) if lead_id else None,
+                "matched_by": outcome.matched_by,
+                "errors": outcome.errors if outcome.status == "failed" else None,
+                "ignored_custom_fields": outcome.ignored_custom_fields,
+            }
+        )
+    return 200, {
+        "dry_run": dry_run,
+        "summary": summary,
+        "results": results,
+        "unknown_custom_fields": list(unknown),
+    }
+
+
+# --- listing --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    status: str | None
+    stage_id: uuid.UUID | None
+    search: str | None
+    created_since: datetime | None
+    updated_since: datetime | None
+    sort_by: str
+    sort_dir: str
+    lead_line: str | None
+    include_custom_fields: bool
+    cursor: str | None
+    limit: int
+    offset: int
+
+
+class TotalsCache:
+    """`total` per (customer, filters), valid while the customer's leads_version is unchanged:
+    paging through a large result set counts it once, not once per page."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._entries: OrderedDict[tuple[Any, ...], tuple[int, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = max_entries
+
+    def get(self, key: tuple[Any, ...], version: int) -> int | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] != version:
+                return None
+            self._entries.move_to_end(key)
+            return hit[1]
+
+    def put(self, key: tuple[Any, ...], version: int, total: int) -> None:
+        with self._lock:
+            self._entries[key] = (version, total)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+
+def build_filters(q: ListQuery) -> repo.LeadFilters:
+    if q.status is not None and q.status not in LEAD_STATUSES:
+        raise InvalidRequestError(f"status must be one of {', '.join(LEAD_STATUSES)}.")
+    text = (q.search or "").strip() or None
+    digits = digits_of(text) if text else ""
+    return repo.LeadFilters(
+        status=q.status,
+        stage_id=q.stage_id,
+        search_text=text,
+        search_phone_key=digits[-10:] if len(digits) >= 10 else None,
+        search_phone_digits=digits if 3 <= len(digits) < 10 else None,
+        created_since=_aware(q.created_since),
+        updated_since=_aware(q.updated_since),
+        lead_line=q.lead_line,
+    )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """A timestamp without an offset is read as UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def list_leads(
+    session: Session, customer_id: uuid.UUID, q: ListQuery, codec: CursorCodec, totals: TotalsCache
+) -> dict[str, Any]:
+    filters = build_filters(q)
+    after: CursorPosition | None = None
+    if q.cursor:
+        if q.offset:
+            raise InvalidRequestError("Use either cursor or offset, not both.")
+        after = codec.decode(q.cursor, customer_id, q.sort_by, q.sort_dir)
+
+    version = repo.leads_version(session, customer_id)
+    cache_key = (customer_id, filters)
+    total = totals.get(cache_key, version)
+    if total is None:
+        total = repo.count_leads(session, customer_id, filters)
+        totals.put(cache_key, version, total)
+
+    rows = repo.page_of_leads(
+        session,
+        customer_id,
+        filters,
+        sort_by=q.sort_by,
+        descending=q.sort_dir == "desc",
+        limit=q.limit + 1,
+        offset=q.offset,
+        after=after,
+    )
+    has_more = len(rows) > q.limit
+    rows = rows[: q.limit]
+    next_cursor = None
+    if has_more and rows:
+        last = rows[-1]
+        next_cursor = codec.encode(
+            customer_id, q.sort_by, q.sort_dir, CursorPosition(last[q.sort_by], last["id"])
+        )
+    return {
+        "leads": [lead_body(r, include_custom_fields=q.include_custom_fields) for r in rows],
+        "total": total,
+        "limit": q.limit,
+        "offset": q.offset,
+        "next_cursor": next_cursor,
+    }
