@@ -19,7 +19,9 @@ from mega_crm.config import get_settings
 from mega_crm.db import Database
 from mega_crm.security import ConfigurationError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="MEGA CRM Lead API server and operator tools.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="MEGA CRM Lead API server and operator tools."
+)
 admin_app = typer.Typer(no_args_is_help=True, help="Set up customers, keys, stages, owners, fields, limits.")
 customers_app = typer.Typer(no_args_is_help=True, help="Customers.")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
@@ -117,7 +119,9 @@ def keys_issue(
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id (UUID).")], as_json: JsonFlag = False) -> None:
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="Key id (UUID).")], as_json: JsonFlag = False
+) -> None:
     """Revoke a key; it stops working on the next request."""
     kid = _uuid(key_id, "KEY_ID")
     with operator_db() as db:
@@ -131,7 +135,7 @@ def keys_list(customer: CustomerOpt, as_json: JsonFlag = False) -> None:
     cid = _uuid(customer, "--customer")
     with operator_db() as db:
         keys = admin.list_keys(db, cid)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": str(k.id),
             "name": k.name,
@@ -201,7 +205,9 @@ def fields_add(
 @limits_app.command("set")
 def limits_set(
     customer: CustomerOpt,
-    default: Annotated[str | None, typer.Option("--default", help='e.g. "60/minute;1000/hour"; "" resets.')] = None,
+    default: Annotated[
+        str | None, typer.Option("--default", help='e.g. "60/minute;1000/hour"; "" resets.')
+    ] = None,
     bulk: Annotated[str | None, typer.Option("--bulk", help='e.g. "10/minute"; "" resets.')] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -210,7 +216,14 @@ def limits_set(
     with operator_db() as db:
         c = admin.set_limits(db, cid, default, bulk)
     payload = {"customer_id": str(c.id), "default": c.rate_limit_default, "bulk": c.rate_limit_bulk}
-    emit(as_json, payload, lambda: console.print(f"Limits for {c.id}: default={c.rate_limit_default or 'server default'} bulk={c.rate_limit_bulk or 'server default'}"))
+    emit(
+        as_json,
+        payload,
+        lambda: console.print(
+            f"Limits for {c.id}: default={c.rate_limit_default or 'server default'} "
+            f"bulk={c.rate_limit_bulk or 'server default'}"
+        ),
+    )
 
 
 # --- demo, db, serve ------------------------------------------------------------------------
@@ -227,8 +240,8 @@ def demo(
     auth = f'-H "Authorization: Bearer {issued.token}" -H "x-customer-id: {customer.id}"'
     create = (
         f"curl -s -X POST {base_url}/api/agents/crm/leads {auth} -H 'Content-Type: application/json' "
-        "-d '{\"contact_name\": \"Ada Lovelace\", \"contact_email\": \"ada@example.com\", "
-        "\"contact_phone\": \"(206) 555-0123\", \"custom_fields\": {\"lead_line\": \"buyer\"}}'"
+        '-d \'{"contact_name": "Ada Lovelace", "contact_email": "ada@example.com", '
+        '"contact_phone": "(206) 555-0123", "custom_fields": {"lead_line": "buyer"}}\''
     )
     listing = f"curl -s '{base_url}/api/agents/crm/leads?include_custom_fields=true' {auth}"
     payload = {**issued.as_dict(), "curl_create": create, "curl_list": listing}
@@ -262,7 +275,9 @@ def serve(
     import uvicorn
 
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if workers > 1 and settings.is_sqlite:
         fail("--workers > 1 needs PostgreSQL (set MEGA_DATABASE_URL); SQLite serves from one process")
     with operator_db():
@@ -277,7 +292,14 @@ def serve(
             application = "mega_crm.asgi:app"
     except ConfigurationError as exc:
         fail(str(exc))
-    uvicorn.run(application, host=host, port=port, workers=workers, log_level=settings.log_level.lower(), proxy_headers=False)
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        proxy_headers=False,
+    )
 
 
 def main() -> None:

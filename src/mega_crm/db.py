@@ -97,9 +97,7 @@ class Database:
         self._write_engine = (
             self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine
         )
-        self._write_sessions = sessionmaker(
-            self._write_engine, expire_on_commit=False, autoflush=False
-        )
+        self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False, autoflush=False)
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:

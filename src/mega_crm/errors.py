@@ -1,12 +1,12 @@
 """The API's error tree and the contract's envelope.
 
-    ApiError                      -> {"error": {"type", "code", "message"}}
-    ├── AuthenticationError       401 authentication_error
-    ├── AuthorizationError        403 authorization_error
-    ├── InvalidRequestError       400 invalid_request_error
-    ├── NotFoundError             404 not_found_error
-    ├── RateLimitError            429 rate_limit_error
-    └── ConflictError             409 api_error
+ApiError                      -> {"error": {"type", "code", "message"}}
+├── AuthenticationError       401 authentication_error
+├── AuthorizationError        403 authorization_error
+├── InvalidRequestError       400 invalid_request_error
+├── NotFoundError             404 not_found_error
+├── RateLimitError            429 rate_limit_error
+└── ConflictError             409 api_error
 """
 
 from __future__ import annotations

@@ -42,7 +42,9 @@ def contract_openapi(app: FastAPI) -> dict[str, Any]:
             for def_name, definition in full.pop("$defs", {}).items():
                 schemas[def_name] = definition
             schemas[name] = full
-            operation["requestBody"]["content"]["application/json"]["schema"] = {"$ref": REF.format(model=name)}
+            operation["requestBody"]["content"]["application/json"]["schema"] = {
+                "$ref": REF.format(model=name)
+            }
     schemas.pop("BulkImportBody", None)
     app.openapi_schema = doc
     return doc

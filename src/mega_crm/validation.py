@@ -21,8 +21,8 @@ def _field_path(loc: Sequence[Any]) -> str:
     return ".".join(parts).replace(".[", "[")
 
 
-def describe_errors(errors: Sequence[dict[str, Any]]) -> list[str]:
-    """One message per field (the first error of each), e.g. "contact_name: Input should be a valid string"."""
+def describe_errors(errors: Sequence[Any]) -> list[str]:
+    """One message per field (the first error of each), e.g. "contact_name: Input should be a string"."""
     seen: dict[str, str] = {}
     for err in errors:
         path = _field_path(err.get("loc", ()))

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from mega_crm.auth.models import ApiKey
 from mega_crm.auth.scopes import ALL_SCOPES
-from mega_crm.customers.models import CustomFieldDefinition, Customer, Owner, Stage
+from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
 from mega_crm.db import Database, utcnow
 from mega_crm.ratelimit.limiter import parse_limits
 from mega_crm.security import hash_api_token, new_api_token
@@ -72,7 +72,9 @@ def create_customer(db: Database, name: str, customer_id: uuid.UUID | None = Non
         session.add(customer)
         session.flush()
         for position, (slug, stage_name, color) in enumerate(DEFAULT_PIPELINE):
-            session.add(Stage(customer_id=customer.id, slug=slug, name=stage_name, color=color, position=position))
+            session.add(
+                Stage(customer_id=customer.id, slug=slug, name=stage_name, color=color, position=position)
+            )
         return customer
 
 
@@ -109,7 +111,11 @@ def revoke_key(db: Database, key_id: uuid.UUID) -> ApiKey:
 def list_keys(db: Database, customer_id: uuid.UUID) -> list[ApiKey]:
     with db.read_session() as session:
         _customer(session, customer_id)
-        return list(session.scalars(select(ApiKey).where(ApiKey.customer_id == customer_id).order_by(ApiKey.created_at)))
+        return list(
+            session.scalars(
+                select(ApiKey).where(ApiKey.customer_id == customer_id).order_by(ApiKey.created_at)
+            )
+        )
 
 
 def add_stage(db: Database, customer_id: uuid.UUID, slug: str, name: str, color: str | None) -> Stage:
@@ -187,7 +193,11 @@ def ensure_demo(db: Database) -> tuple[Customer, IssuedKey]:
         create_customer(db, "Demo Realty", DEMO_CUSTOMER_ID)
         add_owner(db, DEMO_CUSTOMER_ID, "Alex Agent", "Agent")
         add_owner(db, DEMO_CUSTOMER_ID, "Morgan Manager", "Manager")
-        for slug, label in [("lead_line", "Lead line"), ("budget", "Budget"), ("neighborhood", "Neighborhood")]:
+        for slug, label in [
+            ("lead_line", "Lead line"),
+            ("budget", "Budget"),
+            ("neighborhood", "Neighborhood"),
+        ]:
             add_field(db, DEMO_CUSTOMER_ID, slug, label)
     with db.read_session() as session:
         customer = _customer(session, DEMO_CUSTOMER_ID)

@@ -77,7 +77,8 @@ def run_idempotent(
                 )
                 .values(response_status=status, response_body=body)
             )
-            if stored.rowcount != 1:  # our claim lapsed and another request took the key over
+            # rowcount 0: our claim lapsed and another request took the key over
+            if stored.rowcount != 1:  # type: ignore[attr-defined]
                 raise _in_progress()
     except BaseException:
         _release(db, record_id, claimed_at)

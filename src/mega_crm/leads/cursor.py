@@ -21,9 +21,7 @@ class CursorCodec:
     def __init__(self, key: bytes) -> None:
         self._signer = Signer(key, "leads-cursor-v1")
 
-    def encode(
-        self, customer_id: uuid.UUID, sort_by: str, sort_dir: str, position: CursorPosition
-    ) -> str:
+    def encode(self, customer_id: uuid.UUID, sort_by: str, sort_dir: str, position: CursorPosition) -> str:
         payload = {
             "c": customer_id.hex,
             "s": sort_by,

@@ -77,18 +77,40 @@ def list_leads(
     request: Request,
     principal: ReadKey,
     x_customer_id: CustomerIdHeader,
-    status: Annotated[str | None, Query(description="Filter by lead status (e.g. active, won, lost, nurture, archived).")] = None,
-    stage_id: Annotated[uuid.UUID | None, Query(alias="stageId", description="Filter by current pipeline stage id.")] = None,
-    search: Annotated[str | None, Query(description="Free-text match on name / email / phone (phone-format-agnostic).")] = None,
-    created_since: Annotated[datetime | None, Query(description="Only leads created at/after this ISO-8601 timestamp.")] = None,
-    updated_since: Annotated[datetime | None, Query(description="Only leads updated at/after this ISO-8601 timestamp.")] = None,
+    status: Annotated[
+        str | None, Query(description="Filter by lead status (e.g. active, won, lost, nurture, archived).")
+    ] = None,
+    stage_id: Annotated[
+        uuid.UUID | None, Query(alias="stageId", description="Filter by current pipeline stage id.")
+    ] = None,
+    search: Annotated[
+        str | None, Query(description="Free-text match on name / email / phone (phone-format-agnostic).")
+    ] = None,
+    created_since: Annotated[
+        datetime | None, Query(description="Only leads created at/after this ISO-8601 timestamp.")
+    ] = None,
+    updated_since: Annotated[
+        datetime | None, Query(description="Only leads updated at/after this ISO-8601 timestamp.")
+    ] = None,
     sort_by: SortBy = "updated_at",
     sort_dir: SortDir = "asc",
-    lead_line: Annotated[LeadLine | None, Query(description="Filter by the reserved `lead_line` custom field.")] = None,
-    include_custom_fields: Annotated[bool, Query(description="When true, include a `custom_fields` object on each lead.")] = False,
-    cursor: Annotated[str | None, Query(description="Opaque keyset cursor from a previous response's `next_cursor`. Only valid with the same `sort_by`/`sort_dir`.")] = None,
+    lead_line: Annotated[
+        LeadLine | None, Query(description="Filter by the reserved `lead_line` custom field.")
+    ] = None,
+    include_custom_fields: Annotated[
+        bool, Query(description="When true, include a `custom_fields` object on each lead.")
+    ] = False,
+    cursor: Annotated[
+        str | None,
+        Query(
+            description="Opaque keyset cursor from a previous response's `next_cursor`. "
+            "Only valid with the same `sort_by`/`sort_dir`."
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, description="Offset paging (back-compat). Prefer `cursor` for incremental polling.")] = 0,
+    offset: Annotated[
+        int, Query(ge=0, description="Offset paging (back-compat). Prefer `cursor` for incremental polling.")
+    ] = 0,
 ) -> Response:
     state = request.app.state
     query = service.ListQuery(

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, false, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from mega_crm.customers.models import CustomFieldDefinition, Customer, Owner, Stage
+from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.models import Lead
 
@@ -19,9 +19,7 @@ LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
 
 def lock_customer(session: Session, customer_id: uuid.UUID) -> Customer | None:
     """Serialises a customer's lead writes (row lock on PostgreSQL; SQLite holds the write lock)."""
-    return session.scalars(
-        select(Customer).where(Customer.id == customer_id).with_for_update()
-    ).one_or_none()
+    return session.scalars(select(Customer).where(Customer.id == customer_id).with_for_update()).one_or_none()
 
 
 def stages_of(session: Session, customer_id: uuid.UUID) -> list[Stage]:
@@ -157,7 +155,9 @@ def page_of_leads(
     if sort_by == "last_interaction_at":
         # Nulls sort after every timestamp ascending (and first descending), on both dialects.
         null_rank = column.is_(None)
-        order = [null_rank.desc(), column.desc(), Lead.id.desc()] if descending else [null_rank, column, Lead.id]
+        order = (
+            [null_rank.desc(), column.desc(), Lead.id.desc()] if descending else [null_rank, column, Lead.id]
+        )
     else:
         order = [column.desc(), Lead.id.desc()] if descending else [column, Lead.id]
     stmt = (

@@ -33,7 +33,9 @@ class LeadCreateRequest(_Input):
 
     contact_name: OptStr = None
     contact_phone: OptStr = None
-    contact_email: Annotated[StrictStr | SkipJsonSchema[None], Field(json_schema_extra={"format": "email"})] = None
+    contact_email: Annotated[
+        StrictStr | SkipJsonSchema[None], Field(json_schema_extra={"format": "email"})
+    ] = None
     source_platform: SourcePlatform | SkipJsonSchema[None] = None
     source_type: SourceType | SkipJsonSchema[None] = None
     stage_slug: OptStr = None
@@ -49,7 +51,9 @@ class BulkLeadRow(LeadCreateRequest):
     ] = None
     owner_id: Annotated[
         StrictStr | SkipJsonSchema[None],
-        Field(json_schema_extra={"format": "uuid"}, description="Must be one of the customer's team members."),
+        Field(
+            json_schema_extra={"format": "uuid"}, description="Must be one of the customer's team members."
+        ),
     ] = None
     lead_line: LeadLine | SkipJsonSchema[None] = None
 

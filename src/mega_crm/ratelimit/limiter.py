@@ -33,7 +33,7 @@ class RateLimitState:
 
 @lru_cache(maxsize=256)
 def parse_limits(spec: str) -> tuple[limits.RateLimitItem, ...]:
-    """"60/minute;1000/hour" -> items; raises ValueError on a bad spec."""
+    """ "60/minute;1000/hour" -> items; raises ValueError on a bad spec."""
     items = tuple(limits.parse_many(spec))
     if not items:
         raise ValueError(f"no rate limits in {spec!r}")
