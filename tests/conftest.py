@@ -61,7 +61,12 @@ def database_url(backend: str, tmp_dir: Path) -> str:
 
 
 def make_settings(url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"database_url": url, "secret_key": TEST_SECRET}
+    # No delivery worker in the shared test apps: tests/webhooks runs its own.
+    values: dict[str, Any] = {
+        "database_url": url,
+        "secret_key": TEST_SECRET,
+        "webhook_worker_in_process": False,
+    }
     values.update(overrides)
     return Settings(**values)
 

@@ -6,10 +6,13 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mega_crm.auth.dependencies import authorize_before_body_error
 from mega_crm.config import Settings, get_settings
 from mega_crm.db import Database
 from mega_crm.errors import ApiError, error_response
@@ -17,9 +20,11 @@ from mega_crm.leads import endpoints as lead_endpoints
 from mega_crm.leads.cursor import CursorCodec
 from mega_crm.leads.service import TotalsCache
 from mega_crm.openapi import contract_openapi
-from mega_crm.ratelimit.limiter import RateLimiter
+from mega_crm.ratelimit.limiter import RateLimiter, check_server_limits
 from mega_crm.security import load_secret_key
 from mega_crm.validation import describe_errors
+from mega_crm.webhooks import endpoints as webhook_endpoints
+from mega_crm.webhooks.worker import webhook_worker_lifespan
 
 log = logging.getLogger("mega_crm")
 
@@ -62,15 +67,23 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         description="Server-to-server API to pull leads, push leads (single + bulk), and manage lead "
         "webhooks for your MEGA CRM. Authenticate with an admin-issued Personal Access Token "
         "(`Authorization: Bearer mega_...`) plus the `x-customer-id` header.",
+        lifespan=webhook_worker_lifespan,
     )
     app.state.settings = settings
     app.state.db = db
+    check_server_limits(settings.rate_limit_default, settings.rate_limit_bulk)
     app.state.limiter = RateLimiter(settings.redis_url)
     app.state.cursor_codec = CursorCodec(secret_key)
     app.state.totals = TotalsCache()
     app.state.secret_key = secret_key
 
     app.include_router(lead_endpoints.router)
+    app.include_router(webhook_endpoints.router)
+    if settings.webhook_allow_private_targets:
+        log.warning(
+            "MEGA_WEBHOOK_ALLOW_PRIVATE_TARGETS is set: webhooks may target http:// and private "
+            "addresses. For development and tests only; never in production."
+        )
     app.add_middleware(RateLimitHeadersMiddleware)
     _install_error_handlers(app)
     app.openapi = lambda: contract_openapi(app)  # type: ignore[method-assign]
@@ -82,24 +95,42 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     return app
 
 
+def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)
+    ]
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> Response:
         return exc.to_response()
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        try:  # malformed JSON fails before the route's auth dependency: auth still answers first
+            await run_in_threadpool(authorize_before_body_error, request)
+        except ApiError as denied:
+            return denied.to_response()
         messages = describe_errors(exc.errors())
         return error_response(400, "invalid_request_error", "; ".join(messages) or "Invalid request.")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
             return error_response(404, "not_found_error", "No such route.")
         if exc.status_code == 405:
-            return error_response(
-                405, "invalid_request_error", "Method not allowed on this route.", dict(exc.headers or {})
-            )
+            allow = ", ".join(_allowed_methods(app, request.scope))
+            message = "Method not allowed on this route."
+            return error_response(405, "invalid_request_error", message, {"Allow": allow})
+        if exc.status_code == 400:  # an unreadable body, raised before the route's auth dependency
+            try:
+                await run_in_threadpool(authorize_before_body_error, request)
+            except ApiError as denied:
+                return denied.to_response()
         kind = "api_error" if exc.status_code >= 500 else "invalid_request_error"
         return error_response(exc.status_code, kind, str(exc.detail))
 

@@ -270,11 +270,19 @@ def serve(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
     workers: Annotated[int, typer.Option("--workers", help="Server processes (PostgreSQL only).")] = 1,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Do not deliver webhooks here (run `mega-crm worker`).")
+    ] = False,
 ) -> None:
-    """Apply pending migrations and serve the API."""
+    """Apply pending migrations and serve the API (with the webhook delivery worker)."""
+    import os
+
     import uvicorn
 
     settings = get_settings()
+    if no_worker:
+        settings = settings.model_copy(update={"webhook_worker_in_process": False})
+        os.environ["MEGA_WEBHOOK_WORKER_IN_PROCESS"] = "0"  # for the --workers processes too
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -300,6 +308,37 @@ def serve(
         log_level=settings.log_level.lower(),
         proxy_headers=False,
     )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", help="Attempts in flight at once.")
+    ] = None,
+) -> None:
+    """Deliver webhooks until SIGTERM (any number of these may run against one PostgreSQL)."""
+    import asyncio
+
+    from mega_crm.security import load_secret_key
+    from mega_crm.webhooks.worker import DeliveryWorker, run_until_signalled
+
+    settings = get_settings()
+    if concurrency is not None:
+        settings = settings.model_copy(update={"webhook_worker_concurrency": concurrency})
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        key = load_secret_key(settings)
+    except ConfigurationError as exc:
+        fail(str(exc))
+    if settings.webhook_allow_private_targets:
+        logging.getLogger("mega_crm").warning(
+            "MEGA_WEBHOOK_ALLOW_PRIVATE_TARGETS is set: webhooks may target http:// and private "
+            "addresses. For development and tests only; never in production."
+        )
+    with operator_db() as db:
+        asyncio.run(run_until_signalled(DeliveryWorker(db, settings, key)))
 
 
 def main() -> None:

@@ -34,6 +34,19 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = 1.0
     webhook_worker_concurrency: int = 16
     webhook_lease_seconds: float = 60.0
+    webhook_worker_in_process: bool = Field(
+        default=True, description="Run the delivery worker inside `mega-crm serve` (off: --no-worker)"
+    )
+    webhook_endpoint_concurrency: int = Field(
+        default=0, description="Attempts in flight per webhook in one worker; 0 = a quarter of the worker's"
+    )
+    webhook_poll_seconds: float = Field(default=1.0, description="Longest idle wait between claims")
+    webhook_shutdown_grace_seconds: float = Field(
+        default=10.0, description="On SIGTERM, how long in-flight attempts may finish before release"
+    )
+    webhook_ca_file: str | None = Field(
+        default=None, description="Extra CA bundle (PEM) trusted for HTTPS deliveries, beside certifi's"
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -5,6 +5,7 @@ from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, St
 from mega_crm.db import Base
 from mega_crm.idempotency.models import IdempotencyRecord
 from mega_crm.leads.models import Lead
+from mega_crm.webhooks.models import Webhook, WebhookDelivery, WebhookEvent
 
 __all__ = [
     "ApiKey",
@@ -15,4 +16,7 @@ __all__ = [
     "Lead",
     "Owner",
     "Stage",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookEvent",
 ]

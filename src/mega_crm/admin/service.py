@@ -13,7 +13,6 @@ from mega_crm.auth.models import ApiKey
 from mega_crm.auth.scopes import ALL_SCOPES
 from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
 from mega_crm.db import Database, utcnow
-from mega_crm.ratelimit.limiter import parse_limits
 from mega_crm.security import hash_api_token, new_api_token
 
 DEFAULT_PIPELINE = [
@@ -167,6 +166,8 @@ def add_field(db: Database, customer_id: uuid.UUID, slug: str, label: str | None
 
 
 def set_limits(db: Database, customer_id: uuid.UUID, default: str | None, bulk: str | None) -> Customer:
+    from mega_crm.ratelimit.limiter import parse_limits  # the limits library: only when needed
+
     for spec in (default, bulk):
         if spec:
             try:

@@ -1,7 +1,8 @@
 """Who is calling: the key, its customer and scopes; then the rate limit of the route's bucket.
 
-Order of checks (the contract's): x-customer-id present and a UUID, token well-formed and live
-(401); key locked to that customer and holding the route's scope (403); then the rate limit (429).
+Order of checks: x-customer-id present and a UUID, token well-formed and live (401); the key's
+rate limit (429; from here on every response carries the RateLimit-* headers, since the caller is
+authenticated); key locked to that customer and holding the route's scope (403).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def _customer_header(request: Request) -> uuid.UUID:
         raise AuthenticationError("x-customer-id must be a UUID.") from None
 
 
-def authenticate(request: Request) -> tuple[Principal, Customer]:
-    customer_id = _customer_header(request)
+def authenticate(request: Request) -> tuple[ApiKey, Customer, uuid.UUID]:
+    """-> (the live key, its customer, the customer the request names); 401 otherwise."""
+    requested_customer = _customer_header(request)
     token = _bearer_token(request)
     if not TOKEN_RE.fullmatch(token):
         raise AuthenticationError("Invalid API key.")
@@ -66,26 +68,49 @@ def authenticate(request: Request) -> tuple[Principal, Customer]:
     key, customer = row
     if key.revoked_at is not None:
         raise AuthenticationError("This API key has been revoked.")
-    if key.customer_id != customer_id:
+    return key, customer, requested_customer
+
+
+def authorize(request: Request, scope: str, bucket: str) -> Principal:
+    """Authenticate, count the request against the key's `bucket`, then check customer and scope."""
+    key, customer, requested_customer = authenticate(request)
+    settings = request.app.state.settings
+    spec = (
+        customer.rate_limit_bulk or settings.rate_limit_bulk
+        if bucket == BULK_BUCKET
+        else customer.rate_limit_default or settings.rate_limit_default
+    )
+    state = request.app.state.limiter.hit(str(key.id), bucket, spec)
+    if state is not None:
+        request.state.rate_limit_headers = state.headers()
+    if key.customer_id != requested_customer:
         raise AuthorizationError("This API key is locked to a different customer.")
-    return Principal(key.id, key.customer_id, frozenset(key.scopes)), customer
+    if scope not in key.scopes:
+        raise AuthorizationError(f"This API key lacks the '{scope}' scope.")
+    principal = Principal(key.id, key.customer_id, frozenset(key.scopes))
+    request.state.principal = principal
+    return principal
 
 
 def require(scope: str, bucket: str = DEFAULT_BUCKET) -> Callable[[Request], Principal]:
     """Dependency: an authenticated key with `scope`, counted against `bucket`."""
 
     def dependency(request: Request) -> Principal:
-        principal, customer = authenticate(request)
-        if scope not in principal.scopes:
-            raise AuthorizationError(f"This API key lacks the '{scope}' scope.")
-        settings = request.app.state.settings
-        spec = (
-            customer.rate_limit_bulk or settings.rate_limit_bulk
-            if bucket == BULK_BUCKET
-            else customer.rate_limit_default or settings.rate_limit_default
-        )
-        state = request.app.state.limiter.hit(str(principal.key_id), bucket, spec)
-        request.state.rate_limit_headers = state.headers()
-        return principal
+        return authorize(request, scope, bucket)
 
+    dependency.mega_rule = (scope, bucket)  # type: ignore[attr-defined]
     return dependency
+
+
+def authorize_before_body_error(request: Request) -> None:
+    """A body that is not JSON fails in the framework before the route's dependencies run; check
+    the key first anyway, so an anonymous caller gets 401 (not a 400) and the request is counted.
+    Raises the ApiError the dependency would have raised; returns when the key is fine."""
+    if getattr(request.state, "principal", None) is not None:
+        return  # the dependencies ran: the body error came after them
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    for sub in dependant.dependencies if dependant is not None else ():
+        rule = getattr(sub.call, "mega_rule", None)
+        if rule is not None:
+            authorize(request, *rule)
+            return

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -25,6 +27,10 @@ from mega_crm.errors import ConflictError, InvalidRequestError
 from mega_crm.idempotency.models import IdempotencyRecord
 
 CLAIM_LEASE = timedelta(seconds=30)
+PURGE_INTERVAL = timedelta(minutes=10)
+PURGE_BATCH = 1000
+_last_purge: weakref.WeakKeyDictionary[Database, datetime] = weakref.WeakKeyDictionary()
+_purge_lock = threading.Lock()
 MAX_KEY_LENGTH = 255
 
 
@@ -61,6 +67,7 @@ def run_idempotent(
 
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise InvalidRequestError(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters.")
+    _purge_if_due(db)
     claim = _claim(db, customer_id, endpoint, key, fingerprint, ttl)
     if isinstance(claim, StoredResponse):
         return claim
@@ -112,8 +119,8 @@ def _claim(
                     record.created_at = now  # the earlier request died: take its claim over
                     return record.id, now
                 if record is not None:  # expired: the key is free again
-                    session.delete(record)
-                    session.flush()
+                    # Core DELETE: a concurrent request may have deleted it first (0 rows is fine).
+                    session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == record.id))
                 record = IdempotencyRecord(
                     customer_id=customer_id,
                     endpoint=endpoint,
@@ -145,8 +152,22 @@ def _in_progress() -> ConflictError:
     return ConflictError("A request with this Idempotency-Key is still in progress; retry shortly.")
 
 
-def purge_expired(db: Database, limit: int = 1000) -> int:
-    """Delete expired keys (run periodically by the server)."""
+def _purge_if_due(db: Database) -> None:
+    """Expired keys are purged by the requests that use keys, at most once per PURGE_INTERVAL
+    per process: no scheduler to run, and an idle server has nothing to purge."""
+    now = utcnow()
+    with _purge_lock:
+        last = _last_purge.get(db)
+        if last is not None and now - last < PURGE_INTERVAL:
+            return
+        _last_purge[db] = now
+    for _ in range(10):  # bounded work for the request that happens to do it
+        if purge_expired(db) < PURGE_BATCH:
+            break
+
+
+def purge_expired(db: Database, limit: int = PURGE_BATCH) -> int:
+    """Delete up to `limit` expired keys; returns how many."""
     with db.write_session() as session:
         ids = list(
             session.scalars(

@@ -17,7 +17,9 @@ class ContactError(ValueError):
 def normalize_email(raw: str) -> tuple[str, str]:
     """-> (stored form, de-dup key). The key is the whole address lower-cased."""
     try:
-        result = validate_email(raw, check_deliverability=False)
+        # Syntax only (no DNS at request time); `.test` addresses are allowed for integrations
+        # that exercise the API with test data.
+        result = validate_email(raw, check_deliverability=False, test_environment=True)
     except EmailNotValidError as exc:
         raise ContactError(f"contact_email is not a valid email address: {exc}") from None
     return result.normalized, result.normalized.lower()

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, false, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
@@ -61,15 +63,38 @@ def leads_matching(
     return [dict(r) for r in rows]
 
 
+# Rows per multi-row statement: 500 rows x 21 columns stays well under SQLite's 32,766 and
+# PostgreSQL's 65,535 bound parameters, so a batch (at most 500 rows) is one statement.
+ROWS_PER_STATEMENT = 500
+# Columns an update may never change.
+_IMMUTABLE = {"id", "customer_id", "created_at"}
+
+
+def _chunks(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [records[i : i + ROWS_PER_STATEMENT] for i in range(0, len(records), ROWS_PER_STATEMENT)]
+
+
 def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
-    if records:
-        session.execute(insert(Lead), records)
+    """One multi-row INSERT (not an executemany, which runs the statement once per row)."""
+    for chunk in _chunks(records):
+        session.execute(insert(Lead).values(chunk))
 
 
 def update_leads(session: Session, records: list[dict[str, Any]]) -> None:
-    """Bulk UPDATE by primary key (one executemany)."""
-    if records:
-        session.execute(update(Lead), records)
+    """Full records of existing leads, written back in one statement: a multi-row
+    INSERT … ON CONFLICT (id) DO UPDATE, which both dialects support. The primary key is the
+    conflict target, so every record updates its own row; any other unique index (email, phone)
+    still refuses a duplicate."""
+    dialect = session.get_bind().dialect.name
+    upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    for chunk in _chunks(records):
+        stmt = upsert(Lead).values(chunk)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Lead.id],
+            set_={name: stmt.excluded[name] for name in LEAD_COLUMNS if name not in _IMMUTABLE},
+            where=Lead.customer_id == stmt.excluded.customer_id,
+        )
+        session.execute(stmt)
 
 
 def advance_clock(session: Session, customer: Customer, now: datetime) -> datetime:

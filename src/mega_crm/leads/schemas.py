@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 SourcePlatform = Literal[
@@ -17,11 +28,46 @@ LeadLine = Literal["buyer", "seller"]
 SortBy = Literal["created_at", "updated_at", "last_interaction_at"]
 SortDir = Literal["asc", "desc"]
 
-CustomFieldValue = StrictStr | StrictInt | StrictFloat | StrictBool | None
-CustomFieldMap = dict[str, CustomFieldValue]
+
+# Values every store and the JSON encoder can hold: PostgreSQL text refuses NUL, JSON has no
+# NaN/Infinity, and the response encoder (like most JSON readers) stops at 64-bit integers.
+# Validators only, so the published schema stays the contract's.
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _not_an_int(value: object) -> object:
+    if isinstance(value, int):  # an integer too large for the int branch: refuse, don't round
+        raise ValueError("must fit in a signed 64-bit integer")
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _int64(value: int) -> int:
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("must fit in a signed 64-bit integer")
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_no_nul)]
+CustomFieldValue = (
+    Text
+    | Annotated[StrictInt, AfterValidator(_int64)]
+    | Annotated[StrictFloat, BeforeValidator(_not_an_int), AfterValidator(_finite)]
+    | StrictBool
+    | None
+)
+CustomFieldMap = dict[Text, CustomFieldValue]
 
 # Optional in the request, `type: string` in the schema; an explicit null counts as absent.
-OptStr = Annotated[StrictStr | SkipJsonSchema[None], Field()]
+OptStr = Annotated[Text | SkipJsonSchema[None], Field()]
 
 
 class _Input(BaseModel):
@@ -33,9 +79,7 @@ class LeadCreateRequest(_Input):
 
     contact_name: OptStr = None
     contact_phone: OptStr = None
-    contact_email: Annotated[
-        StrictStr | SkipJsonSchema[None], Field(json_schema_extra={"format": "email"})
-    ] = None
+    contact_email: Annotated[Text | SkipJsonSchema[None], Field(json_schema_extra={"format": "email"})] = None
     source_platform: SourcePlatform | SkipJsonSchema[None] = None
     source_type: SourceType | SkipJsonSchema[None] = None
     stage_slug: OptStr = None
@@ -46,11 +90,11 @@ class BulkLeadRow(LeadCreateRequest):
     """At least one of contact_name, contact_phone, contact_email is required."""
 
     row_ref: Annotated[
-        StrictStr | SkipJsonSchema[None],
+        Text | SkipJsonSchema[None],
         Field(description="Your correlation id, echoed back in the per-row result."),
     ] = None
     owner_id: Annotated[
-        StrictStr | SkipJsonSchema[None],
+        Text | SkipJsonSchema[None],
         Field(
             json_schema_extra={"format": "uuid"}, description="Must be one of the customer's team members."
         ),

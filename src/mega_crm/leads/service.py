@@ -285,10 +285,12 @@ def bulk_import(
 
     results = []
     summary = {"total": len(plan.outcomes), "created": 0, "updated": 0, "skipped": 0, "failed": 0}
+    # A dry run creates nothing, so a row resolved to a would-be-new lead (created, or merged into
+    # a lead an earlier row of the batch would create) has no id to show.
+    unborn = {rec["id"] for rec in plan.inserts} if dry_run else set()
     for outcome in plan.outcomes:
         summary[outcome.status] += 1
-        # A dry run creates nothing, so a would-be-created row has no id to show.
-        lead_id = None if (dry_run and outcome.status == "created") else outcome.lead_id
+        lead_id = None if outcome.lead_id in unborn else outcome.lead_id
         results.append(
             {
                 "row_ref": outcome.row_ref,
@@ -355,6 +357,8 @@ def build_filters(q: ListQuery) -> repo.LeadFilters:
     if q.status is not None and q.status not in LEAD_STATUSES:
         raise InvalidRequestError(f"status must be one of {', '.join(LEAD_STATUSES)}.")
     text = (q.search or "").strip() or None
+    if text and "\x00" in text:
+        raise InvalidRequestError("search must not contain NUL characters.")
     digits = digits_of(text) if text else ""
     return repo.LeadFilters(
         status=q.status,
@@ -362,17 +366,25 @@ def build_filters(q: ListQuery) -> repo.LeadFilters:
         search_text=text,
         search_phone_key=digits[-10:] if len(digits) >= 10 else None,
         search_phone_digits=digits if 3 <= len(digits) < 10 else None,
-        created_since=_aware(q.created_since),
-        updated_since=_aware(q.updated_since),
+        created_since=_aware(q.created_since, "created_since"),
+        updated_since=_aware(q.updated_since, "updated_since"),
         lead_line=q.lead_line,
     )
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """A timestamp without an offset is read as UTC."""
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    """A timestamp without an offset is read as UTC; it must exist in UTC (years 1-9999)."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequestError(f"{name} is out of range once converted to UTC.") from None
+
+
+# No customer has this many leads; a larger offset (which the databases' 64-bit OFFSET could
+# not even hold) is simply past the end.
+MAX_OFFSET = 2**62
 
 
 def list_leads(
@@ -399,7 +411,7 @@ def list_leads(
         sort_by=q.sort_by,
         descending=q.sort_dir == "desc",
         limit=q.limit + 1,
-        offset=q.offset,
+        offset=min(q.offset, MAX_OFFSET),
         after=after,
     )
     has_more = len(rows) > q.limit

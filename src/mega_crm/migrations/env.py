@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 from mega_crm.models import Base
 
@@ -20,6 +20,10 @@ def run_migrations_online() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Several processes may start at once: one migrates, the others wait, then find
+                # nothing left to do (the version is read after the lock).
+                connection.execute(text("SELECT pg_advisory_xact_lock(7254361029)"))
             context.run_migrations()
 
 

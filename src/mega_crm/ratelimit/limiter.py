@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 
 import limits
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from mega_crm.errors import RateLimitError
+from mega_crm.security import ConfigurationError
+
+log = logging.getLogger("mega_crm")
 
 DEFAULT_BUCKET = "default"
 BULK_BUCKET = "bulk"
@@ -40,36 +45,67 @@ def parse_limits(spec: str) -> tuple[limits.RateLimitItem, ...]:
     return items
 
 
+def check_server_limits(default: str, bulk: str) -> None:
+    """Refuse to start with a MEGA_RATE_LIMIT_* that would make every request fail."""
+    for env, spec in (("MEGA_RATE_LIMIT_DEFAULT", default), ("MEGA_RATE_LIMIT_BULK", bulk)):
+        try:
+            parse_limits(spec)
+        except ValueError:
+            message = f"{env}={spec!r} is not a rate limit (e.g. '60/minute;1000/hour')"
+            raise ConfigurationError(message) from None
+
+
 class RateLimiter:
     def __init__(self, redis_url: str | None = None) -> None:
-        uri = redis_url if redis_url else "memory://"
-        self.storage = storage_from_string(uri)
+        if redis_url:
+            self.storage = storage_from_string(
+                redis_url, wrap_exceptions=True, socket_connect_timeout=2, socket_timeout=2
+            )
+        else:
+            self.storage = storage_from_string("memory://", wrap_exceptions=True)
         self._limiter = SlidingWindowCounterRateLimiter(self.storage)
+        self._last_outage_log = 0.0
 
-    def hit(self, key_id: str, bucket: str, spec: str) -> RateLimitState:
+    def hit(self, key_id: str, bucket: str, spec: str) -> RateLimitState | None:
         """Count one request against every window of the bucket; 429 if any is exhausted.
 
-        The reported window is the most constraining one (fewest remaining, then longest wait).
+        A refused request is counted against no window, so a client held back by the minute
+        window does not burn its hourly budget. The reported window is the most constraining
+        one (fewest remaining, then longest wait). None when the counters cannot be reached:
+        a Redis outage lets requests through uncounted (logged) rather than failing them all.
         """
-        now = time.time()
-        states: list[RateLimitState] = []
-        exceeded: RateLimitState | None = None
-        for item in parse_limits(spec):
-            allowed = self._limiter.hit(item, bucket, key_id)
-            stats = self._limiter.get_window_stats(item, bucket, key_id)
-            state = RateLimitState(
-                limit=item.amount,
-                remaining=max(0, stats.remaining),
-                reset_seconds=max(0, math.ceil(stats.reset_time - now)),
-            )
-            states.append(state)
-            if not allowed and exceeded is None:
-                exceeded = state
-        if exceeded is not None:
-            headers = exceeded.headers()
-            headers["Retry-After"] = str(max(1, exceeded.reset_seconds))
+        try:
+            return self._hit(key_id, bucket, spec)
+        except StorageError as exc:
+            now = time.monotonic()
+            if now - self._last_outage_log > 60:
+                self._last_outage_log = now
+                log.error("rate-limit storage unavailable, requests are not being limited: %s", exc)
+            return None
+
+    def _hit(self, key_id: str, bucket: str, spec: str) -> RateLimitState:
+        items = parse_limits(spec)
+        exhausted = next((item for item in items if not self._limiter.test(item, bucket, key_id)), None)
+        if exhausted is None:
+            # test-then-hit is not atomic: a request that loses the race for a window's last slot
+            # is refused, and may have been counted in the windows before it (rare, harmless).
+            exhausted = next((item for item in items if not self._limiter.hit(item, bucket, key_id)), None)
+        if exhausted is not None:
+            headers = self._state(exhausted, bucket, key_id).headers()
+            headers["RateLimit-Remaining"] = "0"
+            headers["Retry-After"] = str(max(1, int(headers["RateLimit-Reset"])))
             raise RateLimitError("Rate limit exceeded; retry after the Retry-After seconds.", headers=headers)
+        states = [self._state(item, bucket, key_id) for item in items]
         return min(states, key=lambda s: (s.remaining, -s.reset_seconds))
+
+    def _state(self, item: limits.RateLimitItem, bucket: str, key_id: str) -> RateLimitState:
+        stats = self._limiter.get_window_stats(item, bucket, key_id)
+        reset = math.ceil(stats.reset_time - time.time())
+        # Read in the millisecond a Redis window was created, its TTL is exactly two windows and
+        # the library's modulo says 0; a window that has counted this request refills in a full one.
+        if reset <= 0:
+            reset = item.get_expiry()
+        return RateLimitState(limit=item.amount, remaining=max(0, stats.remaining), reset_seconds=reset)
 
     def reset(self) -> None:
         self.storage.reset()

@@ -1,16 +1,86 @@
-"""The transactional outbox: lead.created events written in the lead's own transaction."""
+"""The transactional outbox: lead.created events written in the lead's own transaction.
+
+The event and its deliveries commit or roll back with the lead, so a crash can never leave a
+lead without its deliveries nor deliveries without their lead. Workers are woken when the
+transaction commits: in this process directly, in others through PostgreSQL NOTIFY.
+"""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.orm import Session
+
+from mega_crm.db import utcnow
+from mega_crm.webhooks import repository as repo
+from mega_crm.webhooks.models import LEAD_CREATED
+
+_wake_listeners: list[Callable[[], None]] = []
+_listeners_lock = threading.Lock()
+
+
+def add_wake_listener(listener: Callable[[], None]) -> None:
+    with _listeners_lock:
+        _wake_listeners.append(listener)
+
+
+def remove_wake_listener(listener: Callable[[], None]) -> None:
+    with _listeners_lock:
+        if listener in _wake_listeners:
+            _wake_listeners.remove(listener)
+
+
+def _wake_local_workers(_session: Session) -> None:
+    with _listeners_lock:
+        listeners = list(_wake_listeners)
+    for listener in listeners:
+        listener()
+
+
+def wake_workers_on_commit(session: Session) -> None:
+    """New deliveries in this transaction: have workers look as soon as it commits."""
+    repo.notify_workers(session)
+    if not session.info.get("mega_webhooks_wake"):
+        session.info["mega_webhooks_wake"] = True
+        event.listen(session, "after_commit", _wake_local_workers, once=True)
+
+
+def webhook_lead(lead: dict[str, Any]) -> dict[str, Any]:
+    """The `lead` object of LeadCreatedWebhookPayload, from the contract's Lead."""
+    stage = lead.get("current_stage")
+    custom_fields = dict(lead.get("custom_fields") or {})
+    return {
+        "id": lead["id"],
+        "contact_name": lead.get("contact_name"),
+        "contact_phone": lead.get("contact_phone"),
+        "contact_email": lead.get("contact_email"),
+        "source_platform": lead["source_platform"],
+        "source_type": lead["source_type"],
+        "lead_line": custom_fields.get("lead_line"),
+        "current_stage": {"slug": stage["slug"], "name": stage["name"]} if stage else None,
+        "custom_fields": custom_fields,
+        "created_at": lead["created_at"],
+        "updated_at": lead["updated_at"],
+    }
 
 
 def record_lead_created(session: Session, customer_id: uuid.UUID, lead: dict[str, Any]) -> None:
-    """Called by createLead in the transaction that inserted a genuinely new lead.
-
-    Webhook delivery is not built yet: nothing to record.
-    """
-    return None
+    """Called by createLead in the transaction that inserted a genuinely new lead: one event and
+    one pending delivery per active webhook of the customer subscribed to lead.created."""
+    webhook_ids = repo.subscribed_webhook_ids(session, customer_id, LEAD_CREATED)
+    if not webhook_ids:
+        return
+    repo.insert_event_with_deliveries(
+        session,
+        customer_id=customer_id,
+        event_type=LEAD_CREATED,
+        lead_id=uuid.UUID(lead["id"]),
+        lead=webhook_lead(lead),
+        webhook_ids=webhook_ids,
+        now=utcnow(),
+    )
+    wake_workers_on_commit(session)

@@ -1,0 +1,1 @@
+"""Benchmarks of the MEGA CRM server: `make bench` (= python -m bench)."""

@@ -1,0 +1,476 @@
+"""Shared benchmark machinery: databases, tenants, the server under test, the load generator, output.
+
+The server under test is the real app (`mega_crm.app.create_app`) served by uvicorn in a
+subprocess, exactly like `mega-crm serve` (uvloop + httptools when installed), with one extra
+route, `GET /bench/noop`, mounted on the same app instance: the baseline every throughput figure
+is compared with. The load generator is a small asyncio HTTP/1.1 keep-alive client running in
+this process (a fixed number of connections for a fixed time), cheap enough that it is not what
+limits the figures; its own CPU use is printed so that can be checked.
+
+`python -m bench.common serve --url URL --port PORT` is the subprocess entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BENCH_SECRET = "bench-secret-key-0123456789abcdef0123456789abcdef"
+HUGE_LIMIT = "1000000000/minute"  # per-customer limits high enough never to be hit
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/mega_d"
+NOOP_PATH = "/bench/noop"
+AUTH_ONLY_PATH = "/bench/auth-only"
+LEADS_PATH = "/api/agents/crm/leads"
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)  # accepts 1_000_000
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+
+
+def postgres_url() -> tuple[str, str]:
+    """-> (url, where it came from)."""
+    for name in ("MEGA_BENCH_POSTGRES_URL", "MEGA_TEST_POSTGRES_URL"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value, name
+    return DEFAULT_POSTGRES_URL, "default"
+
+
+def postgres_unreachable(url: str) -> str | None:
+    """None when PostgreSQL answers at `url`, else a one-line reason."""
+    from sqlalchemy import create_engine, text
+
+    from mega_crm.db import normalize_database_url
+
+    try:
+        engine = create_engine(normalize_database_url(url), connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure means "skip PostgreSQL", with the reason
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return None
+
+
+def redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# --- tenants ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Tenant:
+    customer_id: uuid.UUID
+    token: str
+    stage_ids: list[uuid.UUID] = field(default_factory=list)
+    owner_ids: list[uuid.UUID] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", "x-customer-id": str(self.customer_id)}
+
+
+def make_tenant(db: Any, name: str, *, owners: int = 4) -> Tenant:
+    """A customer set up the way an operator would (admin service = the CLI's code), with
+    custom fields, owners, an all-scopes key and per-customer limits that are never hit."""
+    from sqlalchemy import select
+
+    from mega_crm.admin import service as admin
+    from mega_crm.auth.scopes import ALL_SCOPES
+    from mega_crm.customers.models import Stage
+
+    customer = admin.create_customer(db, name)
+    for slug in ("lead_line", "budget", "neighborhood"):
+        admin.add_field(db, customer.id, slug, slug.title())
+    owner_ids = [admin.add_owner(db, customer.id, f"Agent {i + 1}", "Agent").id for i in range(owners)]
+    admin.set_limits(db, customer.id, HUGE_LIMIT, HUGE_LIMIT)
+    issued = admin.issue_key(db, customer.id, list(ALL_SCOPES), name="bench")
+    with db.read_session() as session:
+        stage_ids = list(
+            session.scalars(select(Stage.id).where(Stage.customer_id == customer.id).order_by(Stage.position))
+        )
+    return Tenant(customer.id, issued.token, stage_ids, owner_ids)
+
+
+def new_key(db: Any, tenant: Tenant) -> Tenant:
+    """A fresh key for an existing (e.g. cached) tenant, whose earlier bench keys are deleted:
+    tokens are only stored hashed, so a cached tenant needs a new one every run."""
+    from sqlalchemy import delete
+
+    from mega_crm.admin import service as admin
+    from mega_crm.auth.models import ApiKey
+    from mega_crm.auth.scopes import ALL_SCOPES
+
+    with db.write_session() as session:
+        session.execute(
+            delete(ApiKey).where(ApiKey.customer_id == tenant.customer_id, ApiKey.name == "bench")
+        )
+    admin.set_limits(db, tenant.customer_id, HUGE_LIMIT, HUGE_LIMIT)
+    issued = admin.issue_key(db, tenant.customer_id, list(ALL_SCOPES), name="bench")
+    return Tenant(tenant.customer_id, issued.token, tenant.stage_ids, tenant.owner_ids)
+
+
+def delete_customers_named(db: Any, prefix: str, *, exact: bool = False) -> int:
+    """Remove tenants a previous (perhaps interrupted) run left behind; leads go with them.
+    Every customer whose name starts with `prefix` (or, with `exact`, is exactly it)."""
+    from sqlalchemy import delete, select
+
+    from mega_crm.customers.models import Customer
+
+    match = Customer.name == prefix if exact else Customer.name.startswith(prefix, autoescape=True)
+    with db.write_session() as session:
+        ids = list(session.scalars(select(Customer.id).where(match)))
+        if ids:
+            session.execute(delete(Customer).where(Customer.id.in_(ids)))
+    return len(ids)
+
+
+# --- the server under test -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_settings(url: str) -> Any:
+    from mega_crm.config import Settings
+
+    return Settings(
+        database_url=url,
+        secret_key=BENCH_SECRET,
+        rate_limit_default=HUGE_LIMIT,
+        rate_limit_bulk=HUGE_LIMIT,
+        log_level="warning",
+    )
+
+
+def _serve(url: str, port: int) -> None:
+    from mega_crm.app import create_app
+
+    app = create_app(server_settings(url))
+
+    @app.get(NOOP_PATH, include_in_schema=False)
+    def noop() -> dict[str, bool]:
+        """The baseline: a sync route (run in the threadpool, like the lead routes) doing nothing."""
+        return {"ok": True}
+
+    try:  # a diagnostic: what the key check + rate limit alone cost, with no lead work
+        from fastapi import Depends
+
+        from mega_crm.auth.dependencies import require
+        from mega_crm.auth.scopes import LEADS_READ
+    except ImportError:  # pragma: no cover - the auth module moved: the bench skips this route
+        return _run(app, port)
+
+    @app.get(AUTH_ONLY_PATH, include_in_schema=False)
+    def auth_only(principal: Any = Depends(require(LEADS_READ))) -> dict[str, bool]:  # noqa: B008
+        return {"ok": principal is not None}
+
+    _run(app, port)
+
+
+def _run(app: Any, port: int) -> None:
+    import uvicorn
+
+    # What `mega-crm serve` runs, minus the per-request access log (it is off at log level warning).
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+
+
+class Server:
+    """`python -m bench.common serve` in a subprocess; the context manager waits until it answers."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.common", "serve", "--url", self.url, "--port", str(self.port)],
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with status {self.proc.returncode}")
+            try:
+                if httpx.get(self.base + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError("the server did not start within 60 s")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server process so far (all its threads)."""
+        assert self.proc is not None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- load generator --------------------------------------------------------------------------
+
+
+def http_request(
+    method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None
+) -> bytes:
+    """One raw HTTP/1.1 keep-alive request."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    header_lines = head.decode("latin-1").split("\r\n")
+    status = int(header_lines[0].split(" ", 2)[1])
+    length = 0
+    chunked = False
+    for line in header_lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "transfer-encoding" and "chunked" in value.lower():
+            chunked = True
+    if not chunked:
+        return status, await reader.readexactly(length)
+    body = b""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        chunk = await reader.readexactly(size + 2)
+        if size == 0:
+            return status, body
+        body += chunk[:-2]
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    statuses: Counter[int]
+    latencies_ms: list[float]
+    client_cpu: float  # fraction of one core used by the load generator
+    server_cpu: float  # fraction of one core used by the server process
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    @property
+    def p99(self) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+    def unexpected(self, expected: int) -> str:
+        bad = {s: n for s, n in self.statuses.items() if s != expected}
+        return ", ".join(f"{n}×{s}" for s, n in sorted(bad.items()))
+
+
+def run_load(
+    server: Server,
+    make_request: Callable[[int], bytes],
+    *,
+    connections: int,
+    seconds: float,
+    warmup: float,
+) -> LoadResult:
+    """`connections` keep-alive connections, each sending its next request as soon as the previous
+    answer arrived, for `warmup` + `seconds`; only requests completed in the last `seconds` count."""
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop
+        runner = asyncio.run
+    return runner(_load(server, make_request, connections, seconds, warmup))  # type: ignore[no-any-return]
+
+
+async def _load(
+    server: Server, make_request: Callable[[int], bytes], connections: int, seconds: float, warmup: float
+) -> LoadResult:
+    counter = iter(range(10**12))
+    start = time.perf_counter()
+    window_start = start + warmup
+    window_end = window_start + seconds
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    marks: dict[str, float] = {}
+
+    async def worker() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        done = 0
+        try:
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= window_end:
+                    return done
+                if t0 >= window_start and "cpu" not in marks:
+                    marks["cpu"] = time.process_time()
+                    marks["server_cpu"] = server.cpu_seconds()
+                writer.write(make_request(next(counter)))
+                status, _body = await _read_response(reader)
+                t1 = time.perf_counter()
+                if window_start <= t1 < window_end:
+                    done += 1
+                    statuses[status] += 1
+                    latencies.append((t1 - t0) * 1000)
+        finally:
+            writer.close()
+
+    counts = await asyncio.gather(*(worker() for _ in range(connections)))
+    cpu = time.process_time() - marks.get("cpu", time.process_time())
+    server_cpu = server.cpu_seconds() - marks.get("server_cpu", server.cpu_seconds())
+    return LoadResult(sum(counts), seconds, statuses, latencies, cpu / seconds, server_cpu / seconds)
+
+
+# --- latency of sequential calls -------------------------------------------------------------
+
+
+def timed_ms(
+    fn: Callable[[int], Any],
+    *,
+    reps: int,
+    warmup: int = 1,
+    max_seconds: float = 10.0,
+    min_reps: int = 5,
+    before: Callable[[int], Any] | None = None,
+) -> list[float]:
+    """Run fn(i) `warmup` times, then up to `reps` timed times (at least `min_reps`, and no more
+    once `max_seconds` of timed calls have passed). `before(i)` runs untimed ahead of each call."""
+    for i in range(warmup):
+        if before:
+            before(-1 - i)
+        fn(-1 - i)
+    samples: list[float] = []
+    spent = 0.0
+    for i in range(reps):
+        if before:
+            before(i)
+        t0 = time.perf_counter()
+        fn(i)
+        dt = time.perf_counter() - t0
+        samples.append(dt * 1000)
+        spent += dt
+        if spent > max_seconds and len(samples) >= min_reps:
+            break
+    return samples
+
+
+def p50(samples: list[float]) -> float:
+    return statistics.median(samples) if samples else float("nan")
+
+
+@contextmanager
+def http_client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base, timeout=120) as client:
+        yield client
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+LABEL_WIDTH = 56
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def heading(title: str) -> None:
+    print(f"\n{title}", flush=True)
+
+
+def line(label: str, value: str, note: str = "") -> None:
+    print(f"  {label:<{LABEL_WIDTH}} {value:>14}   {note}".rstrip(), flush=True)
+
+
+def fmt_ms(ms: float) -> str:
+    return f"{ms:,.2f} ms" if ms < 100 else f"{ms:,.0f} ms"
+
+
+def fmt_rps(rps: float) -> str:
+    return f"{rps:,.0f} req/s"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.common")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the app (plus GET /bench/noop) on 127.0.0.1")
+    serve.add_argument("--url", required=True)
+    serve.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        _serve(args.url, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,735 @@
+"""Benchmark of the lead operations (listLeads, createLead, bulkImportLeads), each figure printed
+beside its baseline, on SQLite and on PostgreSQL (when reachable).
+
+* Throughput: createLead and listLeads (a page of 100, status=active) against `GET /bench/noop`,
+  a do-nothing route on the same app instance, same uvicorn process, same load generator.
+* bulkImportLeads of 500 new rows and of 500 rows that all merge (HTTP round trip, p50) against a
+  bare INSERT of the same 500 rows on the same database: the faster of one multi-row
+  INSERT … VALUES statement and SQLAlchemy Core's executemany, each with its commit.
+* listLeads page latency for a customer with 10k leads and one with MEGA_BENCH_SCALE leads
+  (default 1,000,000), both in the same database.
+
+Environment: MEGA_BENCH_SCALE (big customer's lead count), MEGA_BENCH_SECONDS (per throughput
+figure, default 5), MEGA_BENCH_CONNECTIONS (default 8), MEGA_BENCH_BULK_REPS (default 9),
+MEGA_BENCH_PAGE_REPS (default 40), MEGA_BENCH_POSTGRES_URL (else
+MEGA_TEST_POSTGRES_URL, else postgresql://postgres@127.0.0.1:5432/mega_d; skipped if unreachable),
+MEGA_BENCH_SKIP_POSTGRES=1.
+
+The seeded customers are cached: the SQLite file in bench/results/, the PostgreSQL rows in that
+database (customers named bench-seed-*). Per-run customers (bench-run-*) are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, func, insert, select, text, update
+
+from bench.common import (
+    AUTH_ONLY_PATH,
+    BENCH_SECRET,
+    LABEL_WIDTH,
+    LEADS_PATH,
+    NOOP_PATH,
+    RESULTS_DIR,
+    Server,
+    Tenant,
+    delete_customers_named,
+    env_float,
+    env_int,
+    fmt_ms,
+    fmt_rps,
+    heading,
+    http_client,
+    http_request,
+    line,
+    make_tenant,
+    new_key,
+    p50,
+    postgres_unreachable,
+    postgres_url,
+    redacted,
+    run_load,
+    timed_ms,
+    verdict,
+)
+
+SEED_VERSION = 1  # bump when the generated data changes: cached databases are then re-seeded
+SMALL = 10_000
+BULK_ROWS = 500
+RUN_PREFIX = "bench-run-"
+SEED_PREFIX = "bench-seed-"
+LIST_QUERY = "?status=active&limit=100"
+
+FIRST_NAMES = (
+    "James Mary Robert Patricia John Jennifer Michael Linda David Elizabeth William Barbara Richard "
+    "Susan Joseph Jessica Thomas Sarah Charles Karen Daniel Lisa Matthew Nancy Anthony Betty Mark "
+    "Sandra Donald Ashley Steven Emily Andrew Kimberly Paul Donna Joshua Michelle Kenneth Carol"
+).split()
+LAST_NAMES = (
+    "Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez "
+    "Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris "
+    "Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill Flores"
+).split()
+DOMAINS = "gmail.com yahoo.com outlook.com hotmail.com icloud.com aol.com proton.me comcast.net".split()
+AREA_CODES = "206 425 253 360 509 503 971 415 510 650 408 213 310 312 646 718 617 305 512 720".split()
+NEIGHBORHOODS = [
+    "Ballard", "Fremont", "Capitol Hill", "Queen Anne", "Wallingford",
+    "Greenwood", "Magnolia", "Ravenna", "Beacon Hill", "Columbia City",
+]  # fmt: skip
+PLATFORMS = (
+    "google_ads meta_ads google_organic direct referral hubspot zoho ghl shopify zenmaid lead_docket "
+    "salesforce"
+).split()
+SOURCE_TYPES = "form phone_call email chat sms manual import".split()
+
+# Deterministic, well-spread pseudo-random numbers per row n (the high bits of a multiplicative hash).
+_HASHES = {"a": 2654435761, "b": 2246822519, "c": 3266489917, "d": 668265263}
+LEAD_COLUMNS = (
+    "id, customer_id, contact_name, contact_email, email_normalized, contact_phone, phone_last10, "
+    "source_platform, source_type, status, score, qualified, stage_id, owner_id, lead_line, "
+    "custom_fields, last_interaction_at, interaction_count, created_at, updated_at"
+)
+
+
+# --- seeding -----------------------------------------------------------------------------------
+
+
+def _seed_sql_sqlite() -> str:
+    hashes = ",\n    ".join(f"((n * {m}) % 4294967296) / 65536 AS {k}" for k, m in _HASHES.items())
+
+    def pick(array: str, index: str) -> str:
+        return f"json_extract({array}, '$[' || ({index}) || ']')"
+
+    def ts(seconds: str, micros: str) -> str:
+        return f"strftime('%Y-%m-%d %H:%M:%S', {seconds}, 'unixepoch') || '.' || printf('%06d', {micros})"
+
+    first, last = pick(":firsts", "a % 40"), pick(":lasts", "b % 40")
+    local = f"{first} || '.' || {last} || n"
+    domain = pick(":domains", "c % 8")
+    last10 = f"{pick(':areas', 'd % 20')} || (2000000 + (n * 7919) % 8000000)"
+    return f"""
+WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < :count),
+g AS (
+  SELECT n,
+    {hashes},
+    CAST(:t0 + (n - 1) * :step AS INTEGER) AS created_s
+  FROM seq
+),
+h AS (
+  SELECT *, min(created_s + (a * 7 + b) % 7776000, :latest) AS updated_s FROM g
+)
+INSERT INTO leads ({LEAD_COLUMNS})
+SELECT
+  substr(lower(hex(randomblob(16))), 1, 12) || '4' || substr(lower(hex(randomblob(8))), 1, 3)
+    || substr('89ab', 1 + (c % 4), 1) || substr(lower(hex(randomblob(8))), 1, 15),
+  :cid,
+  {first} || ' ' || {last},
+  CASE WHEN b % 20 = 0 THEN NULL ELSE {local} || '@' || {domain} END,
+  CASE WHEN b % 20 = 0 THEN NULL ELSE lower({local} || '@' || {domain}) END,
+  CASE WHEN c % 10 = 0 THEN NULL ELSE '+1' || {last10} END,
+  CASE WHEN c % 10 = 0 THEN NULL ELSE {last10} END,
+  {pick(":platforms", "d % 12")},
+  {pick(":types", "(a / 7) % 7")},
+  CASE WHEN a % 100 < 45 THEN 'active' WHEN a % 100 < 65 THEN 'nurture' WHEN a % 100 < 75 THEN 'won'
+       WHEN a % 100 < 88 THEN 'lost' ELSE 'archived' END,
+  CASE WHEN b % 4 = 0 THEN NULL ELSE c % 101 END,
+  CASE d % 3 WHEN 0 THEN NULL WHEN 1 THEN 1 ELSE 0 END,
+  {pick(":stages", "b % 5")},
+  {pick(":owners", "c % 5")},
+  CASE c % 3 WHEN 0 THEN 'buyer' WHEN 1 THEN 'seller' ELSE NULL END,
+  CASE WHEN d % 4 = 0 THEN '{{}}' ELSE json_object('budget', 150000 + (a % 200) * 5000,
+       'neighborhood', {pick(":hoods", "b % 10")}) END,
+  CASE WHEN d % 10 < 3 THEN NULL ELSE {ts("(created_s + updated_s) / 2", "(b * 13) % 1000000")} END,
+  CASE WHEN d % 10 < 3 THEN 0 ELSE 1 + a % 7 END,
+  {ts("created_s", "(a * 15 + n) % 1000000")},
+  CASE WHEN updated_s = created_s THEN {ts("created_s", "(a * 15 + n) % 1000000")}
+       ELSE {ts("updated_s", "(c * 11) % 1000000")} END
+FROM h
+"""
+
+
+def _seed_sql_postgres() -> str:
+    hashes = ",\n    ".join(f"((n * {m}) % 4294967296) / 65536 AS {k}" for k, m in _HASHES.items())
+
+    def pick(array: str, index: str) -> str:
+        return f"({array})[1 + ({index})]"
+
+    first, last = pick("CAST(:firsts AS text[])", "a % 40"), pick("CAST(:lasts AS text[])", "b % 40")
+    local = f"{first} || '.' || {last} || n"
+    domain = pick("CAST(:domains AS text[])", "c % 8")
+    last10 = f"{pick('CAST(:areas AS text[])', 'd % 20')} || (2000000 + (n * 7919) % 8000000)"
+    created = "to_timestamp(created_s + ((a * 15 + n) % 1000000) / 1e6)"
+    return f"""
+INSERT INTO leads ({LEAD_COLUMNS})
+SELECT
+  gen_random_uuid(),
+  CAST(:cid AS uuid),
+  {first} || ' ' || {last},
+  CASE WHEN b % 20 = 0 THEN NULL ELSE {local} || '@' || {domain} END,
+  CASE WHEN b % 20 = 0 THEN NULL ELSE lower({local} || '@' || {domain}) END,
+  CASE WHEN c % 10 = 0 THEN NULL ELSE '+1' || {last10} END,
+  CASE WHEN c % 10 = 0 THEN NULL ELSE {last10} END,
+  {pick("CAST(:platforms AS text[])", "d % 12")},
+  {pick("CAST(:types AS text[])", "(a / 7) % 7")},
+  CASE WHEN a % 100 < 45 THEN 'active' WHEN a % 100 < 65 THEN 'nurture' WHEN a % 100 < 75 THEN 'won'
+       WHEN a % 100 < 88 THEN 'lost' ELSE 'archived' END,
+  CASE WHEN b % 4 = 0 THEN NULL ELSE c % 101 END,
+  CASE d % 3 WHEN 0 THEN NULL WHEN 1 THEN true ELSE false END,
+  {pick("CAST(:stages AS uuid[])", "b % 5")},
+  {pick("CAST(:owners AS uuid[])", "c % 5")},
+  CASE c % 3 WHEN 0 THEN 'buyer' WHEN 1 THEN 'seller' ELSE NULL END,
+  CASE WHEN d % 4 = 0 THEN CAST('{{}}' AS json) ELSE json_build_object('budget', 150000 + (a % 200) * 5000,
+       'neighborhood', {pick("CAST(:hoods AS text[])", "b % 10")}) END,
+  CASE WHEN d % 10 < 3 THEN NULL
+       ELSE to_timestamp((created_s + updated_s) / 2 + ((b * 13) % 1000000) / 1e6) END,
+  CASE WHEN d % 10 < 3 THEN 0 ELSE 1 + a % 7 END,
+  {created},
+  CASE WHEN updated_s = created_s THEN {created}
+       ELSE to_timestamp(updated_s + ((c * 11) % 1000000) / 1e6) END
+FROM (
+  SELECT *, least(created_s + (a * 7 + b) % 7776000, :latest) AS updated_s
+  FROM (
+    SELECT n,
+      {hashes},
+      CAST(:t0 + (n - 1) * :step AS bigint) AS created_s
+    FROM generate_series(CAST(1 AS bigint), CAST(:count AS bigint)) AS n
+  ) g
+) h
+"""
+
+
+def _seed_params(db: Any, tenant: Tenant, count: int) -> dict[str, Any]:
+    now = time.time()
+    latest = int(now) - 3600  # seeded leads are all older than anything the run writes
+    t0 = latest - 2 * 365 * 86400
+    params: dict[str, Any] = {
+        "count": count,
+        "cid": tenant.customer_id.hex if db.is_sqlite else str(tenant.customer_id),
+        "t0": t0,
+        "step": (latest - 86400 - t0) / count,
+        "latest": latest,
+    }
+    lists = {
+        "firsts": FIRST_NAMES,
+        "lasts": LAST_NAMES,
+        "domains": DOMAINS,
+        "areas": AREA_CODES,
+        "hoods": NEIGHBORHOODS,
+        "platforms": PLATFORMS,
+        "types": SOURCE_TYPES,
+    }
+    stages = [s.hex if db.is_sqlite else str(s) for s in tenant.stage_ids]
+    owners = [o.hex if db.is_sqlite else str(o) for o in tenant.owner_ids]
+    if db.is_sqlite:  # arrays as JSON text, read with json_extract
+        params.update({k: orjson.dumps(v).decode() for k, v in lists.items()})
+        params["stages"] = orjson.dumps(stages).decode()
+        params["owners"] = orjson.dumps(owners).decode()
+    else:
+        params.update({k: list(v) for k, v in lists.items()})
+        params["stages"] = stages
+        params["owners"] = owners
+    return params
+
+
+def _lead_indexes(conn: Any, is_sqlite: bool) -> list[tuple[str, str]]:
+    """(name, CREATE statement) of the leads table's secondary indexes, as the migrations made them."""
+    if is_sqlite:
+        rows = conn.execute(
+            text(
+                "SELECT name, sql FROM sqlite_master "
+                "WHERE type = 'index' AND tbl_name = 'leads' AND sql IS NOT NULL"
+            )
+        )
+    else:
+        rows = conn.execute(
+            text(
+                "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.tablename = 'leads' "
+                "AND i.schemaname = current_schema() AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
+                "WHERE c.conname = i.indexname AND c.contype IN ('p', 'u'))"
+            )
+        )
+    return [(r[0], r[1]) for r in rows]
+
+
+def seed_leads(db: Any, tenant: Tenant, count: int) -> float:
+    """Insert `count` realistic leads for `tenant` in one INSERT … SELECT (SQLite: recursive CTE,
+    PostgreSQL: generate_series); the leads indexes are dropped first and rebuilt after (same
+    definitions), which is several times faster than maintaining them row by row."""
+    started = time.perf_counter()
+    sql = _seed_sql_sqlite() if db.is_sqlite else _seed_sql_postgres()
+    params = _seed_params(db, tenant, count)
+    with db.write_session() as session:
+        conn = session.connection()
+        indexes = _lead_indexes(conn, db.is_sqlite)
+        for name, _ in indexes:
+            conn.execute(text(f'DROP INDEX "{name}"'))
+        conn.execute(text(sql), params)
+        for _, ddl in indexes:
+            conn.execute(text(ddl))
+        conn.execute(
+            text("UPDATE customers SET leads_version = leads_version + 1 WHERE id = :id"),
+            {"id": params["cid"]},
+        )
+    if not db.is_sqlite:  # what autovacuum would soon do on a live server
+        with db.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE leads"))
+    return time.perf_counter() - started
+
+
+def seeded_tenant(db: Any, count: int) -> tuple[Tenant, str]:
+    """The cached customer holding `count` seeded leads (made now if missing), with a fresh key."""
+    from mega_crm.customers.models import Customer, Owner, Stage
+    from mega_crm.leads.models import Lead
+
+    name = f"{SEED_PREFIX}{count}-v{SEED_VERSION}"
+    with db.read_session() as session:
+        customer_id = session.scalar(select(Customer.id).where(Customer.name == name))
+        have = (
+            session.scalar(select(func.count()).select_from(Lead).where(Lead.customer_id == customer_id))
+            if customer_id
+            else None
+        )
+    if customer_id is not None and have == count:
+        with db.read_session() as session:
+            stages = list(
+                session.scalars(
+                    select(Stage.id).where(Stage.customer_id == customer_id).order_by(Stage.position)
+                )
+            )
+            owners = list(session.scalars(select(Owner.id).where(Owner.customer_id == customer_id)))
+        return new_key(db, Tenant(customer_id, "", stages, owners)), "cached"
+    if customer_id is not None:
+        delete_customers_named(db, name, exact=True)
+    tenant = make_tenant(db, name)
+    seconds = seed_leads(db, tenant, count)
+    return tenant, f"seeded in {seconds:.0f} s"
+
+
+# --- one backend -------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    backend: str
+    what: str
+    figure: str
+    ok: bool
+
+
+@dataclass
+class Context:
+    backend: str
+    url: str
+    db: Any
+    server: Server
+    small: Tenant
+    big: Tenant
+    scale: int
+    targets: list[Target] = field(default_factory=list)
+
+    def target(self, what: str, figure: str, ok: bool) -> str:
+        self.targets.append(Target(self.backend, what, figure, ok))
+        return verdict(ok)
+
+
+def run_backend(backend: str, url: str, scale: int) -> list[Target]:
+    from mega_crm.db import Database
+    from mega_crm.migrate import upgrade
+
+    heading(f"=== {backend}: {redacted(url)} ===")
+    db = Database(url)
+    try:
+        upgrade(db.url)
+        removed = delete_customers_named(db, RUN_PREFIX)
+        if removed:
+            print(f"  (removed {removed} customer(s) left over by an interrupted run)")
+        print(f"  preparing customers with {SMALL:,} and {scale:,} leads …", flush=True)
+        small, how_small = seeded_tenant(db, SMALL)
+        big, how_big = seeded_tenant(db, scale)
+        print(f"  {SMALL:,} leads: {how_small}; {scale:,} leads: {how_big}", flush=True)
+        with Server(url) as server:
+            ctx = Context(backend, url, db, server, small, big, scale)
+            throughput(ctx)
+            bulk(ctx)
+            page_latency(ctx)
+        return ctx.targets
+    finally:
+        try:
+            delete_customers_named(db, RUN_PREFIX)
+        finally:
+            db.dispose()
+
+
+# --- throughput --------------------------------------------------------------------------------
+
+
+def throughput(ctx: Context) -> None:
+    seconds = env_float("MEGA_BENCH_SECONDS", 5.0)
+    connections = env_int("MEGA_BENCH_CONNECTIONS", 8)
+    heading(
+        f"Throughput — {connections} keep-alive connections, {seconds:g} s after 1 s warm-up, "
+        "one uvicorn process"
+    )
+    writer = make_tenant(ctx.db, f"{RUN_PREFIX}create-{uuid.uuid4().hex[:8]}")
+    run = uuid.uuid4().hex[:6]
+
+    def create_request(idempotent: bool) -> Any:
+        def make(i: int) -> bytes:
+            n = i * 2 + idempotent  # distinct contacts across both runs
+            body = orjson.dumps(
+                {
+                    "contact_name": f"{FIRST_NAMES[n % 40]} {LAST_NAMES[n // 40 % 40]}",
+                    "contact_email": f"{FIRST_NAMES[n % 40].lower()}.{run}.{n}@example.com",
+                    "contact_phone": f"({AREA_CODES[n % 20]}) {200 + n // 10000 % 800}-{n % 10000:04d}",
+                    "source_platform": PLATFORMS[n % 12],
+                    "source_type": "form",
+                    "custom_fields": {"lead_line": "buyer" if n % 2 else "seller", "budget": 400000 + n},
+                }
+            )
+            headers = dict(writer.headers)
+            if idempotent:
+                headers["Idempotency-Key"] = f"bench-{run}-{n}"
+            return http_request("POST", LEADS_PATH, headers, body)
+
+        return make
+
+    noop = http_request("GET", NOOP_PATH)
+    listing = http_request("GET", LEADS_PATH + LIST_QUERY, ctx.small.headers)
+    auth_only = http_request("GET", AUTH_ONLY_PATH, ctx.small.headers)
+    list_label = f"listLeads {LIST_QUERY} (of {SMALL:,})"
+    cases: list[tuple[str, Any, int, float | None]] = [
+        ("(diagnostic) key check + rate limit only", lambda _i: auth_only, 200, None),
+        ("createLead", create_request(False), 201, 0.30),
+        ("createLead with Idempotency-Key", create_request(True), 201, None),
+        (list_label, lambda _i: listing, 200, 0.40),
+    ]
+
+    def measure(make: Any) -> Any:
+        return run_load(ctx.server, make, connections=connections, seconds=seconds, warmup=1.0)
+
+    def detail(result: Any, expected: int) -> str:
+        per_request = result.server_cpu / result.rps * 1000 if result.rps else float("nan")
+        text_ = (
+            f"p50 {result.p50:.1f} ms, p99 {result.p99:.1f} ms; server CPU {result.server_cpu:.0%} "
+            f"= {per_request:.2f} ms/request; load generator CPU {result.client_cpu:.0%}"
+        )
+        bad = result.unexpected(expected)
+        return text_ + (f"; UNEXPECTED {bad}" if bad else "")
+
+    # The baseline is measured before and after the lead operations; their mean is what the
+    # ratios use, which evens out drift from anything else running on the machine.
+    before = measure(lambda _i: noop)
+    line("no-op GET /bench/noop, before (baseline)", fmt_rps(before.rps))
+    print(f"      {detail(before, 200)}")
+    results = [(label, measure(make), expected, goal) for label, make, expected, goal in cases]
+    after = measure(lambda _i: noop)
+    line("no-op GET /bench/noop, after (baseline)", fmt_rps(after.rps))
+    print(f"      {detail(after, 200)}")
+    base_rps = (before.rps + after.rps) / 2
+    for label, result, expected, goal in results:
+        ratio = result.rps / base_rps if base_rps else 0.0
+        note = f"{ratio:6.1%} of no-op"
+        if goal is not None:
+            ok = ratio >= goal and not result.unexpected(expected)
+            note += f"  target ≥{goal:.0%}  " + ctx.target(f"{label} vs no-op", f"{ratio:.1%}", ok)
+        line(label, fmt_rps(result.rps), note)
+        print(f"      {detail(result, expected)}")
+
+
+# --- bulk --------------------------------------------------------------------------------------
+
+
+def bulk_rows(tag: str, batch: int, count: int, version: int = 0) -> list[dict[str, Any]]:
+    """`count` leads as a client would send them, distinct from those of any other `batch`;
+    `version` changes what a merge of the same batch updates."""
+    rows = []
+    for n in range(count):
+        k = batch * count + n
+        first, last = FIRST_NAMES[n % 40], LAST_NAMES[(n // 40 + version) % 40]
+        rows.append(
+            {
+                "row_ref": f"{tag}-{n}",
+                "contact_name": f"{first} {last}",
+                "contact_email": f"{first.lower()}.{last.lower()}.{tag}.{n}@example.com",
+                "contact_phone": f"+1{AREA_CODES[n % 20]}{2000000 + k * 7919 % 8000000}",
+                "source_platform": PLATFORMS[n % 12],
+                "source_type": "import",
+                "lead_line": "buyer" if n % 2 else "seller",
+                "custom_fields": {
+                    "budget": 300000 + 1000 * n + version,
+                    "neighborhood": NEIGHBORHOODS[n % 10],
+                },
+            }
+        )
+    return rows
+
+
+def bare_records(rows: list[dict[str, Any]], tenant: Tenant) -> list[dict[str, Any]]:
+    """The same rows as the columns the server stores (already normalised in bulk_rows)."""
+    now = datetime.now(UTC)
+    return [
+        {
+            "id": uuid.uuid4(),
+            "customer_id": tenant.customer_id,
+            "contact_name": r["contact_name"],
+            "contact_email": r["contact_email"],
+            "email_normalized": r["contact_email"].lower(),
+            "contact_phone": r["contact_phone"],
+            "phone_last10": r["contact_phone"][-10:],
+            "source_platform": r["source_platform"],
+            "source_type": r["source_type"],
+            "status": "active",
+            "score": None,
+            "qualified": None,
+            "stage_id": tenant.stage_ids[0],
+            "owner_id": None,
+            "lead_line": r["lead_line"],
+            "custom_fields": r["custom_fields"],
+            "last_interaction_at": None,
+            "interaction_count": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for r in rows
+    ]
+
+
+class BareInsert:
+    """The floor for writing 500 leads: the rows, already in the columns' stored form, written by
+    (a) one multi-row `INSERT … VALUES (…), (…), …` statement built once, and (b) SQLAlchemy Core's
+    executemany of a single-row INSERT (sqlite3's C loop / psycopg's pipeline). Each in its own
+    transaction, commit included; whichever is faster is the baseline."""
+
+    def __init__(self, db: Any, rows: int) -> None:
+        from mega_crm.leads.models import Lead
+
+        self.db = db
+        self.table = Lead.__table__
+        dialect = db.engine.dialect
+        self.columns = list(self.table.columns)
+        self.processors = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in self.columns]
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        one = "(" + ", ".join([mark] * len(self.columns)) + ")"
+        names = ", ".join(c.name for c in self.columns)
+        self.sql = f"INSERT INTO {self.table.name} ({names}) VALUES " + ", ".join([one] * rows)
+
+    def multi_row(self, records: list[dict[str, Any]]) -> None:
+        params: list[Any] = []
+        for record in records:
+            for column, process in zip(self.columns, self.processors, strict=True):
+                value = record[column.key]
+                params.append(process(value) if process else value)
+        with self.db.engine.begin() as conn:
+            conn.exec_driver_sql(self.sql, tuple(params))
+
+    def executemany(self, records: list[dict[str, Any]]) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(insert(self.table), records)
+
+    def delete(self, customer_id: uuid.UUID) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(delete(self.table).where(self.table.c.customer_id == customer_id))
+
+
+def bulk(ctx: Context) -> None:
+    reps = env_int("MEGA_BENCH_BULK_REPS", 9)
+    heading(f"bulkImportLeads — {BULK_ROWS} rows per request, p50 of {reps} after 1 warm-up")
+    importer = make_tenant(ctx.db, f"{RUN_PREFIX}bulk-{uuid.uuid4().hex[:8]}")
+    bare = make_tenant(ctx.db, f"{RUN_PREFIX}bare-{uuid.uuid4().hex[:8]}")
+    run = uuid.uuid4().hex[:6]
+    new_rows = {i: bulk_rows(f"{run}n{i}", i + 1, BULK_ROWS) for i in range(-1, reps)}
+    merge_base = bulk_rows(f"{run}m", 1000, BULK_ROWS)
+    merge_rows = {i: bulk_rows(f"{run}m", 1000, BULK_ROWS, version=i + 2) for i in range(-1, reps)}
+    # The very rows bulk import i sends, in a customer of their own (then deleted, untimed).
+    records = {i: bare_records(rows, bare) for i, rows in new_rows.items()}
+    floor = BareInsert(ctx.db, BULK_ROWS)
+
+    def cleanup(_i: int) -> None:
+        floor.delete(bare.customer_id)
+
+    multi_ms = timed_ms(lambda i: floor.multi_row(records[i]), reps=reps, before=cleanup, max_seconds=30)
+    many_ms = timed_ms(lambda i: floor.executemany(records[i]), reps=reps, before=cleanup, max_seconds=30)
+    cleanup(0)
+
+    with http_client(ctx.server) as client:
+
+        def post(rows: list[dict[str, Any]], want: str) -> None:
+            response = client.post(
+                LEADS_PATH + "/bulk",
+                content=orjson.dumps({"leads": rows}),
+                headers={**importer.headers, "Content-Type": "application/json"},
+            )
+            summary = response.json().get("summary", {}) if response.status_code == 200 else {}
+            if summary.get(want) != len(rows):
+                raise RuntimeError(
+                    f"bulk import did not {want!r} every row: {response.status_code} {response.text[:300]}"
+                )
+
+        post(merge_base, "created")
+        new_ms = timed_ms(lambda i: post(new_rows[i], "created"), reps=reps, max_seconds=60)
+        merge_ms = timed_ms(lambda i: post(merge_rows[i], "updated"), reps=reps, max_seconds=60)
+
+    base = min(p50(multi_ms), p50(many_ms))
+    for label, samples in (("one multi-row INSERT statement", multi_ms), ("Core executemany", many_ms)):
+        mark = "  ← baseline" if p50(samples) == base else ""
+        line(f"bare {label}, {BULK_ROWS} rows + commit", fmt_ms(p50(samples)), mark.strip())
+    for label, samples in (("new rows", new_ms), ("rows that all merge", merge_ms)):
+        ratio = p50(samples) / base
+        verdict_ = ctx.target(f"bulkImport {BULK_ROWS} {label} vs bare INSERT", f"{ratio:.1f}×", ratio <= 3.0)
+        line(
+            f"bulkImport {BULK_ROWS} {label} (HTTP round trip)",
+            fmt_ms(p50(samples)),
+            f"{ratio:5.1f}× bare  target ≤3×  {verdict_}",
+        )
+
+
+# --- page latency ------------------------------------------------------------------------------
+
+
+def page_latency(ctx: Context) -> None:
+    from mega_crm.customers.models import Customer
+    from mega_crm.leads.cursor import CursorCodec, CursorPosition
+    from mega_crm.leads.models import Lead
+
+    reps = env_int("MEGA_BENCH_PAGE_REPS", 40)
+    heading(
+        f"listLeads page latency — one client, p50 of up to {reps} requests per figure, "
+        "both customers alternately (HTTP round trip)"
+    )
+    codec = CursorCodec(BENCH_SECRET.encode())
+
+    def middle(tenant: Tenant) -> tuple[str, str]:
+        """A keyset cursor halfway through status=active, and a phone there, written differently."""
+        with ctx.db.read_session() as session:
+            where = (Lead.customer_id == tenant.customer_id) & (Lead.status == "active")
+            half = (session.scalar(select(func.count()).select_from(Lead).where(where)) or 0) // 2
+            row = session.execute(
+                select(Lead.updated_at, Lead.id)
+                .where(where)
+                .order_by(Lead.updated_at, Lead.id)
+                .offset(half)
+                .limit(1)
+            ).one()
+            phone = session.scalar(
+                select(Lead.contact_phone)
+                .where(Lead.customer_id == tenant.customer_id, Lead.contact_phone.is_not(None))
+                .order_by(Lead.created_at)
+                .offset(half)
+                .limit(1)
+            )
+        cursor = codec.encode(tenant.customer_id, "updated_at", "asc", CursorPosition(row[0], row[1]))
+        assert phone
+        digits = phone[-10:]
+        return cursor, f"({digits[:3]}) {digits[3:6]}-{digits[6:]}"
+
+    def bump(tenant: Tenant) -> None:
+        """What any write does: a new leads_version, so the cached `total` is recounted."""
+        with ctx.db.write_session() as session:
+            session.execute(
+                update(Customer)
+                .where(Customer.id == tenant.customer_id)
+                .values(leads_version=Customer.leads_version + 1)
+            )
+
+    # The two customers are measured alternately, request by request, so that whatever else runs
+    # on the machine weighs on both figures alike.
+    tenants = {f"{SMALL:,}": ctx.small, f"{ctx.scale:,}": ctx.big}
+    spots = {size: middle(tenant) for size, tenant in tenants.items()}
+    page = {"status": "active", "limit": "100"}
+    cases: list[tuple[str, Any, bool]] = [
+        ("first page, status=active, limit=100", lambda _s: page, False),
+        ("same, after a write (total recounted)", lambda _s: page, True),
+        ("keyset page from the middle (cursor)", lambda s: {**page, "cursor": spots[s][0]}, False),
+        ("search by phone, another format", lambda s: {"search": spots[s][1], "limit": "100"}, False),
+        ("search by name substring", lambda _s: {"search": "ah wil", "limit": "100"}, False),
+    ]
+    figures: dict[str, dict[str, float]] = {}
+    with http_client(ctx.server) as client:
+
+        def get(size: str, params: dict[str, str]) -> float:
+            started = time.perf_counter()
+            response = client.get(LEADS_PATH, params=params, headers=tenants[size].headers)
+            elapsed = (time.perf_counter() - started) * 1000
+            if response.status_code != 200:
+                raise RuntimeError(f"listLeads {params}: {response.status_code} {response.text[:300]}")
+            return elapsed
+
+        for label, params_for, recount in cases:
+            samples: dict[str, list[float]] = {size: [] for size in tenants}
+            for size in tenants:  # warm-up (and the first count of `total`)
+                get(size, params_for(size))
+            spent = 0.0
+            for rep in range(reps):
+                for size, tenant in tenants.items():
+                    if recount:
+                        bump(tenant)
+                    samples[size].append(get(size, params_for(size)))
+                spent += sum(s[-1] for s in samples.values())
+                if spent > 8000 and rep >= 2:
+                    break
+            figures[label] = {size: p50(values) for size, values in samples.items()}
+
+    sizes = (f"{SMALL:,}", f"{ctx.scale:,}")
+    print(f"  {'':{LABEL_WIDTH}} {sizes[0] + ' leads':>14} {sizes[1] + ' leads':>16}   ratio")
+    targeted = {
+        "first page, status=active, limit=100",
+        "same, after a write (total recounted)",
+        "keyset page from the middle (cursor)",
+    }
+    for label, by_size in figures.items():
+        small, big = by_size[sizes[0]], by_size[sizes[1]]
+        ratio = big / small
+        note = f"{ratio:5.2f}×"
+        if label in targeted:
+            note += "  target ≤1.5×  " + ctx.target(
+                f"listLeads {label}: {sizes[1]} vs {sizes[0]}", f"{ratio:.2f}×", ratio <= 1.5
+            )
+        else:
+            note += "  (no target)"
+        print(f"  {label:<{LABEL_WIDTH}} {fmt_ms(small):>14} {fmt_ms(big):>16}   {note}", flush=True)
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def main() -> None:
+    scale = env_int("MEGA_BENCH_SCALE", 1_000_000)
+    if not SMALL <= scale <= 8_000_000:
+        raise SystemExit(f"MEGA_BENCH_SCALE must be between {SMALL:,} and 8,000,000")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    print(f"MEGA CRM lead benchmark — {os.cpu_count()} CPUs, MEGA_BENCH_SCALE={scale:,}", flush=True)
+
+    targets: list[Target] = []
+    failed: list[str] = []
+
+    def run(backend: str, url: str) -> None:
+        try:
+            targets.extend(run_backend(backend, url, scale))
+        except Exception:  # noqa: BLE001 - report it, go on with the other backend, fail at the end
+            traceback.print_exc()
+            failed.append(backend)
+
+    run("SQLite", f"sqlite:///{RESULTS_DIR / f'leads-sqlite-{scale}-v{SEED_VERSION}.db'}")
+    pg_url, source = postgres_url()
+    if os.environ.get("MEGA_BENCH_SKIP_POSTGRES"):
+        heading("=== PostgreSQL: skipped (MEGA_BENCH_SKIP_POSTGRES is set) ===")
+    elif (reason := postgres_unreachable(pg_url)) is not None:
+        heading(f"=== PostgreSQL: skipped — {redacted(pg_url)} ({source}) is unreachable: {reason} ===")
+    else:
+        run("PostgreSQL", pg_url)
+
+    heading("=== Summary ===")
+    for t in targets:
+        print(f"  {verdict(t.ok)}  {t.backend:<10} {t.what:<70} {t.figure:>8}")
+    print(f"\n  lead benchmark took {time.perf_counter() - started:.0f} s", flush=True)
+    if failed:
+        raise RuntimeError(f"the lead benchmark failed on {', '.join(failed)} (traceback above)")

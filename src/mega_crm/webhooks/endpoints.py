@@ -1,0 +1,196 @@
+"""HTTP surface of the webhook operations: the contract's four, plus one webhook, its delivery
+log, and redelivery. Every route needs `public_api:webhooks:manage` (default rate-limit bucket)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from starlette.responses import Response
+
+from mega_crm.auth.dependencies import Principal, require
+from mega_crm.auth.scopes import WEBHOOKS_MANAGE
+from mega_crm.errors import error_responses
+from mega_crm.http import json_response
+from mega_crm.webhooks import service
+from mega_crm.webhooks.schemas import (
+    WebhookCreateRequest,
+    WebhookCreateResponse,
+    WebhookDeleteResponse,
+    WebhookDeliveryListResponse,
+    WebhookDeliveryResponse,
+    WebhookListResponse,
+    WebhookResponse,
+    WebhookUpdateRequest,
+    WebhookUpdateResponse,
+)
+from mega_crm.webhooks.signing import SecretBox
+
+router = APIRouter(prefix="/api/agents/crm/lead-webhooks", tags=["Webhooks"])
+
+ManageKey = Annotated[Principal, Depends(require(WEBHOOKS_MANAGE))]
+CustomerIdHeader = Annotated[
+    uuid.UUID,
+    Header(
+        alias="x-customer-id",
+        description="The customer this request acts on. Must match the customer your key is locked to.",
+    ),
+]
+# Taken as text so that a malformed id is a 404 (no such webhook), like another customer's id.
+WebhookId = Annotated[str, Path(json_schema_extra={"format": "uuid"})]
+DeliveryId = Annotated[str, Path(json_schema_extra={"format": "uuid"})]
+
+
+def _box(request: Request) -> SecretBox:
+    return SecretBox(request.app.state.secret_key)
+
+
+def _allow_private(request: Request) -> bool:
+    return bool(request.app.state.settings.webhook_allow_private_targets)
+
+
+@router.get(
+    "",
+    operation_id="listWebhooks",
+    summary="List webhooks",
+    description="Lists the caller's registered lead webhooks. Signing secrets are never returned. "
+    "Requires the `public_api:webhooks:manage` scope.",
+    response_model=WebhookListResponse,
+    responses=error_responses(401, 403, 429),
+)
+def list_webhooks(request: Request, principal: ManageKey, x_customer_id: CustomerIdHeader) -> Response:
+    with request.app.state.db.read_session() as session:
+        return json_response(service.list_webhooks(session, principal.customer_id))
+
+
+@router.post(
+    "",
+    operation_id="createWebhook",
+    summary="Register a webhook",
+    description="Registers a webhook URL for `lead.created` events. The URL is SSRF-validated (must be "
+    "public HTTPS). The signing `secret` is returned EXACTLY ONCE — store it. Requires the "
+    "`public_api:webhooks:manage` scope.",
+    status_code=201,
+    response_model=WebhookCreateResponse,
+    responses=error_responses(400, 401, 403, 409, 429),
+)
+def create_webhook(
+    request: Request, principal: ManageKey, x_customer_id: CustomerIdHeader, body: WebhookCreateRequest
+) -> Response:
+    target = service.check_url(body.url, allow_private=_allow_private(request))
+    with request.app.state.db.write_session() as session:
+        created = service.create_webhook(session, principal.customer_id, body, target, _box(request))
+    return json_response(created, 201)
+
+
+@router.get(
+    "/{id}",
+    operation_id="getWebhook",
+    summary="Get one webhook",
+    description="One of the caller's webhooks (never its secret). Requires the "
+    "`public_api:webhooks:manage` scope.",
+    response_model=WebhookResponse,
+    responses=error_responses(401, 403, 404, 429),
+)
+def get_webhook(
+    request: Request, principal: ManageKey, x_customer_id: CustomerIdHeader, id: WebhookId
+) -> Response:
+    webhook_id = service.parse_id(id)
+    with request.app.state.db.read_session() as session:
+        return json_response(service.get_webhook(session, principal.customer_id, webhook_id))
+
+
+@router.patch(
+    "/{id}",
+    operation_id="updateWebhook",
+    summary="Update / rotate a webhook",
+    description="Updates a webhook. Set `rotate_secret: true` to mint a fresh signing secret (returned "
+    "once). Requires the `public_api:webhooks:manage` scope.",
+    response_model=WebhookUpdateResponse,
+    responses=error_responses(400, 401, 403, 404, 429),
+)
+def update_webhook(
+    request: Request,
+    principal: ManageKey,
+    x_customer_id: CustomerIdHeader,
+    id: WebhookId,
+    body: WebhookUpdateRequest,
+) -> Response:
+    webhook_id = service.parse_id(id)
+    target = None
+    if body.url is not None:
+        target = service.check_url(body.url, allow_private=_allow_private(request))
+    with request.app.state.db.write_session() as session:
+        updated = service.update_webhook(
+            session, principal.customer_id, webhook_id, body, target, _box(request)
+        )
+    return json_response(updated)
+
+
+@router.delete(
+    "/{id}",
+    operation_id="deleteWebhook",
+    summary="Delete a webhook",
+    description="Soft-deletes a webhook and cancels its pending deliveries. Requires the "
+    "`public_api:webhooks:manage` scope.",
+    response_model=WebhookDeleteResponse,
+    responses=error_responses(401, 403, 404, 429),
+)
+def delete_webhook(
+    request: Request, principal: ManageKey, x_customer_id: CustomerIdHeader, id: WebhookId
+) -> Response:
+    webhook_id = service.parse_id(id)
+    with request.app.state.db.write_session() as session:
+        return json_response(service.delete_webhook(session, principal.customer_id, webhook_id))
+
+
+@router.get(
+    "/{id}/deliveries",
+    operation_id="listWebhookDeliveries",
+    summary="List a webhook's deliveries",
+    description="Recent deliveries to this webhook, newest first, with their status (pending, "
+    "succeeded, failed, cancelled), attempt count, last answer and next attempt. Page with "
+    "`next_cursor`. Requires the `public_api:webhooks:manage` scope.",
+    response_model=WebhookDeliveryListResponse,
+    responses=error_responses(400, 401, 403, 404, 429),
+)
+def list_webhook_deliveries(
+    request: Request,
+    principal: ManageKey,
+    x_customer_id: CustomerIdHeader,
+    id: WebhookId,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> Response:
+    webhook_id = service.parse_id(id)
+    codec = service.DeliveryCursor(request.app.state.secret_key)
+    with request.app.state.db.read_session() as session:
+        page = service.list_deliveries(
+            session, principal.customer_id, webhook_id, limit=limit, cursor=cursor, codec=codec
+        )
+    return json_response(page)
+
+
+@router.post(
+    "/{id}/deliveries/{delivery_id}/redeliver",
+    operation_id="redeliverWebhookDelivery",
+    summary="Redeliver an event",
+    description="Queues a fresh delivery (new `X-Mega-Delivery` id, full retry budget) of the same "
+    "event to this webhook. Requires the `public_api:webhooks:manage` scope.",
+    status_code=201,
+    response_model=WebhookDeliveryResponse,
+    responses=error_responses(401, 403, 404, 409, 429),
+)
+def redeliver_webhook_delivery(
+    request: Request,
+    principal: ManageKey,
+    x_customer_id: CustomerIdHeader,
+    id: WebhookId,
+    delivery_id: DeliveryId,
+) -> Response:
+    webhook_id = service.parse_id(id)
+    delivery_uuid = service.parse_id(delivery_id, "delivery")
+    with request.app.state.db.write_session() as session:
+        created = service.redeliver(session, principal.customer_id, webhook_id, delivery_uuid)
+    return json_response(created, 201)

@@ -1,0 +1,368 @@
+"""All SQL of the webhook feature: registrations, the outbox, and the worker's claims."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from mega_crm.webhooks.models import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    SUCCEEDED,
+    Webhook,
+    WebhookDelivery,
+    WebhookEvent,
+)
+
+NOTIFY_CHANNEL = "mega_crm_webhook_deliveries"
+
+
+# --- registrations --------------------------------------------------------------------------
+
+
+def live_webhooks(session: Session, customer_id: uuid.UUID) -> list[Webhook]:
+    return list(
+        session.scalars(
+            select(Webhook)
+            .where(Webhook.customer_id == customer_id, Webhook.deleted_at.is_(None))
+            .order_by(Webhook.created_at, Webhook.id)
+        )
+    )
+
+
+def live_webhook(
+    session: Session, customer_id: uuid.UUID, webhook_id: uuid.UUID, *, for_update: bool = False
+) -> Webhook | None:
+    """The customer's webhook, unless soft-deleted. Another customer's id reads as absent."""
+    query = select(Webhook).where(
+        Webhook.id == webhook_id, Webhook.customer_id == customer_id, Webhook.deleted_at.is_(None)
+    )
+    if for_update:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def url_registered(
+    session: Session, customer_id: uuid.UUID, url: str, except_id: uuid.UUID | None = None
+) -> bool:
+    query = select(Webhook.id).where(
+        Webhook.customer_id == customer_id, Webhook.url == url, Webhook.deleted_at.is_(None)
+    )
+    if except_id is not None:
+        query = query.where(Webhook.id != except_id)
+    return session.scalars(query.limit(1)).first() is not None
+
+
+def cancel_pending_deliveries(session: Session, webhook_id: uuid.UUID, now: datetime) -> int:
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.status == PENDING)
+        .values(status=CANCELLED, next_attempt_at=None, completed_at=now, updated_at=now)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --- the outbox -----------------------------------------------------------------------------
+
+
+def subscribed_webhook_ids(session: Session, customer_id: uuid.UUID, event_type: str) -> list[uuid.UUID]:
+    rows = session.execute(
+        select(Webhook.id, Webhook.event_types).where(
+            Webhook.customer_id == customer_id,
+            Webhook.is_active.is_(True),
+            Webhook.deleted_at.is_(None),
+        )
+    )
+    # event_types is a short JSON list; filtering here keeps the query portable.
+    return [webhook_id for webhook_id, types in rows if event_type in (types or [])]
+
+
+def insert_event_with_deliveries(
+    session: Session,
+    *,
+    customer_id: uuid.UUID,
+    event_type: str,
+    lead_id: uuid.UUID | None,
+    lead: dict[str, Any],
+    webhook_ids: list[uuid.UUID],
+    now: datetime,
+) -> list[uuid.UUID]:
+    event = WebhookEvent(
+        id=uuid.uuid4(),
+        customer_id=customer_id,
+        event_type=event_type,
+        lead_id=lead_id,
+        lead=lead,
+        created_at=now,
+    )
+    session.add(event)
+    session.flush()
+    return insert_deliveries(session, event.id, webhook_ids, now)
+
+
+def insert_deliveries(
+    session: Session, event_id: uuid.UUID, webhook_ids: list[uuid.UUID], now: datetime
+) -> list[uuid.UUID]:
+    deliveries = [
+        WebhookDelivery(
+            id=uuid.uuid4(),
+            webhook_id=webhook_id,
+            event_id=event_id,
+            status=PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        for webhook_id in webhook_ids
+    ]
+    session.add_all(deliveries)
+    session.flush()
+    return [d.id for d in deliveries]
+
+
+def notify_workers(session: Session) -> None:
+    """PostgreSQL: wake LISTENing workers when this transaction commits (a no-op on rollback)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+
+# --- the delivery log -----------------------------------------------------------------------
+
+
+DELIVERY_LOG_COLUMNS = (WebhookDelivery, WebhookEvent.event_type, WebhookEvent.lead_id)
+
+
+def deliveries_page(
+    session: Session,
+    webhook_id: uuid.UUID,
+    *,
+    limit: int,
+    before: tuple[datetime, uuid.UUID] | None,
+) -> list[tuple[WebhookDelivery, str, uuid.UUID | None]]:
+    """Newest first; `before` continues after the last row of the previous page."""
+    query = (
+        select(*DELIVERY_LOG_COLUMNS)
+        .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.webhook_id == webhook_id)
+    )
+    if before is not None:
+        created_at, delivery_id = before
+        query = query.where(
+            or_(
+                WebhookDelivery.created_at < created_at,
+                and_(WebhookDelivery.created_at == created_at, WebhookDelivery.id < delivery_id),
+            )
+        )
+    query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc()).limit(limit)
+    return [(d, event_type, lead_id) for d, event_type, lead_id in session.execute(query)]
+
+
+def delivery_of(
+    session: Session, webhook_id: uuid.UUID, delivery_id: uuid.UUID
+) -> tuple[WebhookDelivery, str, uuid.UUID | None] | None:
+    row = session.execute(
+        select(*DELIVERY_LOG_COLUMNS)
+        .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.id == delivery_id)
+    ).first()
+    return (row[0], row[1], row[2]) if row else None
+
+
+# --- the worker's claims --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """Everything one attempt needs, read in the claiming transaction."""
+
+    id: uuid.UUID
+    lease_token: uuid.UUID
+    attempts: int  # attempts made before this one
+    webhook_id: uuid.UUID
+    url: str
+    timeout_seconds: int
+    retry_attempts: int
+    secret_encrypted: str
+    event_id: uuid.UUID
+    event_type: str
+    lead: dict[str, Any]
+
+
+def _due(now: datetime) -> Any:
+    return and_(
+        WebhookDelivery.status == PENDING,
+        WebhookDelivery.next_attempt_at <= now,
+        or_(WebhookDelivery.leased_until.is_(None), WebhookDelivery.leased_until <= now),
+    )
+
+
+def any_due(session: Session, now: datetime) -> bool:
+    return session.scalars(select(WebhookDelivery.id).where(_due(now)).limit(1)).first() is not None
+
+
+def claim_due_deliveries(
+    session: Session,
+    now: datetime,
+    *,
+    limit: int,
+    lease_seconds: float,
+    per_webhook: int,
+    busy: dict[uuid.UUID, int],
+) -> list[ClaimedDelivery]:
+    """Lease up to `limit` due deliveries to this worker.
+
+    PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent workers claim disjoint rows without
+    waiting on each other; SQLite: the write transaction already excludes other claimers.
+    At most `per_webhook` attempts per webhook are in flight (`busy` counts this worker's),
+    so one slow endpoint cannot take every slot.
+    """
+    query = (
+        select(WebhookDelivery.id, WebhookDelivery.webhook_id)
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+        .where(_due(now), Webhook.is_active.is_(True), Webhook.deleted_at.is_(None))
+    )
+    saturated = [webhook_id for webhook_id, n in busy.items() if n >= per_webhook]
+    if saturated:
+        query = query.where(WebhookDelivery.webhook_id.not_in(saturated))
+    candidates = session.execute(
+        query.order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit * 4)
+        .with_for_update(skip_locked=True, of=WebhookDelivery)
+    ).all()
+    taken: list[uuid.UUID] = []
+    load = dict(busy)
+    for delivery_id, webhook_id in candidates:
+        if load.get(webhook_id, 0) >= per_webhook:
+            continue
+        load[webhook_id] = load.get(webhook_id, 0) + 1
+        taken.append(delivery_id)
+        if len(taken) == limit:
+            break
+    if not taken:
+        return []
+    rows = session.execute(
+        select(
+            WebhookDelivery.id,
+            WebhookDelivery.attempts,
+            Webhook.id,
+            Webhook.url,
+            Webhook.timeout_seconds,
+            Webhook.retry_attempts,
+            Webhook.secret_encrypted,
+            WebhookEvent.id,
+            WebhookEvent.event_type,
+            WebhookEvent.lead,
+        )
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+        .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.id.in_(taken))
+    ).all()
+    claims = [
+        ClaimedDelivery(
+            id=r[0],
+            lease_token=uuid.uuid4(),
+            attempts=r[1],
+            webhook_id=r[2],
+            url=r[3],
+            timeout_seconds=r[4],
+            retry_attempts=r[5],
+            secret_encrypted=r[6],
+            event_id=r[7],
+            event_type=r[8],
+            lead=r[9],
+        )
+        for r in rows
+    ]
+    session.execute(
+        update(WebhookDelivery),
+        [
+            {
+                "id": c.id,
+                "lease_token": c.lease_token,
+                # The lease outlives the longest possible attempt, so only a dead worker loses it.
+                "leased_until": now + timedelta(seconds=lease_seconds + c.timeout_seconds),
+            }
+            for c in claims
+        ],
+    )
+    return claims
+
+
+def next_due_at(session: Session) -> datetime | None:
+    """When the next pending delivery becomes claimable (its due time, or its lease's end)."""
+    nxt = session.scalars(
+        select(WebhookDelivery.next_attempt_at)
+        .where(WebhookDelivery.status == PENDING, WebhookDelivery.leased_until.is_(None))
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(1)
+    ).first()
+    lease_end = session.scalars(
+        select(WebhookDelivery.leased_until)
+        .where(WebhookDelivery.status == PENDING, WebhookDelivery.leased_until.is_not(None))
+        .order_by(WebhookDelivery.leased_until)
+        .limit(1)
+    ).first()
+    candidates = [t for t in (nxt, lease_end) if t is not None]
+    return min(candidates) if candidates else None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What one attempt came to, for the delivery row."""
+
+    delivery_id: uuid.UUID
+    lease_token: uuid.UUID
+    status: str  # succeeded | failed | pending (retry at next_attempt_at)
+    attempts: int
+    at: datetime
+    next_attempt_at: datetime | None
+    status_code: int | None
+    error: str | None
+    latency_ms: int | None
+
+
+def record_attempts(session: Session, records: list[AttemptRecord]) -> int:
+    """Write attempt outcomes; a record whose lease was lost (taken over) changes nothing."""
+    written = 0
+    for r in records:
+        query = update(WebhookDelivery).where(
+            WebhookDelivery.id == r.delivery_id, WebhookDelivery.lease_token == r.lease_token
+        )
+        if r.status != SUCCEEDED:
+            # A webhook deactivated or deleted meanwhile keeps its delivery cancelled; an attempt
+            # that nevertheless succeeded is still recorded, since the receiver has it.
+            query = query.where(WebhookDelivery.status == PENDING)
+        result = session.execute(
+            query.values(
+                status=r.status,
+                attempts=r.attempts,
+                next_attempt_at=r.next_attempt_at,
+                leased_until=None,
+                lease_token=None,
+                last_status_code=r.status_code,
+                last_error=r.error,
+                last_latency_ms=r.latency_ms,
+                last_attempt_at=r.at,
+                updated_at=r.at,
+                completed_at=r.at if r.status in (SUCCEEDED, FAILED) else None,
+            )
+        )
+        written += int(result.rowcount)  # type: ignore[attr-defined]
+    return written
+
+
+def release_claims(session: Session, claims: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+    """Hand unfinished claims back (graceful shutdown): due at once, for any worker."""
+    for delivery_id, lease_token in claims:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.lease_token == lease_token)
+            .values(leased_until=None, lease_token=None)
+        )

@@ -1,0 +1,113 @@
+"""Request and response shapes of the webhook operations, named as in the contract's OpenAPI."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic.json_schema import SkipJsonSchema
+
+EventType = Literal["lead.created"]
+DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
+
+Url = Annotated[
+    StrictStr,
+    Field(
+        max_length=2048,
+        json_schema_extra={"format": "uri"},
+        description="Public HTTPS URL. Validated against SSRF before it is stored.",
+    ),
+]
+EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=10)]
+TimeoutSeconds = Annotated[StrictInt, Field(ge=1, le=60)]
+RetryAttempts = Annotated[StrictInt, Field(ge=0, le=10)]
+Description = Annotated[StrictStr | None, Field(max_length=500)]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class WebhookCreateRequest(_Input):
+    url: Url
+    event_types: EventTypes = ["lead.created"]
+    timeout_seconds: TimeoutSeconds = 10
+    retry_attempts: RetryAttempts = 5
+    description: Description = None
+    is_active: StrictBool = True
+
+
+class WebhookUpdateRequest(_Input):
+    """Only the fields sent change; `description: null` clears the description."""
+
+    url: Url | SkipJsonSchema[None] = None
+    event_types: EventTypes | SkipJsonSchema[None] = None
+    timeout_seconds: TimeoutSeconds | SkipJsonSchema[None] = None
+    retry_attempts: RetryAttempts | SkipJsonSchema[None] = None
+    description: Description = None
+    is_active: StrictBool | SkipJsonSchema[None] = None
+    rotate_secret: Annotated[
+        StrictBool | SkipJsonSchema[None],
+        Field(description="When true, a fresh signing secret is minted and returned once."),
+    ] = None
+
+
+class Webhook(BaseModel):
+    id: str
+    url: str
+    event_types: list[str]
+    is_active: bool
+    timeout_seconds: int
+    retry_attempts: int
+    description: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookListResponse(BaseModel):
+    webhooks: list[Webhook]
+
+
+class WebhookCreateResponse(BaseModel):
+    webhook: Webhook
+    secret: str = Field(description="HMAC signing secret (`mega_whsec_...`). Shown only on creation.")
+
+
+class WebhookUpdateResponse(BaseModel):
+    webhook: Webhook
+    secret: str | SkipJsonSchema[None] = Field(default=None, description="Present only when rotated.")
+
+
+class WebhookResponse(BaseModel):
+    webhook: Webhook
+
+
+class WebhookDeleteResponse(BaseModel):
+    deleted: bool
+
+
+class WebhookDelivery(BaseModel):
+    id: str = Field(description="The X-Mega-Delivery header of every attempt of this delivery.")
+    webhook_id: str
+    event: EventType
+    event_id: str
+    lead_id: str | None
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None = Field(description="HTTP status of the last attempt, if it got one.")
+    last_error: str | None = Field(description="Why the last attempt failed, when it did.")
+    last_latency_ms: int | None
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None = Field(description="When the next attempt is due (pending only).")
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class WebhookDeliveryListResponse(BaseModel):
+    deliveries: list[WebhookDelivery]
+    next_cursor: str | None = Field(description="Pass back as `cursor` for the next (older) page.")
+
+
+class WebhookDeliveryResponse(BaseModel):
+    delivery: WebhookDelivery

@@ -1,0 +1,385 @@
+"""The delivery worker: claims due deliveries, attempts them concurrently, records the outcomes.
+
+Runs inside `mega-crm serve` (a thread with its own event loop, started by the app's lifespan)
+or alone as `mega-crm worker`. Any number may run against one PostgreSQL: claims are leased
+rows taken with FOR UPDATE SKIP LOCKED, and a claim whose worker died is taken again when its
+lease ends. The worker sleeps until the next delivery is due, and is woken early by a commit
+in this process that added deliveries, or by PostgreSQL NOTIFY from any other process.
+
+Shutdown (SIGTERM): stop claiming, let in-flight attempts finish for a grace period, then
+hand the unfinished ones back (due at once, for any worker). Nothing is lost either way: an
+unrecorded attempt is attempted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+
+from mega_crm.config import Settings
+from mega_crm.db import Database, utcnow
+from mega_crm.webhooks import repository as repo
+from mega_crm.webhooks.delivery import AttemptResult, ClientPool, attempt_delivery, retry_delay, ssl_context
+from mega_crm.webhooks.models import FAILED, PENDING, SUCCEEDED
+from mega_crm.webhooks.outbox import add_wake_listener, remove_wake_listener
+from mega_crm.webhooks.signing import SecretBox
+from mega_crm.webhooks.urls import Resolver
+
+log = logging.getLogger("mega_crm.webhooks")
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        server_key: bytes,
+        *,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.box = SecretBox(server_key)
+        self.resolver = resolver
+        self.concurrency = max(1, settings.webhook_worker_concurrency)
+        self.per_webhook = settings.webhook_endpoint_concurrency or max(1, self.concurrency // 4)
+        self.allow_private = settings.webhook_allow_private_targets
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._in_flight: dict[asyncio.Task[None], repo.ClaimedDelivery] = {}
+        self._busy: dict[uuid.UUID, int] = {}
+        self._records: list[repo.AttemptRecord] = []
+        self._records_ready: asyncio.Event | None = None
+        self._listen_stop = threading.Event()
+        self._closing = False
+
+    # --- waking ---------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Thread-safe: look for due deliveries now."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop is shutting down
+                loop.call_soon_threadsafe(wake.set)
+
+    def _listen_for_notifications(self) -> None:
+        """PostgreSQL LISTEN on its own connection (thread); reconnects after errors."""
+        import psycopg
+
+        conninfo = make_url(self.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        while not self._listen_stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {repo.NOTIFY_CHANNEL}")
+                    self.wake()  # anything committed while we were not listening
+                    while not self._listen_stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self.wake()
+            except Exception as exc:  # noqa: BLE001 - keep listening; polling covers the gap
+                log.warning("webhook LISTEN connection failed (%s); retrying", type(exc).__name__)
+                self._listen_stop.wait(2.0)
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._records_ready = asyncio.Event()
+        tls = ssl_context(self.settings.webhook_ca_file)
+        # Several webhooks may share one origin: its client must not be the bottleneck.
+        pool = ClientPool(tls=tls, per_client_connections=self.concurrency)
+        add_wake_listener(self.wake)
+        listener: threading.Thread | None = None
+        if not self.db.is_sqlite:
+            listener = threading.Thread(
+                target=self._listen_for_notifications, name="webhook-listen", daemon=True
+            )
+            listener.start()
+        recorder = asyncio.create_task(self._record_outcomes(stop))
+        log.info(
+            "webhook worker started (concurrency %d, %d per webhook)", self.concurrency, self.per_webhook
+        )
+        try:
+            await self._claim_loop(stop, pool)
+        finally:
+            remove_wake_listener(self.wake)
+            self._listen_stop.set()
+            await self._drain()
+            # Let the recorder finish its current write and the queued ones, then stop it.
+            self._closing = True
+            self._records_ready.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(recorder), timeout=30)
+            except TimeoutError:
+                recorder.cancel()
+            await self._write_records()
+            await pool.aclose()
+            if listener is not None:
+                await asyncio.to_thread(listener.join, 5.0)
+            log.info("webhook worker stopped")
+
+    async def _claim_loop(self, stop: asyncio.Event, pool: ClientPool) -> None:
+        assert self._wake is not None
+        poll = max(0.05, self.settings.webhook_poll_seconds)
+        # Under load, claim several slots' worth at once rather than one transaction per slot.
+        batch = max(1, self.concurrency // 4)
+        while not stop.is_set():
+            self._wake.clear()
+            free = self.concurrency - len(self._in_flight)
+            claims: list[repo.ClaimedDelivery] = []
+            if 0 < free < batch and self._in_flight:
+                await _wait_any(stop, self._wake, timeout=poll)
+                continue
+            if free > 0:
+                try:
+                    claims = await asyncio.to_thread(self._claim, free, dict(self._busy))
+                except Exception:
+                    log.exception("claiming webhook deliveries failed; retrying")
+                    await _wait_any(stop, self._wake, timeout=poll)
+                    continue
+                for claim in claims:
+                    self._start_attempt(claim, pool)
+            if claims and len(claims) == free:
+                continue  # there may be more due already
+            timeout = poll
+            if free > 0 and not claims:
+                timeout = await self._until_next_due(poll)
+            await _wait_any(stop, self._wake, timeout=timeout)
+
+    def _claim(self, limit: int, busy: dict[uuid.UUID, int]) -> list[repo.ClaimedDelivery]:
+        now = utcnow()
+        if self.db.is_sqlite:
+            # Look before taking SQLite's write lock: an idle worker should not block writers.
+            with self.db.read_session() as session:
+                if not repo.any_due(session, now):
+                    return []
+        with self.db.write_session() as session:
+            return repo.claim_due_deliveries(
+                session,
+                now,
+                limit=limit,
+                lease_seconds=self.settings.webhook_lease_seconds,
+                per_webhook=self.per_webhook,
+                busy=busy,
+            )
+
+    async def _until_next_due(self, poll: float) -> float:
+        try:
+            nxt = await asyncio.to_thread(self._next_due)
+        except Exception:  # noqa: BLE001 - fall back to polling
+            return poll
+        if nxt is None:
+            return poll
+        return min(poll, max(0.0, (nxt - utcnow()).total_seconds()) + 0.005)
+
+    def _next_due(self) -> Any:
+        with self.db.read_session() as session:
+            return repo.next_due_at(session)
+
+    # --- attempts -------------------------------------------------------------------------
+
+    def _start_attempt(self, claim: repo.ClaimedDelivery, pool: ClientPool) -> None:
+        self._busy[claim.webhook_id] = self._busy.get(claim.webhook_id, 0) + 1
+        task = asyncio.create_task(self._attempt(claim, pool), name=f"delivery-{claim.id}")
+        self._in_flight[task] = claim
+        task.add_done_callback(self._attempt_done)
+
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        claim = self._in_flight.pop(task, None)
+        if claim is not None:
+            left = self._busy.get(claim.webhook_id, 1) - 1
+            if left > 0:
+                self._busy[claim.webhook_id] = left
+            else:
+                self._busy.pop(claim.webhook_id, None)
+        if self._wake is not None:
+            self._wake.set()  # a slot is free
+
+    async def _attempt(self, claim: repo.ClaimedDelivery, pool: ClientPool) -> None:
+        try:
+            secret = self.box.open(claim.webhook_id, claim.secret_encrypted)
+            result = await attempt_delivery(
+                pool,
+                url=claim.url,
+                secret=secret,
+                delivery_id=str(claim.id),
+                event_type=claim.event_type,
+                lead=claim.lead,
+                timeout_seconds=claim.timeout_seconds,
+                allow_private=self.allow_private,
+                resolver=self.resolver,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("webhook delivery %s: unexpected error", claim.id)
+            result = AttemptResult(False, None, f"internal error: {type(exc).__name__}", None)
+        self._records.append(self._judge(claim, result))
+        assert self._records_ready is not None
+        self._records_ready.set()
+
+    def _judge(self, claim: repo.ClaimedDelivery, result: AttemptResult) -> repo.AttemptRecord:
+        now = utcnow()
+        attempts = claim.attempts + 1
+        next_attempt_at = None
+        if result.succeeded:
+            status = SUCCEEDED
+        elif result.refused or attempts > claim.retry_attempts:
+            status = FAILED
+        else:
+            status = PENDING
+            delay = retry_delay(attempts, self.settings.webhook_retry_base_seconds)
+            next_attempt_at = now + timedelta(seconds=delay)
+        if not result.succeeded:
+            log.info("webhook delivery %s attempt %d failed: %s", claim.id, attempts, result.error)
+        return repo.AttemptRecord(
+            delivery_id=claim.id,
+            lease_token=claim.lease_token,
+            status=status,
+            attempts=attempts,
+            at=now,
+            next_attempt_at=next_attempt_at,
+            status_code=result.status_code,
+            error=result.error,
+            latency_ms=result.latency_ms,
+        )
+
+    # --- recording ------------------------------------------------------------------------
+
+    async def _record_outcomes(self, stop: asyncio.Event) -> None:
+        """Writes finished attempts, several per transaction when they finish together."""
+        assert self._records_ready is not None
+        while True:
+            await self._records_ready.wait()
+            self._records_ready.clear()
+            written = await self._write_records()
+            if self._closing and not self._records:
+                return
+            if not written:
+                await asyncio.sleep(1.0)  # the database is unwell; keep the records and retry
+                self._records_ready.set()
+            elif self._wake is not None:
+                self._wake.set()  # a retry may be due soon: re-plan the sleep
+
+    async def _write_records(self) -> bool:
+        records, self._records = self._records, []
+        if not records:
+            return True
+        try:
+            await asyncio.to_thread(self._write, records)
+        except Exception:
+            log.exception("recording %d webhook attempt(s) failed; will retry", len(records))
+            self._records = records + self._records
+            return False
+        return True
+
+    def _write(self, records: list[repo.AttemptRecord]) -> None:
+        with self.db.write_session() as session:
+            repo.record_attempts(session, records)
+
+    async def _drain(self) -> None:
+        """Shutdown: give in-flight attempts the grace period, then release what is left."""
+        tasks = list(self._in_flight)
+        if not tasks:
+            return
+        grace = max(0.0, self.settings.webhook_shutdown_grace_seconds)
+        log.info("webhook worker stopping: waiting up to %gs for %d attempt(s)", grace, len(tasks))
+        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        unfinished = [(self._in_flight[t].id, self._in_flight[t].lease_token) for t in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if unfinished:
+            try:
+                await asyncio.to_thread(self._release, unfinished)
+            except Exception:  # noqa: BLE001 - their leases lapse instead
+                log.exception(
+                    "releasing %d webhook claim(s) failed; they return after the lease", len(unfinished)
+                )
+
+    def _release(self, claims: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        with self.db.write_session() as session:
+            repo.release_claims(session, claims)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, *, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+# --- running it -----------------------------------------------------------------------------
+
+
+async def run_until_signalled(worker: DeliveryWorker) -> None:
+    """`mega-crm worker`: run until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.run(stop)
+
+
+class WorkerThread:
+    """The worker on its own thread and event loop, inside the API server's process."""
+
+    def __init__(self, worker: DeliveryWorker) -> None:
+        self.worker = worker
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="webhook-worker", daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self.worker.run(self._stop)
+
+        try:
+            asyncio.run(main())
+        except Exception:
+            log.exception("webhook worker crashed")
+        finally:
+            self._ready.set()
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(5.0)
+
+    def stop(self, timeout: float | None = None) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+        self._thread.join(timeout)
+
+
+@contextlib.asynccontextmanager
+async def webhook_worker_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The app's lifespan: the in-process worker, unless MEGA_WEBHOOK_WORKER_IN_PROCESS=0."""
+    settings: Settings = app.state.settings
+    runner: WorkerThread | None = None
+    if settings.webhook_worker_in_process:
+        runner = WorkerThread(DeliveryWorker(app.state.db, settings, app.state.secret_key))
+        runner.start()
+    try:
+        yield
+    finally:
+        if runner is not None:
+            grace = settings.webhook_shutdown_grace_seconds + 15
+            await asyncio.to_thread(runner.stop, grace)

@@ -1,0 +1,122 @@
+"""The embedded SQLite default under concurrency: WAL, a busy timeout, write locks taken up front."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, text
+
+from mega_crm.app import create_app
+from mega_crm.db import Database
+from mega_crm.migrate import upgrade
+from tests.conftest import LiveServer, make_settings
+from tests.fixtures.factories import Tenant, lead, make_tenant
+
+LEADS = "/api/agents/crm/leads"
+
+
+@pytest.fixture(scope="module")
+def sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "embedded.db"
+    upgrade(Database(f"sqlite:///{path}").url)
+    return path
+
+
+@pytest.fixture
+def sqlite_db(sqlite_file: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{sqlite_file}")
+    yield db
+    db.dispose()
+
+
+def test_the_database_file_is_in_wal_mode(sqlite_file, sqlite_db):
+    with sqlite_db.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    # WAL is a property of the file: any other process opening it sees it too.
+    with sqlite3.connect(sqlite_file) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_connections_wait_for_the_lock_instead_of_failing(sqlite_db):
+    with sqlite_db.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+    with sqlite_db.write_session() as session:
+        assert session.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+
+
+def test_a_write_transaction_takes_the_write_lock_up_front(sqlite_file, sqlite_db):
+    """A deferred transaction that reads first and writes later can fail with "database is locked"
+    when another writer got in between; a write transaction must hold the lock from its start."""
+    other = sqlite3.connect(sqlite_file, timeout=0, isolation_level=None)
+    try:
+        with sqlite_db.write_session() as session:
+            session.execute(select(1))  # only a read so far
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # released on commit
+        other.execute("ROLLBACK")
+        with sqlite_db.read_session() as session:
+            session.execute(select(1))
+            other.execute("BEGIN IMMEDIATE")  # reads do not block writers
+            other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+@pytest.fixture
+def two_servers(sqlite_file: Path) -> Iterator[tuple[list[LiveServer], Database]]:
+    """Two app instances with their own engines on one file: two server processes, in effect
+    (the in-process write lock does not span them; the busy timeout must)."""
+    url = f"sqlite:///{sqlite_file}"
+    databases = [Database(url), Database(url)]
+    with ExitStack() as stack:
+        servers = [
+            stack.enter_context(
+                LiveServer(create_app(make_settings(url, webhook_worker_in_process=False), db))
+            )
+            for db in databases
+        ]
+        yield servers, databases[0]
+    for db in databases:
+        db.dispose()
+
+
+def test_a_burst_of_parallel_writes_all_get_answers(two_servers):
+    servers, db = two_servers
+    tenant: Tenant = make_tenant(db)
+    shared_email = "burst-shared@example.com"
+
+    def request(i: int) -> httpx.Response:
+        base = servers[i % 2].url
+        with httpx.Client(base_url=base, timeout=120) as http:
+            if i % 10 == 0:  # a bulk import among the single creates
+                rows = [lead(contact_name=f"Bulk {i}-{n}") for n in range(20)]
+                return http.post(f"{LEADS}/bulk", json={"leads": rows}, headers=tenant.headers)
+            if i % 10 == 5:  # a read among the writes
+                return http.get(LEADS, headers=tenant.headers)
+            if i % 7 == 0:  # several requests merging into one lead
+                return http.post(LEADS, json=lead(contact_email=shared_email), headers=tenant.headers)
+            return http.post(LEADS, json=lead(contact_name=f"Burst {i}"), headers=tenant.headers)
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        responses = list(pool.map(request, range(60)))
+
+    failures: list[Any] = [(r.status_code, r.text[:200]) for r in responses if r.status_code >= 300]
+    assert failures == []
+    assert not any("locked" in r.text for r in responses)
+
+    bulk_rows = sum(20 for i in range(60) if i % 10 == 0)
+    merged = [i for i in range(60) if i % 10 not in (0, 5) and i % 7 == 0]
+    singles = [i for i in range(60) if i % 10 not in (0, 5) and i % 7 != 0]
+    with httpx.Client(base_url=servers[0].url) as http:
+        total = http.get(LEADS, headers=tenant.headers).json()["total"]
+        shared = http.get(LEADS, params={"search": shared_email}, headers=tenant.headers).json()["total"]
+    assert shared == 1
+    assert total == bulk_rows + len(singles) + (1 if merged else 0)

@@ -1,0 +1,317 @@
+"""End to end: createLead -> outbox -> in-process worker -> a real receiver on loopback."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from mega_crm.webhooks import verify_signature
+from tests.fixtures.contract import validate_schema
+from tests.fixtures.factories import lead
+from tests.webhooks.conftest import LEADS, WEBHOOKS, Reply, deliveries, register, settled
+
+
+def create_lead(client, tenant, **fields):
+    r = client.post(LEADS, json=lead(**fields), headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    return r.json()["lead"]
+
+
+def test_a_new_lead_arrives_signed_and_in_the_contract_shape(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint()
+    hook, secret = register(wh_client, tenant, endpoint.url)
+    created = create_lead(wh_client, tenant, custom_fields={"lead_line": "buyer", "budget": 500000})
+    [arrival] = endpoint.wait_for(1)
+
+    assert verify_signature(secret, arrival.headers, arrival.body)
+    assert not verify_signature(secret, arrival.headers, arrival.body + b" ")
+    assert not verify_signature("mega_whsec_" + "0" * 64, arrival.headers, arrival.body)
+    # Exactly as documented: HMAC-SHA256 over "<timestamp>.<raw body>", key = the secret's text.
+    import hashlib
+    import hmac
+
+    expected = hmac.new(
+        secret.encode(), arrival.headers["x-mega-timestamp"].encode() + b"." + arrival.body, hashlib.sha256
+    ).hexdigest()
+    assert arrival.headers["x-mega-signature"] == "sha256=" + expected
+    assert abs(int(arrival.headers["x-mega-timestamp"]) - time.time()) < 60
+    uuid.UUID(arrival.headers["x-mega-delivery"])
+    assert arrival.headers["content-type"] == "application/json"
+    assert arrival.headers["user-agent"].startswith("MEGA-CRM-Webhooks/")
+
+    payload = arrival.json
+    validate_schema("LeadCreatedWebhookPayload", payload)
+    assert payload["event"] == "lead.created"
+    assert payload["lead"]["id"] == created["id"]
+    assert payload["lead"]["custom_fields"] == {"lead_line": "buyer", "budget": 500000}
+    assert payload["lead"]["lead_line"] == "buyer"
+    assert payload["lead"]["current_stage"] == {"slug": "new", "name": "New"}
+    assert payload["lead"]["contact_email"] == created["contact_email"]
+
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    assert delivery["id"] == arrival.headers["x-mega-delivery"]
+    assert delivery["status"] == "succeeded"
+    assert delivery["attempts"] == 1
+    assert delivery["last_status_code"] == 200
+    assert delivery["lead_id"] == created["id"]
+    assert delivery["event"] == "lead.created"
+    assert delivery["next_attempt_at"] is None
+
+
+def test_https_delivery_verifies_the_certificate_for_the_host_name(wh_client, tenant, tls_receiver):
+    endpoint = tls_receiver.endpoint()
+    assert endpoint.url.startswith("https://localhost:")
+    _hook, secret = register(wh_client, tenant, endpoint.url)
+    create_lead(wh_client, tenant)
+    [arrival] = endpoint.wait_for(1)
+    assert verify_signature(secret, arrival.headers, arrival.body)
+    assert arrival.headers["host"] == f"localhost:{tls_receiver.port}"
+
+
+def test_https_to_a_name_the_certificate_does_not_cover_fails(wh_client, tenant, tls_receiver):
+    # Same server, reached by IP: its certificate names only "localhost".
+    endpoint = tls_receiver.endpoint()
+    url = endpoint.url.replace("https://localhost:", "https://127.0.0.1:")
+    hook, _ = register(wh_client, tenant, url, retry_attempts=0)
+    create_lead(wh_client, tenant)
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    assert delivery["status"] == "failed"
+    assert "certificate" in delivery["last_error"].lower()
+    assert endpoint.arrivals == []
+
+
+def test_500_500_200_is_three_attempts_of_one_delivery(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint(500, 500, 200)
+    hook, secret = register(wh_client, tenant, endpoint.url)
+    create_lead(wh_client, tenant)
+    arrivals = endpoint.wait_for(3)
+    assert len({a.delivery_id for a in arrivals}) == 1
+    assert all(verify_signature(secret, a.headers, a.body) for a in arrivals)
+    stamps = [a.json["delivered_at"] for a in arrivals]
+    assert stamps == sorted(stamps)
+    assert len(set(stamps)) == 3
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("succeeded", 3, 200)
+    assert endpoint.quiet_for(0.3) == arrivals
+
+
+def test_each_attempt_is_signed_with_a_fresh_timestamp(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint(Reply(500, delay=1.1), 200)
+    _hook, secret = register(wh_client, tenant, endpoint.url)
+    create_lead(wh_client, tenant)
+    first, second = endpoint.wait_for(2)
+    assert first.delivery_id == second.delivery_id
+    assert int(second.headers["x-mega-timestamp"]) > int(first.headers["x-mega-timestamp"])
+    assert first.headers["x-mega-signature"] != second.headers["x-mega-signature"]
+    assert verify_signature(secret, second.headers, second.body)
+
+
+def test_retries_stop_after_retry_attempts(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint(*[503] * 10)
+    hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=2)
+    create_lead(wh_client, tenant)
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("failed", 3, 503)
+    assert delivery["last_error"] == "HTTP 503"
+    assert len(endpoint.quiet_for(0.3)) == 3
+
+
+def test_retry_attempts_zero_is_one_attempt(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint(500, 200)
+    hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=0)
+    create_lead(wh_client, tenant)
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    assert (delivery["status"], delivery["attempts"]) == ("failed", 1)
+    assert len(endpoint.quiet_for(0.3)) == 1
+
+
+def test_a_timeout_is_a_failed_attempt(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint(Reply(200, delay=3), 200)
+    hook, _ = register(wh_client, tenant, endpoint.url, timeout_seconds=1, retry_attempts=1)
+    create_lead(wh_client, tenant)
+    arrivals = endpoint.wait_for(2)
+    assert arrivals[0].delivery_id == arrivals[1].delivery_id
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    assert (delivery["status"], delivery["attempts"]) == ("succeeded", 2)
+
+
+def test_a_timeout_is_recorded_as_such(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint(Reply(200, delay=3))
+    hook, _ = register(wh_client, tenant, endpoint.url, timeout_seconds=1, retry_attempts=0)
+    create_lead(wh_client, tenant)
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    assert delivery["status"] == "failed"
+    assert "timed out" in delivery["last_error"]
+
+
+def test_redirects_are_not_followed(wh_client, tenant, receiver):
+    elsewhere = receiver.endpoint()
+    endpoint = receiver.endpoint(Reply(302, headers=(("Location", elsewhere.url),)))
+    hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=0)
+    create_lead(wh_client, tenant)
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    assert (delivery["status"], delivery["last_status_code"]) == ("failed", 302)
+    assert "redirect" in delivery["last_error"]
+    assert elsewhere.quiet_for(0.2) == []
+
+
+def test_rotation_applies_to_the_next_delivery(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint()
+    hook, old_secret = register(wh_client, tenant, endpoint.url)
+    create_lead(wh_client, tenant)
+    endpoint.wait_for(1)
+    r = wh_client.patch(f"{WEBHOOKS}/{hook['id']}", json={"rotate_secret": True}, headers=tenant.headers)
+    new_secret = r.json()["secret"]
+    create_lead(wh_client, tenant)
+    _, after = endpoint.wait_for(2)
+    assert verify_signature(new_secret, after.headers, after.body)
+    assert not verify_signature(old_secret, after.headers, after.body)
+
+
+def test_rotation_applies_to_pending_retries(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint(Reply(500, delay=0.5), 200)
+    hook, old_secret = register(wh_client, tenant, endpoint.url)
+    create_lead(wh_client, tenant)
+    endpoint.wait_for(1)  # the first attempt is in flight: rotate before the retry
+    r = wh_client.patch(f"{WEBHOOKS}/{hook['id']}", json={"rotate_secret": True}, headers=tenant.headers)
+    new_secret = r.json()["secret"]
+    first, retry = endpoint.wait_for(2)
+    assert verify_signature(old_secret, first.headers, first.body)
+    assert verify_signature(new_secret, retry.headers, retry.body)
+    assert not verify_signature(old_secret, retry.headers, retry.body)
+
+
+def test_inactive_and_deleted_webhooks_get_nothing(wh_client, tenant, receiver):
+    inactive = receiver.endpoint()
+    deleted = receiver.endpoint()
+    live = receiver.endpoint()
+    register(wh_client, tenant, inactive.url, is_active=False)
+    gone, _ = register(wh_client, tenant, deleted.url)
+    wh_client.delete(f"{WEBHOOKS}/{gone['id']}", headers=tenant.headers)
+    register(wh_client, tenant, live.url)
+    create_lead(wh_client, tenant)
+    live.wait_for(1)
+    assert inactive.quiet_for(0.3) == []
+    assert deleted.arrivals == []
+
+
+def test_deactivating_cancels_pending_retries(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint(*[500] * 10)
+    hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=10)
+    # Slow the retries down so the delivery is still pending when it is deactivated.
+    wh_client.app.state.settings.webhook_retry_base_seconds = 5.0
+    try:
+        create_lead(wh_client, tenant)
+        endpoint.wait_for(1)
+        r = wh_client.patch(f"{WEBHOOKS}/{hook['id']}", json={"is_active": False}, headers=tenant.headers)
+        assert r.status_code == 200
+    finally:
+        wh_client.app.state.settings.webhook_retry_base_seconds = 0.05
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    assert delivery["status"] == "cancelled"
+    assert delivery["next_attempt_at"] is None
+    count = len(endpoint.arrivals)
+    assert len(endpoint.quiet_for(0.5)) == count
+
+
+def test_merges_replays_and_bulk_fire_nothing(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint()
+    hook, _ = register(wh_client, tenant, endpoint.url)
+    body = lead()
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = wh_client.post(LEADS, json=body, headers={**tenant.headers, **key})
+    assert first.status_code == 201
+    endpoint.wait_for(1)
+    replay = wh_client.post(LEADS, json=body, headers={**tenant.headers, **key})
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    merged = wh_client.post(LEADS, json={"contact_email": body["contact_email"]}, headers=tenant.headers)
+    assert merged.json()["lead"]["id"] == first.json()["lead"]["id"]
+    bulk = wh_client.post(
+        f"{LEADS}/bulk", json={"leads": [lead(row_ref="a"), lead(row_ref="b")]}, headers=tenant.headers
+    )
+    assert bulk.status_code == 200
+    assert bulk.json()["summary"]["created"] == 2
+    assert len(endpoint.quiet_for(0.5)) == 1
+    assert len(deliveries(wh_client, tenant, hook["id"])) == 1
+
+
+def test_every_subscribed_webhook_gets_its_own_delivery(wh_client, tenant, receiver, tls_receiver):
+    a, b = receiver.endpoint(), tls_receiver.endpoint()
+    register(wh_client, tenant, a.url)
+    register(wh_client, tenant, b.url)
+    create_lead(wh_client, tenant)
+    [at_a], [at_b] = a.wait_for(1), b.wait_for(1)
+    assert at_a.delivery_id != at_b.delivery_id
+    assert at_a.json["lead"] == at_b.json["lead"]
+
+
+def test_one_slow_endpoint_does_not_hold_up_the_others(wh_client, tenant, receiver):
+    slow = receiver.endpoint(*[Reply(200, delay=2)] * 40)
+    fast = receiver.endpoint()
+    register(wh_client, tenant, slow.url, timeout_seconds=5)
+    for _ in range(20):
+        create_lead(wh_client, tenant)
+    register(wh_client, tenant, fast.url)
+    create_lead(wh_client, tenant)
+    # The slow endpoint holds at most its share of the worker's slots; the fast one still gets
+    # its delivery while 20 slow ones queue.
+    fast.wait_for(1)
+    assert len(slow.arrivals) < 20
+
+
+def test_delivery_log_pages_newest_first_and_redelivers(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint()
+    hook, secret = register(wh_client, tenant, endpoint.url)
+    leads = [create_lead(wh_client, tenant) for _ in range(5)]
+    endpoint.wait_for(5)
+    settled(wh_client, tenant, hook["id"], count=5)
+    path = f"{WEBHOOKS}/{hook['id']}/deliveries"
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = wh_client.get(path, params=params, headers=tenant.headers).json()
+        seen += page["deliveries"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [d["lead_id"] for d in seen] == [x["id"] for x in reversed(leads)]
+    assert wh_client.get(path, params={"cursor": "tampered"}, headers=tenant.headers).status_code == 400
+    assert wh_client.get(path, params={"limit": 101}, headers=tenant.headers).status_code == 400
+
+    original = seen[-1]
+    r = wh_client.post(f"{path}/{original['id']}/redeliver", headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    fresh = r.json()["delivery"]
+    assert fresh["id"] != original["id"]
+    assert fresh["event_id"] == original["event_id"]
+    assert fresh["status"] == "pending"
+    assert fresh["attempts"] == 0
+    arrivals = endpoint.wait_for(6)
+    again = arrivals[-1]
+    assert again.delivery_id == fresh["id"]
+    assert again.json["lead"] == next(a.json["lead"] for a in arrivals if a.delivery_id == original["id"])
+    assert verify_signature(secret, again.headers, again.body)
+    assert wh_client.post(f"{path}/{uuid.uuid4()}/redeliver", headers=tenant.headers).status_code == 404
+
+
+def test_redelivery_to_an_inactive_webhook_is_refused(wh_client, tenant, receiver):
+    endpoint = receiver.endpoint()
+    hook, _ = register(wh_client, tenant, endpoint.url)
+    create_lead(wh_client, tenant)
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    wh_client.patch(f"{WEBHOOKS}/{hook['id']}", json={"is_active": False}, headers=tenant.headers)
+    r = wh_client.post(
+        f"{WEBHOOKS}/{hook['id']}/deliveries/{delivery['id']}/redeliver", headers=tenant.headers
+    )
+    assert r.status_code == 409
+
+
+@pytest.mark.parametrize("status", [201, 202, 204])
+def test_any_2xx_is_success(wh_client, tenant, receiver, status):
+    endpoint = receiver.endpoint(status)
+    hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=0)
+    create_lead(wh_client, tenant)
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    assert (delivery["status"], delivery["last_status_code"]) == ("succeeded", status)
