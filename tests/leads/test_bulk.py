@@ -440,13 +440,20 @@ def counted(db: Database) -> Iterator[tuple[ContractClient, list[str]]]:
     """An app on its own engine (nothing else runs SQL on it) and the statements it executes.
 
     An executemany is counted once per parameter set: the database runs the statement that many
-    times, so it must not hide a per-row UPDATE."""
+    times, so it must not hide a per-row UPDATE. (SQLAlchemy's insertmanyvalues also reports its
+    multi-row statements as "many", but with one flat parameter list: that is one statement.)"""
     own_db = Database(db.url)
     statements: list[str] = []
 
     @event.listens_for(own_db.engine, "before_cursor_execute")
     def count(_conn: Any, _cursor: Any, statement: str, params: Any, _context: Any, many: bool) -> None:
-        statements.extend([statement] * (len(params) if many else 1))
+        per_row = (
+            many
+            and isinstance(params, (list, tuple))
+            and bool(params)
+            and isinstance(params[0], (list, tuple, dict))
+        )
+        statements.extend([statement] * (len(params) if per_row else 1))
 
     yield ContractClient(create_app(make_settings(db.url), own_db)), statements
     own_db.dispose()
