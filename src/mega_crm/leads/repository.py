@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Table, and_, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -65,7 +65,7 @@ def leads_matching(
 
 # Columns an update may never change.
 _IMMUTABLE = {"id", "customer_id", "created_at"}
-LEADS = Lead.__table__
+LEADS: Table = Lead.__table__  # type: ignore[assignment]
 
 
 def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
