@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint, Uuid
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mega_crm.db import Base, UTCDateTime, new_id, utcnow
@@ -23,7 +23,7 @@ class Customer(Base):
     # Bumped by every lead write, under this row's lock: orders lead timestamps by commit
     # (so keyset sync never skips a row) and keys the cached list totals.
     leads_version: Mapped[int] = mapped_column(Integer, default=0)
-    leads_clock: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    leads_clock_us: Mapped[int] = mapped_column(BigInteger, default=0)  # last write time, µs since epoch
 
 
 class Stage(Base):

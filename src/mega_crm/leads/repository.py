@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Table, and_, case, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -17,11 +17,6 @@ from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.models import Lead
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
-
-
-def lock_customer(session: Session, customer_id: uuid.UUID) -> Customer | None:
-    """Serialises a customer's lead writes (row lock on PostgreSQL; SQLite holds the write lock)."""
-    return session.scalars(select(Customer).where(Customer.id == customer_id).with_for_update()).one_or_none()
 
 
 def stages_of(session: Session, customer_id: uuid.UUID) -> list[Stage]:
@@ -97,16 +92,34 @@ def update_leads(session: Session, records: list[dict[str, Any]]) -> None:
     session.execute(stmt.returning(LEADS.c.id), records)
 
 
-def advance_clock(session: Session, customer: Customer, now: datetime) -> datetime:
-    """A strictly increasing write time per customer, so keyset sync never skips a commit."""
-    if customer.leads_clock is not None and now <= customer.leads_clock:
-        now = customer.leads_clock + timedelta(microseconds=1)
-    session.execute(
+def begin_customer_write(session: Session, customer_id: uuid.UUID, now: datetime) -> datetime | None:
+    """Take the customer's write lock and the time of this write, in one statement.
+
+    The UPDATE row-locks the customer on PostgreSQL until commit (SQLite already holds the
+    database write lock), so one customer's lead writes are serialised: no two requests can
+    create twins, and write times increase strictly in commit order, so keyset sync never skips
+    a commit. Bumping leads_version also invalidates the cached list totals. None: no customer.
+    """
+    now_us = _to_us(now)
+    clock = Customer.leads_clock_us
+    assigned = session.scalar(
         update(Customer)
-        .where(Customer.id == customer.id)
-        .values(leads_clock=now, leads_version=Customer.leads_version + 1)
+        .where(Customer.id == customer_id)
+        .values(
+            leads_version=Customer.leads_version + 1,
+            leads_clock_us=case((clock + 1 > now_us, clock + 1), else_=now_us),
+        )
+        .returning(Customer.leads_clock_us)
     )
-    return now
+    return None if assigned is None else _EPOCH + timedelta(microseconds=assigned)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _to_us(value: datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def leads_version(session: Session, customer_id: uuid.UUID) -> int:

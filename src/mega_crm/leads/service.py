@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mega_crm.customers.models import Customer, Stage
+from mega_crm.customers.models import Stage
 from mega_crm.db import utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError
 from mega_crm.leads import repository as repo
@@ -180,11 +180,11 @@ def _with_relations(
 # --- writes ---------------------------------------------------------------------------------
 
 
-def _begin_lead_write(session: Session, customer_id: uuid.UUID) -> tuple[Customer, datetime]:
-    customer = repo.lock_customer(session, customer_id)
-    if customer is None:  # deleted between auth and now
+def _begin_lead_write(session: Session, customer_id: uuid.UUID) -> datetime:
+    now = repo.begin_customer_write(session, customer_id, utcnow())
+    if now is None:  # deleted between auth and now
         raise InvalidRequestError("Unknown customer.")
-    return customer, repo.advance_clock(session, customer, utcnow())
+    return now
 
 
 def _apply_plan(session: Session, plan: MergePlan) -> None:
@@ -201,7 +201,7 @@ def create_lead(
     session: Session, customer_id: uuid.UUID, request: LeadCreateRequest, phone_region: str
 ) -> tuple[int, dict[str, Any]]:
     """createLead inside the caller's write transaction -> (201, {"lead": …})."""
-    customer, now = _begin_lead_write(session, customer_id)
+    now = _begin_lead_write(session, customer_id)
     config = load_config(session, customer_id, set())
     lead_input, errors, _ignored = resolve_row(request, config, phone_region)
     if lead_input is None:
@@ -213,7 +213,7 @@ def create_lead(
         {lead_input.phone_last10} if lead_input.phone_last10 else set(),
     )
     defaults = MergeDefaults(
-        customer_id=customer.id,
+        customer_id=customer_id,
         now=now,
         default_stage_id=config.default_stage_id,
         source_platform="direct",
@@ -243,7 +243,7 @@ def bulk_import(
 
     Set-based: a fixed number of statements whatever the row count.
     """
-    customer, now = _begin_lead_write(session, customer_id)
+    now = _begin_lead_write(session, customer_id)
     parsed: list[tuple[BulkLeadRow | None, RowOutcome]] = []
     for raw in raw_rows:
         row_ref = raw.get("row_ref") if isinstance(raw, dict) else None
@@ -273,7 +273,7 @@ def bulk_import(
     phones = {i.phone_last10 for i, _ in resolved if i and i.phone_last10}
     existing = repo.leads_matching(session, customer_id, emails, phones)
     defaults = MergeDefaults(
-        customer_id=customer.id,
+        customer_id=customer_id,
         now=now,
         default_stage_id=config.default_stage_id,
         source_platform="direct",

@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("rate_limit_default", sa.String(length=200), nullable=True),
         sa.Column("rate_limit_bulk", sa.String(length=200), nullable=True),
         sa.Column("leads_version", sa.Integer(), nullable=False),
-        sa.Column("leads_clock", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("leads_clock_us", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_customers")),
     )
     op.create_table(
