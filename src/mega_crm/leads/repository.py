@@ -7,7 +7,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, case, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Table,
+    and_,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -188,7 +202,14 @@ def page_of_leads(
     limit: int,
     offset: int,
     after: CursorPosition | None,
+    with_custom_fields: bool,
 ) -> list[dict[str, Any]]:
+    """A page of leads with their stage and owner joined in.
+
+    On SQLite, UUID and timestamp columns come back as their stored text (see
+    service.format_uuid / format_timestamp): parsing 100 rows into objects only to print them
+    again was most of a page's CPU time.
+    """
     column = getattr(Lead, sort_by)
     where = _filter_clause(customer_id, f)
     if after is not None:
@@ -201,9 +222,15 @@ def page_of_leads(
         )
     else:
         order = [column.desc(), Lead.id.desc()] if descending else [column, Lead.id]
+    raw = session.get_bind().dialect.name == "sqlite"
+    columns = [
+        type_coerce(c, String).label(c.key) if raw and c.key in _TEXT_ON_SQLITE else c
+        for c in LEADS.columns
+        if with_custom_fields or c.key not in ("custom_fields", "lead_line")
+    ]
     stmt = (
         select(
-            *Lead.__table__.columns,
+            *columns,
             Stage.slug.label("stage_slug"),
             Stage.name.label("stage_name"),
             Stage.color.label("stage_color"),
@@ -218,6 +245,11 @@ def page_of_leads(
         .offset(offset)
     )
     return [dict(row) for row in session.execute(stmt).mappings()]
+
+
+_TEXT_ON_SQLITE = {
+    "id", "customer_id", "stage_id", "owner_id", "created_at", "updated_at", "last_interaction_at",
+}  # fmt: skip
 
 
 def _after(column: Any, pos: CursorPosition, descending: bool) -> ColumnElement[bool]:

@@ -116,11 +116,36 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
+# Lead rows hold UUIDs and timestamps either as objects, or (SQLite pages, see
+# repository.page_of_leads) as the stored text: 32 hex digits, "YYYY-MM-DD HH:MM:SS.ffffff" UTC.
+
+
+def format_uuid(value: uuid.UUID | str | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        h = value
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" if len(h) == 32 else h
+    return str(value)
+
+
+def format_timestamp(value: datetime | str | None) -> str | None:
+    if isinstance(value, str):
+        return value.replace(" ", "T", 1) + "Z"
+    return iso(value)
+
+
+def parse_timestamp(value: datetime | str | None) -> datetime | None:
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return value
+
+
 def lead_body(rec: dict[str, Any], *, include_custom_fields: bool = True) -> dict[str, Any]:
     """A lead row (with stage_* / owner_* columns joined in) as the contract's `Lead`."""
     body: dict[str, Any] = {
-        "id": str(rec["id"]),
-        "customer_id": str(rec["customer_id"]),
+        "id": format_uuid(rec["id"]),
+        "customer_id": format_uuid(rec["customer_id"]),
         "contact_name": rec["contact_name"],
         "contact_phone": rec["contact_phone"],
         "contact_email": rec["contact_email"],
@@ -131,7 +156,7 @@ def lead_body(rec: dict[str, Any], *, include_custom_fields: bool = True) -> dic
         "qualified": rec["qualified"],
         "current_stage": (
             {
-                "id": str(rec["stage_id"]),
+                "id": format_uuid(rec["stage_id"]),
                 "slug": rec["stage_slug"],
                 "name": rec["stage_name"],
                 "color": rec["stage_color"],
@@ -140,14 +165,18 @@ def lead_body(rec: dict[str, Any], *, include_custom_fields: bool = True) -> dic
             else None
         ),
         "owner": (
-            {"id": str(rec["owner_id"]), "name": rec["owner_name"], "role_name": rec["owner_role_name"]}
+            {
+                "id": format_uuid(rec["owner_id"]),
+                "name": rec["owner_name"],
+                "role_name": rec["owner_role_name"],
+            }
             if rec["owner_id"] and rec.get("owner_name") is not None
             else None
         ),
-        "last_interaction_at": iso(rec["last_interaction_at"]),
+        "last_interaction_at": format_timestamp(rec["last_interaction_at"]),
         "interaction_count": rec["interaction_count"] or 0,
-        "created_at": iso(rec["created_at"]),
-        "updated_at": iso(rec["updated_at"]),
+        "created_at": format_timestamp(rec["created_at"]),
+        "updated_at": format_timestamp(rec["updated_at"]),
     }
     if include_custom_fields:
         body["custom_fields"] = custom_fields_of(rec)
@@ -424,6 +453,7 @@ def list_leads(
         limit=q.limit + 1,
         offset=min(q.offset, MAX_OFFSET),
         after=after,
+        with_custom_fields=q.include_custom_fields,
     )
     has_more = len(rows) > q.limit
     rows = rows[: q.limit]
@@ -431,7 +461,10 @@ def list_leads(
     if has_more and rows:
         last = rows[-1]
         next_cursor = codec.encode(
-            customer_id, q.sort_by, q.sort_dir, CursorPosition(last[q.sort_by], last["id"])
+            customer_id,
+            q.sort_by,
+            q.sort_dir,
+            CursorPosition(parse_timestamp(last[q.sort_by]), uuid.UUID(str(last["id"]))),
         )
     return {
         "leads": [lead_body(r, include_custom_fields=q.include_custom_fields) for r in rows],
