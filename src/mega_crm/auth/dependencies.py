@@ -11,9 +11,9 @@ import hmac
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Header, Request
 from sqlalchemy import Row, bindparam, select
 
 from mega_crm.auth.models import ApiKey
@@ -21,6 +21,15 @@ from mega_crm.customers.models import Customer
 from mega_crm.errors import AuthenticationError, AuthorizationError
 from mega_crm.ratelimit.limiter import BULK_BUCKET, DEFAULT_BUCKET
 from mega_crm.security import TOKEN_RE, hash_api_token
+
+# Declared on every route so that the OpenAPI shows it; authorize() is what checks it.
+CustomerIdHeader = Annotated[
+    uuid.UUID,
+    Header(
+        alias="x-customer-id",
+        description="The customer this request acts on. Must match the customer your key is locked to.",
+    ),
+]
 
 
 @dataclass(frozen=True)

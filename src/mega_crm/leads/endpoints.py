@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from mega_crm.auth.dependencies import Principal, require
+from mega_crm.auth.dependencies import CustomerIdHeader, Principal, require
 from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE
 from mega_crm.errors import error_responses
 from mega_crm.http import json_response
@@ -32,13 +32,6 @@ router = APIRouter(prefix="/api/agents/crm", tags=["Leads"])
 ReadKey = Annotated[Principal, Depends(require(LEADS_READ))]
 WriteKey = Annotated[Principal, Depends(require(LEADS_WRITE))]
 BulkKey = Annotated[Principal, Depends(require(LEADS_WRITE, BULK_BUCKET))]
-CustomerIdHeader = Annotated[
-    uuid.UUID,
-    Header(
-        alias="x-customer-id",
-        description="The customer this request acts on. Must match the customer your key is locked to.",
-    ),
-]
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(

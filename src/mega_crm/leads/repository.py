@@ -9,9 +9,11 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Row,
     String,
     Table,
     and_,
+    bindparam,
     case,
     func,
     insert,
@@ -31,50 +33,72 @@ from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.models import Lead
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
+LEADS: Table = Lead.__table__  # type: ignore[assignment]
+
+# The write path's statements are built once: building SQLAlchemy expressions per request cost
+# more CPU than running them. They run on the session's connection, without the ORM.
+_STAGES = (
+    select(Stage.id, Stage.slug, Stage.name, Stage.color)
+    .where(Stage.customer_id == bindparam("customer_id"))
+    .order_by(Stage.position, Stage.slug)
+)
+_OWNERS = select(Owner.id, Owner.name, Owner.role_name).where(
+    Owner.customer_id == bindparam("customer_id"), Owner.id.in_(bindparam("ids", expanding=True))
+)
+_FIELD_SLUGS = select(CustomFieldDefinition.slug).where(
+    CustomFieldDefinition.customer_id == bindparam("customer_id")
+)
+_MATCHING = select(LEADS).where(
+    LEADS.c.customer_id == bindparam("customer_id"),
+    or_(
+        LEADS.c.email_normalized.in_(bindparam("emails", expanding=True)),
+        LEADS.c.phone_last10.in_(bindparam("phones", expanding=True)),
+    ),
+)
 
 
-def stages_of(session: Session, customer_id: uuid.UUID) -> list[Stage]:
-    return list(
-        session.scalars(
-            select(Stage).where(Stage.customer_id == customer_id).order_by(Stage.position, Stage.slug)
-        )
-    )
+def stages_of(session: Session, customer_id: uuid.UUID) -> list[Row[Any]]:
+    """The pipeline in order (rows with id, slug, name, color)."""
+    return list(session.connection().execute(_STAGES, {"customer_id": customer_id}))
 
 
-def owners_by_id(session: Session, customer_id: uuid.UUID, ids: set[uuid.UUID]) -> dict[uuid.UUID, Owner]:
+def owners_by_id(session: Session, customer_id: uuid.UUID, ids: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
     if not ids:
         return {}
-    rows = session.scalars(select(Owner).where(Owner.customer_id == customer_id, Owner.id.in_(ids)))
+    rows = session.connection().execute(_OWNERS, {"customer_id": customer_id, "ids": list(ids)})
     return {o.id: o for o in rows}
 
 
 def custom_field_slugs(session: Session, customer_id: uuid.UUID) -> set[str]:
-    return set(
-        session.scalars(
-            select(CustomFieldDefinition.slug).where(CustomFieldDefinition.customer_id == customer_id)
-        )
-    )
+    return set(session.connection().execute(_FIELD_SLUGS, {"customer_id": customer_id}).scalars())
 
 
 def leads_matching(
     session: Session, customer_id: uuid.UUID, emails: set[str], phones: set[str]
 ) -> list[dict[str, Any]]:
-    conditions = []
-    if emails:
-        conditions.append(Lead.email_normalized.in_(emails))
-    if phones:
-        conditions.append(Lead.phone_last10.in_(phones))
-    if not conditions:
+    if not emails and not phones:
         return []
-    rows = session.execute(
-        select(*Lead.__table__.columns).where(Lead.customer_id == customer_id, or_(*conditions))
-    ).mappings()
-    return [dict(r) for r in rows]
+    rows = session.connection().execute(
+        _MATCHING, {"customer_id": customer_id, "emails": list(emails), "phones": list(phones)}
+    )
+    return [dict(r) for r in rows.mappings()]
 
 
 # Columns an update may never change.
 _IMMUTABLE = {"id", "customer_id", "created_at"}
-LEADS: Table = Lead.__table__  # type: ignore[assignment]
+_INSERT = insert(LEADS).returning(LEADS.c.id)
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert(dialect: str) -> Any:
+    if dialect not in _UPSERTS:
+        stmt = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(LEADS)
+        _UPSERTS[dialect] = stmt.on_conflict_do_update(
+            index_elements=[LEADS.c.id],
+            set_={name: stmt.excluded[name] for name in LEAD_COLUMNS if name not in _IMMUTABLE},
+            where=LEADS.c.customer_id == stmt.excluded.customer_id,
+        ).returning(LEADS.c.id)
+    return _UPSERTS[dialect]
 
 
 def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
@@ -85,7 +109,7 @@ def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
     compilation, instead of compiling a fresh 10,000-parameter statement per request.
     """
     if records:
-        session.execute(insert(LEADS).returning(LEADS.c.id), records)
+        session.connection().execute(_INSERT, records)
 
 
 def update_leads(session: Session, records: list[dict[str, Any]]) -> None:
@@ -93,17 +117,9 @@ def update_leads(session: Session, records: list[dict[str, Any]]) -> None:
     INSERT … ON CONFLICT (id) DO UPDATE (both dialects; sent like insert_leads). The primary key
     is the conflict target, so every record updates its own row; any other unique index (email,
     phone) still refuses a duplicate."""
-    if not records:
-        return
-    dialect = session.get_bind().dialect.name
-    upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    stmt = upsert(LEADS)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[LEADS.c.id],
-        set_={name: stmt.excluded[name] for name in LEAD_COLUMNS if name not in _IMMUTABLE},
-        where=LEADS.c.customer_id == stmt.excluded.customer_id,
-    )
-    session.execute(stmt.returning(LEADS.c.id), records)
+    if records:
+        connection = session.connection()
+        connection.execute(_upsert(connection.dialect.name), records)
 
 
 def begin_customer_write(session: Session, customer_id: uuid.UUID, now: datetime) -> datetime | None:
@@ -114,20 +130,25 @@ def begin_customer_write(session: Session, customer_id: uuid.UUID, now: datetime
     create twins, and write times increase strictly in commit order, so keyset sync never skips
     a commit. Bumping leads_version also invalidates the cached list totals. None: no customer.
     """
-    now_us = _to_us(now)
-    clock = Customer.leads_clock_us
-    assigned = session.scalar(
-        update(Customer)
-        .where(Customer.id == customer_id)
-        .values(
-            leads_version=Customer.leads_version + 1,
-            leads_clock_us=case((clock + 1 > now_us, clock + 1), else_=now_us),
-        )
-        .returning(Customer.leads_clock_us)
+    assigned = (
+        session.connection()
+        .execute(_BEGIN_WRITE, {"customer_id": customer_id, "now_us": _to_us(now)})
+        .scalar()
     )
     return None if assigned is None else _EPOCH + timedelta(microseconds=assigned)
 
 
+_CUSTOMERS: Table = Customer.__table__  # type: ignore[assignment]
+_CLOCK = _CUSTOMERS.c.leads_clock_us
+_BEGIN_WRITE = (
+    update(_CUSTOMERS)
+    .where(_CUSTOMERS.c.id == bindparam("customer_id"))
+    .values(
+        leads_version=_CUSTOMERS.c.leads_version + 1,
+        leads_clock_us=case((_CLOCK + 1 > bindparam("now_us"), _CLOCK + 1), else_=bindparam("now_us")),
+    )
+    .returning(_CLOCK)
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mega_crm.customers.models import Stage
 from mega_crm.db import utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError
 from mega_crm.leads import repository as repo
@@ -35,7 +34,7 @@ LEAD_LINES = ("buyer", "seller")
 
 @dataclass
 class CustomerConfig:
-    stages: list[Stage]
+    stages: list[Any]  # rows: id, slug, name, color, in pipeline order
     field_slugs: set[str]
     owner_ids: set[uuid.UUID] = field(default_factory=set)
 
@@ -191,7 +190,7 @@ def custom_fields_of(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _with_relations(
-    session: Session, customer_id: uuid.UUID, rec: dict[str, Any], stages: list[Stage]
+    session: Session, customer_id: uuid.UUID, rec: dict[str, Any], stages: list[Any]
 ) -> dict[str, Any]:
     stage = next((s for s in stages if s.id == rec["stage_id"]), None)
     owner = repo.owners_by_id(session, customer_id, {rec["owner_id"]} if rec["owner_id"] else set())

@@ -23,7 +23,7 @@ import orjson
 
 from mega_crm import __version__ as server_version
 from mega_crm.webhooks.signing import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, compute_signature
-from mega_crm.webhooks.urls import Resolver, Target, UrlRefused, check_webhook_url
+from mega_crm.webhooks.urls import Resolver, Target, UrlRefused, check_literal_webhook_url, check_webhook_url
 
 USER_AGENT = f"MEGA-CRM-Webhooks/{server_version} (+https://github.com/mega-crm; lead webhooks)"
 MAX_BACKOFF_SECONDS = 30.0
@@ -106,7 +106,10 @@ class ClientPool:
 
 
 async def resolve_target(url: str, *, allow_private: bool, resolver: Resolver | None = None) -> Target:
-    """The address rules, with DNS off the event loop."""
+    """The address rules, with DNS off the event loop (an IP literal needs none: checked here)."""
+    target = check_literal_webhook_url(url, allow_private=allow_private)
+    if target is not None:
+        return target
     return await asyncio.to_thread(check_webhook_url, url, allow_private=allow_private, resolver=resolver)
 
 

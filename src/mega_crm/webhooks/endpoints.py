@@ -3,13 +3,12 @@ log, and redelivery. Every route needs `public_api:webhooks:manage` (default rat
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
-from mega_crm.auth.dependencies import Principal, require
+from mega_crm.auth.dependencies import CustomerIdHeader, Principal, require
 from mega_crm.auth.scopes import WEBHOOKS_MANAGE
 from mega_crm.errors import error_responses
 from mega_crm.http import json_response
@@ -30,13 +29,6 @@ from mega_crm.webhooks.signing import SecretBox
 router = APIRouter(prefix="/api/agents/crm/lead-webhooks", tags=["Webhooks"])
 
 ManageKey = Annotated[Principal, Depends(require(WEBHOOKS_MANAGE))]
-CustomerIdHeader = Annotated[
-    uuid.UUID,
-    Header(
-        alias="x-customer-id",
-        description="The customer this request acts on. Must match the customer your key is locked to.",
-    ),
-]
 # Taken as text so that a malformed id is a 404 (no such webhook), like another customer's id.
 WebhookId = Annotated[str, Path(json_schema_extra={"format": "uuid"})]
 DeliveryId = Annotated[str, Path(json_schema_extra={"format": "uuid"})]

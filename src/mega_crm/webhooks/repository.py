@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import Integer, Table, and_, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from mega_crm.webhooks.models import (
@@ -193,6 +193,7 @@ class ClaimedDelivery:
     event_id: uuid.UUID
     event_type: str
     lead: dict[str, Any]
+    secret: str | None = None  # decrypted once per webhook and batch by the claimer, when it could
 
 
 def _due(now: datetime) -> Any:
@@ -231,7 +232,8 @@ def claim_due_deliveries(
     saturated = [webhook_id for webhook_id, n in busy.items() if n >= per_webhook]
     if saturated:
         query = query.where(WebhookDelivery.webhook_id.not_in(saturated))
-    candidates = session.execute(
+    conn = session.connection()
+    candidates = conn.execute(
         query.order_by(WebhookDelivery.next_attempt_at)
         .limit(limit * 4)
         .with_for_update(skip_locked=True, of=WebhookDelivery)
@@ -247,7 +249,7 @@ def claim_due_deliveries(
             break
     if not taken:
         return []
-    rows = session.execute(
+    rows = conn.execute(
         select(
             WebhookDelivery.id,
             WebhookDelivery.attempts,
@@ -280,14 +282,15 @@ def claim_due_deliveries(
         )
         for r in rows
     ]
-    session.execute(
-        update(WebhookDelivery),
+    # One statement for the batch (executemany), in Core: no ORM bookkeeping per row.
+    session.connection().execute(
+        _LEASE,
         [
             {
-                "id": c.id,
-                "lease_token": c.lease_token,
+                "b_id": c.id,
+                "b_token": c.lease_token,
                 # The lease outlives the longest possible attempt, so only a dead worker loses it.
-                "leased_until": now + timedelta(seconds=lease_seconds + c.timeout_seconds),
+                "b_until": now + timedelta(seconds=lease_seconds + c.timeout_seconds),
             }
             for c in claims
         ],
@@ -329,33 +332,70 @@ class AttemptRecord:
 
 
 def record_attempts(session: Session, records: list[AttemptRecord]) -> int:
-    """Write attempt outcomes; a record whose lease was lost (taken over) changes nothing."""
-    written = 0
-    for r in records:
-        query = update(WebhookDelivery).where(
-            WebhookDelivery.id == r.delivery_id, WebhookDelivery.lease_token == r.lease_token
-        )
-        if r.status != SUCCEEDED:
-            # A webhook deactivated or deleted meanwhile keeps its delivery cancelled; an attempt
-            # that nevertheless succeeded is still recorded, since the receiver has it.
-            query = query.where(WebhookDelivery.status == PENDING)
-        result = session.execute(
-            query.values(
-                status=r.status,
-                attempts=r.attempts,
-                next_attempt_at=r.next_attempt_at,
-                leased_until=None,
-                lease_token=None,
-                last_status_code=r.status_code,
-                last_error=r.error,
-                last_latency_ms=r.latency_ms,
-                last_attempt_at=r.at,
-                updated_at=r.at,
-                completed_at=r.at if r.status in (SUCCEEDED, FAILED) else None,
-            )
-        )
-        written += int(result.rowcount)  # type: ignore[attr-defined]
-    return written
+    """Write attempt outcomes, all in one statement (executemany); a record whose lease was lost
+    (taken over) changes nothing."""
+    if not records:
+        return 0
+    result = session.connection().execute(
+        _RECORD,
+        [
+            {
+                "b_id": r.delivery_id,
+                "b_token": r.lease_token,
+                "b_succeeded": 1 if r.status == SUCCEEDED else 0,
+                "b_status": r.status,
+                "b_attempts": r.attempts,
+                "b_next": r.next_attempt_at,
+                "b_code": r.status_code,
+                "b_error": r.error,
+                "b_latency": r.latency_ms,
+                "b_at": r.at,
+                "b_completed": r.at if r.status in (SUCCEEDED, FAILED) else None,
+            }
+            for r in records
+        ],
+    )
+    return int(result.rowcount)
+
+
+_deliveries = cast(Table, WebhookDelivery.__table__)
+_col = _deliveries.c
+
+# The worker's statements, built once (their compiled form is cached by SQLAlchemy) and run with
+# a list of parameter sets (executemany) in Core, without the ORM's per-row bookkeeping.
+_LEASE = (
+    update(_deliveries)
+    .where(_col.id == bindparam("b_id", type_=_col.id.type))
+    .values(
+        lease_token=bindparam("b_token", type_=_col.lease_token.type),
+        leased_until=bindparam("b_until", type_=_col.leased_until.type),
+    )
+)
+
+_at = bindparam("b_at", type_=_col.updated_at.type)
+_RECORD = (
+    update(_deliveries)
+    .where(
+        _col.id == bindparam("b_id", type_=_col.id.type),
+        _col.lease_token == bindparam("b_token", type_=_col.lease_token.type),
+        # A webhook deactivated or deleted meanwhile keeps its delivery cancelled; an attempt
+        # that nevertheless succeeded is still recorded, since the receiver has it.
+        or_(_col.status == PENDING, bindparam("b_succeeded", type_=Integer()) == 1),
+    )
+    .values(
+        status=bindparam("b_status", type_=_col.status.type),
+        attempts=bindparam("b_attempts", type_=_col.attempts.type),
+        next_attempt_at=bindparam("b_next", type_=_col.next_attempt_at.type),
+        leased_until=None,
+        lease_token=None,
+        last_status_code=bindparam("b_code", type_=_col.last_status_code.type),
+        last_error=bindparam("b_error", type_=_col.last_error.type),
+        last_latency_ms=bindparam("b_latency", type_=_col.last_latency_ms.type),
+        last_attempt_at=_at,
+        updated_at=_at,
+        completed_at=bindparam("b_completed", type_=_col.completed_at.type),
+    )
+)
 
 
 def release_claims(session: Session, claims: list[tuple[uuid.UUID, uuid.UUID]]) -> None:

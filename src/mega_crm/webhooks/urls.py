@@ -10,6 +10,7 @@ non-public addresses through; everything else (userinfo, odd IP spellings) is re
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -238,3 +239,17 @@ def check_webhook_url(raw: str, *, allow_private: bool = False, resolver: Resolv
     if isinstance(first, ipaddress.IPv6Address) and first.ipv4_mapped is not None:
         first = first.ipv4_mapped
     return Target(url=url, scheme=scheme, host=host, port=port, path=path, address=str(first))
+
+
+@functools.lru_cache(maxsize=1024)
+def check_literal_webhook_url(raw: str, *, allow_private: bool = False) -> Target | None:
+    """`check_webhook_url` for a URL whose host is an IP literal, else None (it needs DNS).
+
+    Without DNS the answer depends on nothing but the arguments, so it is remembered: the
+    worker checks such URLs before every attempt without a thread hop or a repeated parse.
+    A refusal raises UrlRefused (and is not remembered).
+    """
+    _url, host, _port, _path = parse_webhook_url(raw, allow_private=allow_private)
+    if _parse_ip(host) is None:
+        return None
+    return check_webhook_url(raw, allow_private=allow_private)

@@ -59,7 +59,6 @@ class DeliveryWorker:
         self._in_flight: dict[asyncio.Task[None], repo.ClaimedDelivery] = {}
         self._busy: dict[uuid.UUID, int] = {}
         self._records: list[repo.AttemptRecord] = []
-        self._records_ready: asyncio.Event | None = None
         self._listen_stop = threading.Event()
         self._closing = False
 
@@ -94,7 +93,6 @@ class DeliveryWorker:
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._records_ready = asyncio.Event()
         tls = ssl_context(self.settings.webhook_ca_file)
         # Several webhooks may share one origin: its client must not be the bottleneck.
         pool = ClientPool(tls=tls, per_client_connections=self.concurrency)
@@ -105,66 +103,98 @@ class DeliveryWorker:
                 target=self._listen_for_notifications, name="webhook-listen", daemon=True
             )
             listener.start()
-        recorder = asyncio.create_task(self._record_outcomes(stop))
+        pump = asyncio.create_task(self._pump(stop, pool))
         log.info(
             "webhook worker started (concurrency %d, %d per webhook)", self.concurrency, self.per_webhook
         )
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            await self._claim_loop(stop, pool)
+            await asyncio.wait([pump, stopped], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            stopped.cancel()
             remove_wake_listener(self.wake)
             self._listen_stop.set()
             await self._drain()
-            # Let the recorder finish its current write and the queued ones, then stop it.
+            # Let the pump finish its current write and the queued records, then stop it.
             self._closing = True
-            self._records_ready.set()
+            self._wake.set()
             try:
-                await asyncio.wait_for(asyncio.shield(recorder), timeout=30)
+                await asyncio.wait_for(asyncio.shield(pump), timeout=30)
             except TimeoutError:
-                recorder.cancel()
+                pump.cancel()
+            except Exception:
+                log.exception("webhook worker: the delivery pump failed")
             await self._write_records()
             await pool.aclose()
             if listener is not None:
                 await asyncio.to_thread(listener.join, 5.0)
             log.info("webhook worker stopped")
 
-    async def _claim_loop(self, stop: asyncio.Event, pool: ClientPool) -> None:
+    async def _pump(self, stop: asyncio.Event, pool: ClientPool) -> None:
+        """All of the worker's database writes: each transaction records the attempts that have
+        finished and claims due deliveries for the free slots, so under load one transaction
+        serves many deliveries. After `stop` it only records, until the worker is closing."""
         assert self._wake is not None
         poll = max(0.05, self.settings.webhook_poll_seconds)
         # Under load, claim several slots' worth at once rather than one transaction per slot.
         batch = max(1, self.concurrency // 4)
-        while not stop.is_set():
+        failures = 0
+        while not (self._closing and not self._records):
             self._wake.clear()
-            free = self.concurrency - len(self._in_flight)
-            claims: list[repo.ClaimedDelivery] = []
-            if 0 < free < batch and self._in_flight:
-                await _wait_any(stop, self._wake, timeout=poll)
+            claiming = not stop.is_set() and not self._closing
+            free = self.concurrency - len(self._in_flight) if claiming else 0
+            # A few free slots wait for more while attempts are in flight (they free more soon).
+            want = free if free >= batch or (free > 0 and not self._in_flight) else 0
+            records, self._records = self._records, []
+            if not records and not want:
+                await self._wait(stop if claiming else None, poll)
                 continue
-            if free > 0:
-                try:
-                    claims = await asyncio.to_thread(self._claim, free, dict(self._busy))
-                except Exception:
-                    log.exception("claiming webhook deliveries failed; retrying")
-                    await _wait_any(stop, self._wake, timeout=poll)
-                    continue
-                for claim in claims:
-                    self._start_attempt(claim, pool)
-            if claims and len(claims) == free:
-                continue  # there may be more due already
+            try:
+                claims = await asyncio.to_thread(self._sync, records, want, dict(self._busy))
+            except Exception:
+                failures += 1
+                log.exception(
+                    "webhook worker: recording %d attempt(s) / claiming failed; retrying", len(records)
+                )
+                self._records = records + self._records
+                # The database is unwell: keep the records and retry, a little later each time.
+                await self._wait(stop if claiming else None, min(5.0, poll * failures))
+                continue
+            failures = 0
+            for claim, secret in claims:
+                self._start_attempt(claim, secret, pool)
+            if (want and len(claims) == want) or self._records:
+                continue  # there may be more due already, or more attempts have finished
             timeout = poll
-            if free > 0 and not claims:
+            if want and not claims:
+                # Nothing due now: sleep until the next one is (a retry just recorded, perhaps).
                 timeout = await self._until_next_due(poll)
+            await self._wait(stop if claiming else None, timeout)
+
+    async def _wait(self, stop: asyncio.Event | None, timeout: float) -> None:
+        assert self._wake is not None
+        if stop is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        else:
             await _wait_any(stop, self._wake, timeout=timeout)
 
-    def _claim(self, limit: int, busy: dict[uuid.UUID, int]) -> list[repo.ClaimedDelivery]:
+    def _sync(
+        self, records: list[repo.AttemptRecord], limit: int, busy: dict[uuid.UUID, int]
+    ) -> list[tuple[repo.ClaimedDelivery, str | None]]:
+        """One write transaction: record `records`, claim up to `limit` due deliveries."""
         now = utcnow()
-        if self.db.is_sqlite:
+        if limit and not records and self.db.is_sqlite:
             # Look before taking SQLite's write lock: an idle worker should not block writers.
             with self.db.read_session() as session:
                 if not repo.any_due(session, now):
                     return []
         with self.db.write_session() as session:
-            return repo.claim_due_deliveries(
+            if records:
+                repo.record_attempts(session, records)
+            if not limit:
+                return []
+            claims = repo.claim_due_deliveries(
                 session,
                 now,
                 limit=limit,
@@ -172,6 +202,24 @@ class DeliveryWorker:
                 per_webhook=self.per_webhook,
                 busy=busy,
             )
+        return self._with_secrets(claims)
+
+    def _with_secrets(
+        self, claims: list[repo.ClaimedDelivery]
+    ) -> list[tuple[repo.ClaimedDelivery, str | None]]:
+        """Each claim with its webhook's signing secret, decrypted once per webhook and secret
+        version in this batch (None when it does not decrypt: the attempt reports why)."""
+        opened: dict[tuple[uuid.UUID, str], str | None] = {}
+        out = []
+        for claim in claims:
+            key = (claim.webhook_id, claim.secret_encrypted)
+            if key not in opened:
+                try:
+                    opened[key] = self.box.open(*key)
+                except ValueError:
+                    opened[key] = None
+            out.append((claim, opened[key]))
+        return out
 
     async def _until_next_due(self, poll: float) -> float:
         try:
@@ -188,9 +236,9 @@ class DeliveryWorker:
 
     # --- attempts -------------------------------------------------------------------------
 
-    def _start_attempt(self, claim: repo.ClaimedDelivery, pool: ClientPool) -> None:
+    def _start_attempt(self, claim: repo.ClaimedDelivery, secret: str | None, pool: ClientPool) -> None:
         self._busy[claim.webhook_id] = self._busy.get(claim.webhook_id, 0) + 1
-        task = asyncio.create_task(self._attempt(claim, pool), name=f"delivery-{claim.id}")
+        task = asyncio.create_task(self._attempt(claim, secret, pool), name=f"delivery-{claim.id}")
         self._in_flight[task] = claim
         task.add_done_callback(self._attempt_done)
 
@@ -205,9 +253,10 @@ class DeliveryWorker:
         if self._wake is not None:
             self._wake.set()  # a slot is free
 
-    async def _attempt(self, claim: repo.ClaimedDelivery, pool: ClientPool) -> None:
+    async def _attempt(self, claim: repo.ClaimedDelivery, secret: str | None, pool: ClientPool) -> None:
         try:
-            secret = self.box.open(claim.webhook_id, claim.secret_encrypted)
+            if secret is None:
+                secret = self.box.open(claim.webhook_id, claim.secret_encrypted)  # raises: says why
             result = await attempt_delivery(
                 pool,
                 url=claim.url,
@@ -224,9 +273,7 @@ class DeliveryWorker:
         except Exception as exc:
             log.exception("webhook delivery %s: unexpected error", claim.id)
             result = AttemptResult(False, None, f"internal error: {type(exc).__name__}", None)
-        self._records.append(self._judge(claim, result))
-        assert self._records_ready is not None
-        self._records_ready.set()
+        self._records.append(self._judge(claim, result))  # _attempt_done wakes the pump
 
     def _judge(self, claim: repo.ClaimedDelivery, result: AttemptResult) -> repo.AttemptRecord:
         now = utcnow()
@@ -256,30 +303,15 @@ class DeliveryWorker:
 
     # --- recording ------------------------------------------------------------------------
 
-    async def _record_outcomes(self, stop: asyncio.Event) -> None:
-        """Writes finished attempts, several per transaction when they finish together."""
-        assert self._records_ready is not None
-        while True:
-            await self._records_ready.wait()
-            self._records_ready.clear()
-            written = await self._write_records()
-            if self._closing and not self._records:
-                return
-            if not written:
-                await asyncio.sleep(1.0)  # the database is unwell; keep the records and retry
-                self._records_ready.set()
-            elif self._wake is not None:
-                self._wake.set()  # a retry may be due soon: re-plan the sleep
-
     async def _write_records(self) -> bool:
+        """The last records, at shutdown."""
         records, self._records = self._records, []
         if not records:
             return True
         try:
             await asyncio.to_thread(self._write, records)
         except Exception:
-            log.exception("recording %d webhook attempt(s) failed; will retry", len(records))
-            self._records = records + self._records
+            log.exception("recording %d webhook attempt(s) failed; they are attempted again", len(records))
             return False
         return True
 
