@@ -265,7 +265,9 @@ def page_of_leads(
         .limit(limit)
         .offset(offset)
     )
-    return [dict(row) for row in session.execute(stmt).mappings()]
+    result = session.connection().execute(stmt)
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 _TEXT_ON_SQLITE = {
