@@ -43,6 +43,11 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON o
 CustomerOpt = Annotated[str, typer.Option("--customer", help="Customer id (UUID).")]
 
 
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter on every start
+
+
 def fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -283,9 +288,7 @@ def serve(
     if no_worker:
         settings = settings.model_copy(update={"webhook_worker_in_process": False})
         os.environ["MEGA_WEBHOOK_WORKER_IN_PROCESS"] = "0"  # for the --workers processes too
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     if workers > 1 and settings.is_sqlite:
         fail("--workers > 1 needs PostgreSQL (set MEGA_DATABASE_URL); SQLite serves from one process")
     with operator_db():
@@ -325,9 +328,7 @@ def worker(
     settings = get_settings()
     if concurrency is not None:
         settings = settings.model_copy(update={"webhook_worker_concurrency": concurrency})
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     try:
         key = load_secret_key(settings)
     except ConfigurationError as exc:
