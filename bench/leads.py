@@ -60,8 +60,9 @@ from bench.common import (
     timed_ms,
     verdict,
 )
+from mega_crm.leads import repository
 
-SEED_VERSION = 1  # bump when the generated data changes: cached databases are then re-seeded
+SEED_VERSION = 2  # bump when the generated data changes: cached databases are then re-seeded
 SMALL = 10_000
 BULK_ROWS = 500
 RUN_PREFIX = "bench-run-"
@@ -278,6 +279,7 @@ def seed_leads(db: Any, tenant: Tenant, count: int) -> float:
             text("UPDATE customers SET leads_version = leads_version + 1 WHERE id = :id"),
             {"id": params["cid"]},
         )
+        repository.recount(session, tenant.customer_id)  # the seed bypassed the lead service
     if not db.is_sqlite:  # what autovacuum would soon do on a live server
         with db.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE leads"))
@@ -646,7 +648,7 @@ def page_latency(ctx: Context) -> None:
     page = {"status": "active", "limit": "100"}
     cases: list[tuple[str, Any, bool]] = [
         ("first page, status=active, limit=100", lambda _s: page, False),
-        ("same, after a write (total recounted)", lambda _s: page, True),
+        ("same, after a write", lambda _s: page, True),
         ("keyset page from the middle (cursor)", lambda s: {**page, "cursor": spots[s][0]}, False),
         ("search by phone, another format", lambda s: {"search": spots[s][1], "limit": "100"}, False),
         ("search by name substring", lambda _s: {"search": "ah wil", "limit": "100"}, False),
@@ -681,7 +683,7 @@ def page_latency(ctx: Context) -> None:
     print(f"  {'':{LABEL_WIDTH}} {sizes[0] + ' leads':>14} {sizes[1] + ' leads':>16}   ratio")
     targeted = {
         "first page, status=active, limit=100",
-        "same, after a write (total recounted)",
+        "same, after a write",
         "keyset page from the middle (cursor)",
     }
     for label, by_size in figures.items():

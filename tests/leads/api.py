@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 
 from mega_crm.customers.models import Customer
 from mega_crm.db import Database
+from mega_crm.leads import repository
 from mega_crm.leads.models import Lead
 from tests.fixtures.factories import Tenant
 
@@ -102,7 +103,7 @@ def db_count(db: Database, customer_id: uuid.UUID) -> int:
 
 def set_status(db: Database, customer_id: uuid.UUID, lead_id: str, status: str) -> None:
     """No API operation changes a lead's status; tests set it in the database (bumping the
-    customer's leads_version, as every lead writer must)."""
+    customer's leads_version and rebuilding its counts, as every writer outside the service must)."""
     with db.write_session() as session:
         session.execute(update(Lead).where(Lead.id == uuid.UUID(lead_id)).values(status=status))
         session.execute(
@@ -110,3 +111,4 @@ def set_status(db: Database, customer_id: uuid.UUID, lead_id: str, status: str) 
             .where(Customer.id == customer_id)
             .values(leads_version=Customer.leads_version + 1)
         )
+        repository.recount(session, customer_id)

@@ -46,3 +46,20 @@ class Lead(Base):
     interaction_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LeadCount(Base):
+    """How many of a customer's leads share (status, stage, lead_line), kept exact in every lead
+    write's transaction: `total` for those filters is a sum over a handful of rows, not a count
+    over a million leads."""
+
+    __tablename__ = "lead_counts"
+
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
+    )
+    bucket: Mapped[str] = mapped_column(String(120), primary_key=True)  # "status|stage_id|lead_line"
+    status: Mapped[str] = mapped_column(String(16))
+    stage_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    lead_line: Mapped[str | None] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(Integer, default=0)

@@ -26,12 +26,13 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
 from mega_crm.leads.cursor import CursorPosition
-from mega_crm.leads.models import Lead
+from mega_crm.leads.models import Lead, LeadCount
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
 LEADS: Table = Lead.__table__  # type: ignore[assignment]
@@ -299,3 +300,76 @@ def _after(column: Any, pos: CursorPosition, descending: bool) -> ColumnElement[
         return key < tuple_(literal(pos.value, column.type), literal(pos.lead_id, Lead.id.type))
     after = key > tuple_(literal(pos.value, column.type), literal(pos.lead_id, Lead.id.type))
     return or_(after, column.is_(None)) if column is Lead.last_interaction_at else after
+
+
+# --- exact counts per (status, stage, lead_line) --------------------------------------------
+
+Bucket = tuple[str, uuid.UUID | None, str | None]
+COUNTS: Table = LeadCount.__table__  # type: ignore[assignment]
+_COUNT_UPSERTS: dict[str, Any] = {}
+
+
+def bucket_of(record: dict[str, Any]) -> Bucket:
+    return (record["status"], record["stage_id"], record["lead_line"])
+
+
+def _bucket_key(bucket: Bucket) -> str:
+    status, stage_id, lead_line = bucket
+    return f"{status}|{stage_id.hex if stage_id else ''}|{lead_line or ''}"
+
+
+def _count_upsert(dialect: str) -> Any:
+    if dialect not in _COUNT_UPSERTS:
+        stmt = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(COUNTS)
+        _COUNT_UPSERTS[dialect] = stmt.on_conflict_do_update(
+            index_elements=[COUNTS.c.customer_id, COUNTS.c.bucket], set_={"n": COUNTS.c.n + stmt.excluded.n}
+        ).returning(COUNTS.c.n)
+    return _COUNT_UPSERTS[dialect]
+
+
+def add_to_counts(session: Session, customer_id: uuid.UUID, deltas: dict[Bucket, int]) -> None:
+    """One statement for the whole batch (a few buckets at most)."""
+    rows = [
+        {
+            "customer_id": customer_id,
+            "bucket": _bucket_key(bucket),
+            "status": bucket[0],
+            "stage_id": bucket[1],
+            "lead_line": bucket[2],
+            "n": delta,
+        }
+        for bucket, delta in deltas.items()
+        if delta
+    ]
+    if rows:
+        connection = session.connection()
+        connection.execute(_count_upsert(connection.dialect.name), rows)
+
+
+def counted_total(session: Session, customer_id: uuid.UUID, f: LeadFilters) -> int | None:
+    """The total from the counts when the filters are only status / stage / lead_line, else None."""
+    if f.search_text or f.search_email or f.search_phone_key or f.search_phone_digits:
+        return None
+    if f.created_since or f.updated_since:
+        return None
+    stmt = select(func.coalesce(func.sum(COUNTS.c.n), 0)).where(COUNTS.c.customer_id == customer_id)
+    if f.status:
+        stmt = stmt.where(COUNTS.c.status == f.status)
+    if f.stage_id:
+        stmt = stmt.where(COUNTS.c.stage_id == f.stage_id)
+    if f.lead_line:
+        stmt = stmt.where(COUNTS.c.lead_line == f.lead_line)
+    return int(session.connection().execute(stmt).scalar_one())
+
+
+def recount(session: Session, customer_id: uuid.UUID) -> None:
+    """Rebuild a customer's counts from its leads: for writers that bypass the lead service
+    (imports straight into the database, maintenance scripts)."""
+    connection = session.connection()
+    connection.execute(COUNTS.delete().where(COUNTS.c.customer_id == customer_id))
+    groups = connection.execute(
+        select(Lead.status, Lead.stage_id, Lead.lead_line, func.count())
+        .where(Lead.customer_id == customer_id)
+        .group_by(Lead.status, Lead.stage_id, Lead.lead_line)
+    )
+    add_to_counts(session, customer_id, {(s, st, ll): n for s, st, ll, n in groups})

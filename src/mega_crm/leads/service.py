@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -215,11 +215,21 @@ def _begin_lead_write(session: Session, customer_id: uuid.UUID) -> datetime:
     return now
 
 
-def _apply_plan(session: Session, plan: MergePlan) -> None:
+def _apply_plan(
+    session: Session, customer_id: uuid.UUID, plan: MergePlan, before: dict[uuid.UUID, repo.Bucket]
+) -> None:
+    """Write the plan, and move the per-bucket counts by what it changed. `before`: the
+    (status, stage, lead_line) of each existing lead as loaded, before the merge."""
+    counts: Counter[repo.Bucket] = Counter(repo.bucket_of(rec) for rec in plan.inserts)
+    for rec in plan.updates:
+        old, new = before[rec["id"]], repo.bucket_of(rec)
+        if old != new:
+            counts[old] -= 1
+            counts[new] += 1
     try:
         repo.insert_leads(session, plan.inserts)
         repo.update_leads(session, plan.updates)
-        session.flush()
+        repo.add_to_counts(session, customer_id, counts)
     except IntegrityError:
         # Only reachable if a writer bypassed the customer lock; the transaction is rolled back.
         raise ConflictError("A concurrent write touched the same lead; retry the request.") from None
@@ -248,8 +258,9 @@ def create_lead(
         source_type="manual",
         counts_as_interaction=True,
     )
+    before = {rec["id"]: repo.bucket_of(rec) for rec in existing}
     plan = plan_merge([(lead_input, RowOutcome(row_ref=None, status="failed"))], existing, defaults)
-    _apply_plan(session, plan)
+    _apply_plan(session, customer_id, plan, before)
     outcome = plan.outcomes[0]
     assert outcome.lead_id is not None
     body = lead_body(_with_relations(session, customer_id, plan.leads[outcome.lead_id], config.stages))
@@ -308,9 +319,10 @@ def bulk_import(
         source_type="import",
         counts_as_interaction=False,
     )
+    before = {rec["id"]: repo.bucket_of(rec) for rec in existing}
     plan = plan_merge(resolved, existing, defaults, on_duplicate=on_duplicate)
     if not dry_run:
-        _apply_plan(session, plan)
+        _apply_plan(session, customer_id, plan, before)
 
     results = []
     summary = {"total": len(plan.outcomes), "created": 0, "updated": 0, "skipped": 0, "failed": 0}
@@ -436,12 +448,14 @@ def list_leads(
             raise InvalidRequestError("Use either cursor or offset, not both.")
         after = codec.decode(q.cursor, customer_id, q.sort_by, q.sort_dir)
 
-    version = repo.leads_version(session, customer_id)
-    cache_key = (customer_id, filters)
-    total = totals.get(cache_key, version)
-    if total is None:
-        total = repo.count_leads(session, customer_id, filters)
-        totals.put(cache_key, version, total)
+    total = repo.counted_total(session, customer_id, filters)
+    if total is None:  # search or date filters: count, once per filter until the next write
+        version = repo.leads_version(session, customer_id)
+        cache_key = (customer_id, filters)
+        total = totals.get(cache_key, version)
+        if total is None:
+            total = repo.count_leads(session, customer_id, filters)
+            totals.put(cache_key, version, total)
 
     rows = repo.page_of_leads(
         session,
