@@ -208,6 +208,24 @@ def any_due(session: Session, now: datetime) -> bool:
     return session.scalars(select(WebhookDelivery.id).where(_due(now)).limit(1)).first() is not None
 
 
+_CLAIM_DETAILS = (
+    select(
+        WebhookDelivery.id,
+        WebhookDelivery.attempts,
+        Webhook.id,
+        Webhook.url,
+        Webhook.timeout_seconds,
+        Webhook.retry_attempts,
+        Webhook.secret_encrypted,
+        WebhookEvent.id,
+        WebhookEvent.event_type,
+        WebhookEvent.lead,
+    )
+    .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+    .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+)
+
+
 def claim_due_deliveries(
     session: Session,
     now: datetime,
@@ -224,48 +242,45 @@ def claim_due_deliveries(
     At most `per_webhook` attempts per webhook are in flight (`busy` counts this worker's),
     so one slow endpoint cannot take every slot.
     """
-    query = (
-        select(WebhookDelivery.id, WebhookDelivery.webhook_id)
-        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
-        .where(_due(now), Webhook.is_active.is_(True), Webhook.deleted_at.is_(None))
-    )
-    saturated = [webhook_id for webhook_id, n in busy.items() if n >= per_webhook]
-    if saturated:
-        query = query.where(WebhookDelivery.webhook_id.not_in(saturated))
     conn = session.connection()
-    candidates = conn.execute(
-        query.order_by(WebhookDelivery.next_attempt_at)
-        .limit(limit * 4)
-        .with_for_update(skip_locked=True, of=WebhookDelivery)
-    ).all()
-    taken: list[uuid.UUID] = []
-    load = dict(busy)
-    for delivery_id, webhook_id in candidates:
-        if load.get(webhook_id, 0) >= per_webhook:
-            continue
-        load[webhook_id] = load.get(webhook_id, 0) + 1
-        taken.append(delivery_id)
-        if len(taken) == limit:
-            break
-    if not taken:
-        return []
-    rows = conn.execute(
-        select(
-            WebhookDelivery.id,
-            WebhookDelivery.attempts,
-            Webhook.id,
-            Webhook.url,
-            Webhook.timeout_seconds,
-            Webhook.retry_attempts,
-            Webhook.secret_encrypted,
-            WebhookEvent.id,
-            WebhookEvent.event_type,
-            WebhookEvent.lead,
+    live = (_due(now), Webhook.is_active.is_(True), Webhook.deleted_at.is_(None))
+    if max(busy.values(), default=0) + limit <= per_webhook:
+        # No webhook can reach `per_webhook` within this batch: take the first `limit` due
+        # deliveries, with everything their attempts need, in one statement.
+        rows = conn.execute(
+            _CLAIM_DETAILS.where(*live)
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=WebhookDelivery)
+        ).all()
+    else:
+        query = (
+            select(WebhookDelivery.id, WebhookDelivery.webhook_id)
+            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+            .where(*live)
         )
-        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
-        .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
-        .where(WebhookDelivery.id.in_(taken))
-    ).all()
+        saturated = [webhook_id for webhook_id, n in busy.items() if n >= per_webhook]
+        if saturated:
+            query = query.where(WebhookDelivery.webhook_id.not_in(saturated))
+        candidates = conn.execute(
+            query.order_by(WebhookDelivery.next_attempt_at)
+            .limit(limit * 4)
+            .with_for_update(skip_locked=True, of=WebhookDelivery)
+        ).all()
+        taken: list[uuid.UUID] = []
+        load = dict(busy)
+        for delivery_id, webhook_id in candidates:
+            if load.get(webhook_id, 0) >= per_webhook:
+                continue
+            load[webhook_id] = load.get(webhook_id, 0) + 1
+            taken.append(delivery_id)
+            if len(taken) == limit:
+                break
+        if not taken:
+            return []
+        rows = conn.execute(_CLAIM_DETAILS.where(WebhookDelivery.id.in_(taken))).all()
+    if not rows:
+        return []
     claims = [
         ClaimedDelivery(
             id=r[0],
@@ -283,7 +298,7 @@ def claim_due_deliveries(
         for r in rows
     ]
     # One statement for the batch (executemany), in Core: no ORM bookkeeping per row.
-    session.connection().execute(
+    conn.execute(
         _LEASE,
         [
             {

@@ -6,6 +6,11 @@ rows taken with FOR UPDATE SKIP LOCKED, and a claim whose worker died is taken a
 lease ends. The worker sleeps until the next delivery is due, and is woken early by a commit
 in this process that added deliveries, or by PostgreSQL NOTIFY from any other process.
 
+One task (the pump) does all the database writing: each transaction records the attempts
+that have finished since the last one (one executemany) and claims due deliveries for the free
+slots, so under load a transaction serves many deliveries, and the event loop, which does the
+HTTP, competes with little Python in the database thread for the GIL.
+
 Shutdown (SIGTERM): stop claiming, let in-flight attempts finish for a grace period, then
 hand the unfinished ones back (due at once, for any worker). Nothing is lost either way: an
 unrecorded attempt is attempted again.
@@ -36,6 +41,10 @@ from mega_crm.webhooks.signing import SecretBox
 from mega_crm.webhooks.urls import Resolver
 
 log = logging.getLogger("mega_crm.webhooks")
+
+# Under load, how long a finished attempt's outcome may wait to share a transaction with the
+# next claim (its lease is held meanwhile, so nothing is lost if the worker dies).
+RECORD_HOLD_SECONDS = 0.1
 
 
 class DeliveryWorker:
@@ -145,6 +154,13 @@ class DeliveryWorker:
             free = self.concurrency - len(self._in_flight) if claiming else 0
             # A few free slots wait for more while attempts are in flight (they free more soon).
             want = free if free >= batch or (free > 0 and not self._in_flight) else 0
+            if claiming and not want and self._records and self._in_flight:
+                # Nearly every slot is busy: outcomes wait (briefly) for the next claim's
+                # transaction instead of taking one of their own.
+                age = (utcnow() - self._records[0].at).total_seconds()
+                if age < RECORD_HOLD_SECONDS:
+                    await self._wait(stop, RECORD_HOLD_SECONDS - age)
+                    continue
             records, self._records = self._records, []
             if not records and not want:
                 await self._wait(stop if claiming else None, poll)
@@ -157,8 +173,14 @@ class DeliveryWorker:
                     "webhook worker: recording %d attempt(s) / claiming failed; retrying", len(records)
                 )
                 self._records = records + self._records
-                # The database is unwell: keep the records and retry, a little later each time.
-                await self._wait(stop if claiming else None, min(5.0, poll * failures))
+                # The database is unwell: keep the records and retry, a little later each time
+                # (not sooner when an attempt finishes: that would hammer it).
+                delay = min(5.0, float(failures))
+                if claiming:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                else:
+                    await asyncio.sleep(delay)
                 continue
             failures = 0
             for claim, secret in claims:
