@@ -25,7 +25,7 @@ from mega_crm import __version__ as server_version
 from mega_crm.webhooks.signing import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, compute_signature
 from mega_crm.webhooks.urls import Resolver, Target, UrlRefused, check_literal_webhook_url, check_webhook_url
 
-USER_AGENT = f"MEGA-CRM-Webhooks/{server_version} (+https://github.com/mega-crm; lead webhooks)"
+USER_AGENT = f"MEGA-CRM-Webhooks/{server_version} (lead webhooks)"
 MAX_BACKOFF_SECONDS = 30.0
 RESPONSE_BYTES_READ = 64 * 1024  # of an answer's body: enough to keep the connection reusable
 
