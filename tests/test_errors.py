@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
 from mega_crm.app import create_app
+from mega_crm.db import Database
 from tests.conftest import make_settings
 from tests.fixtures.factories import lead, make_tenant
 
@@ -249,3 +251,29 @@ def test_over_the_limit_is_429_rate_limit_error(client, db, path):
     r = client.post(path, json=body, headers=tenant.headers)
     envelope(r, 429, "rate_limit_error")
     assert int(r.headers["retry-after"]) >= 1
+
+
+def test_a_body_over_the_size_limit_is_413_in_the_envelope(db: Database, db_url: str) -> None:
+    small = create_app(make_settings(db_url, max_body_bytes=1000), db)
+    tenant = make_tenant(db)
+    big = {"contact_name": "x" * 2000}
+    with TestClient(small) as c:
+        declared = c.post("/api/agents/crm/leads", json=big, headers=tenant.headers)
+        assert declared.status_code == 413
+        assert declared.json()["error"]["type"] == "invalid_request_error"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it arrives
+            yield b'{"contact_name": "'
+            for _ in range(20):
+                yield b"x" * 100
+            yield b'"}'
+
+        streamed = c.post(
+            "/api/agents/crm/leads",
+            content=chunks(),
+            headers={**tenant.headers, "Content-Type": "application/json"},
+        )
+        assert streamed.status_code in (400, 413)
+        assert "error" in streamed.json()
+        ok = c.post("/api/agents/crm/leads", json={"contact_name": "small"}, headers=tenant.headers)
+        assert ok.status_code == 201

@@ -29,6 +29,58 @@ from mega_crm.webhooks.worker import webhook_worker_lifespan
 log = logging.getLogger("mega_crm")
 
 
+class BodySizeLimitMiddleware:
+    """Refuses a request body over `max_bytes` with 413 before the app reads it into memory
+    (a full bulk of 500 leads is well under 1 MiB)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        message = f"Request body is larger than {self.max_bytes} bytes."
+        await error_response(413, "invalid_request_error", message)({"type": "http"}, _no_body, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 class RateLimitHeadersMiddleware:
     """Adds the RateLimit-* headers that auth computed to whatever response the request gets."""
 
@@ -85,6 +137,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             "addresses. For development and tests only; never in production."
         )
     app.add_middleware(RateLimitHeadersMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
     app.openapi = lambda: contract_openapi(app)  # type: ignore[method-assign]
 

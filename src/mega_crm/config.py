@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: float = 24.0
     db_pool_size: int = 10
     log_level: str = "info"
+    max_body_bytes: int = Field(
+        default=5 * 1024 * 1024, description="Largest request body accepted (413 above)"
+    )
     # Webhooks
     webhook_allow_private_targets: bool = False
     webhook_retry_base_seconds: float = 1.0
