@@ -95,6 +95,20 @@ def test_the_same_body_written_differently_is_the_same_request(client, tenant):
     assert total(client, tenant) == 1
 
 
+def test_an_explicit_null_is_the_same_request_as_an_omitted_field(client, tenant):
+    """The API reads `"contact_email": null` as "not sent", so a retry that spells it either way
+    must replay, not 409."""
+    key = new_key()
+    first = client.post(
+        LEADS, json={"contact_name": "Null Or Not", "contact_email": None}, headers=with_key(tenant, key)
+    )
+    again = client.post(LEADS, json={"contact_name": "Null Or Not"}, headers=with_key(tenant, key))
+    assert first.status_code == 201
+    assert again.headers.get(REPLAYED) == "true"
+    assert again.json() == first.json()
+    assert total(client, tenant) == 1
+
+
 def test_a_replay_of_a_merge_returns_the_stored_merge(client, tenant):
     email = f"merge-{uuid.uuid4().hex[:8]}@example.com"
     original = client.post(LEADS, json={"contact_email": email, "contact_name": "A"}, headers=tenant.headers)

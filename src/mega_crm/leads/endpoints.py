@@ -150,7 +150,7 @@ def create_lead(
         customer_id=principal.customer_id,
         endpoint="createLead",
         key=idempotency_key,
-        fingerprint=request_fingerprint(body.model_dump(mode="json", exclude_unset=True)),
+        fingerprint=request_fingerprint(body.model_dump(mode="json", exclude_none=True)),
         ttl=timedelta(hours=state.settings.idempotency_ttl_hours),
         work=lambda session: service.create_lead(session, principal.customer_id, body, region),
     )
