@@ -15,6 +15,7 @@ from sqlalchemy import event
 
 from mega_crm.app import create_app
 from mega_crm.db import Database
+from mega_crm.leads.service import MAX_OFFSET
 from tests.conftest import ContractClient, make_settings
 from tests.fixtures.factories import Tenant, make_tenant
 from tests.leads.api import (
@@ -403,6 +404,10 @@ def test_an_offset_beyond_any_database_integer_is_just_past_the_end(
     assert page["leads"] == []
     assert page["total"] == 1
     assert page["next_cursor"] is None
+    # past even an unsigned 64-bit integer, which the JSON encoder could not echo (it was a 500)
+    page = listing(client, tenant, offset=33582180805117452288)
+    assert page["leads"] == []
+    assert page["offset"] == MAX_OFFSET
 
 
 def test_negative_offset_is_400(client: TestClient, tenant: Tenant) -> None:

@@ -434,7 +434,7 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
 
 
 # No customer has this many leads; a larger offset (which the databases' 64-bit OFFSET could
-# not even hold) is simply past the end.
+# not even hold, nor orjson echo back past 2**64) is simply past the end, and is echoed as this.
 MAX_OFFSET = 2**62
 
 
@@ -447,6 +447,7 @@ def list_leads(
         if q.offset:
             raise InvalidRequestError("Use either cursor or offset, not both.")
         after = codec.decode(q.cursor, customer_id, q.sort_by, q.sort_dir)
+    offset = min(q.offset, MAX_OFFSET)
 
     total = repo.counted_total(session, customer_id, filters)
     if total is None:  # search or date filters: count, once per filter until the next write
@@ -464,7 +465,7 @@ def list_leads(
         sort_by=q.sort_by,
         descending=q.sort_dir == "desc",
         limit=q.limit + 1,
-        offset=min(q.offset, MAX_OFFSET),
+        offset=offset,
         after=after,
         with_custom_fields=q.include_custom_fields,
     )
@@ -483,6 +484,6 @@ def list_leads(
         "leads": [lead_body(r, include_custom_fields=q.include_custom_fields) for r in rows],
         "total": total,
         "limit": q.limit,
-        "offset": q.offset,
+        "offset": offset,
         "next_cursor": next_cursor,
     }
