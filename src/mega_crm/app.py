@@ -6,13 +6,11 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mega_crm.auth.dependencies import authorize_before_body_error
 from mega_crm.config import Settings, get_settings
 from mega_crm.db import Database
 from mega_crm.errors import ApiError, error_response
@@ -110,7 +108,9 @@ class RateLimitHeadersMiddleware:
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
-    db = db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
+    db = db or Database(
+        settings.resolved_database_url, pool_size=settings.db_pool_size, threads=settings.db_threads
+    )
     secret_key = load_secret_key(settings)
 
     app = FastAPI(
@@ -163,11 +163,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         return exc.to_response()
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        try:  # malformed JSON fails before the route's auth dependency: auth still answers first
-            await run_in_threadpool(authorize_before_body_error, request)
-        except ApiError as denied:
-            return denied.to_response()
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        # Only path parameters are parsed by the framework (endpoint.Call parses the rest).
         messages = describe_errors(exc.errors())
         return error_response(400, "invalid_request_error", "; ".join(messages) or "Invalid request.")
 
@@ -179,11 +176,6 @@ def _install_error_handlers(app: FastAPI) -> None:
             allow = ", ".join(_allowed_methods(app, request.scope))
             message = "Method not allowed on this route."
             return error_response(405, "invalid_request_error", message, {"Allow": allow})
-        if exc.status_code == 400:  # an unreadable body, raised before the route's auth dependency
-            try:
-                await run_in_threadpool(authorize_before_body_error, request)
-            except ApiError as denied:
-                return denied.to_response()
         kind = "api_error" if exc.status_code >= 500 else "invalid_request_error"
         return error_response(exc.status_code, kind, str(exc.detail))
 

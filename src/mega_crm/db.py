@@ -4,16 +4,23 @@ Reads use a plain transaction. Writes go through `write_session()`: on SQLite it
 database write lock up front (BEGIN IMMEDIATE, behind an in-process lock so threads queue
 instead of spinning on busy_timeout), so a burst of parallel writes never ends in
 "database is locked".
+
+Request work runs on the database's own threads (`run()`), few on SQLite: Python's sqlite3
+releases the GIL around every statement and row step, so each extra thread running SQL at the
+same time makes every request pay for GIL hand-offs (8 threads cost 4x the CPU per page of 1).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
@@ -27,6 +34,9 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+T = TypeVar("T")
 
 
 class Base(DeclarativeBase):
@@ -79,14 +89,15 @@ def normalize_database_url(url: str) -> str:
 class Database:
     """The engine plus the two kinds of session the app uses."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, threads: int | None = None) -> None:
         self.url = normalize_database_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.Lock() if self.is_sqlite else None
-        # Python's sqlite3 releases the GIL around every row step: many threads reading at once
-        # spend their CPU handing the GIL back and forth (3x the CPU per page at 8 threads).
-        # Two read slots keep that in check and still let a slow search not stall every read.
-        self._read_slots = threading.BoundedSemaphore(2) if self.is_sqlite else None
+        # Two threads on SQLite: one slow search or bulk import does not stall every request.
+        # On PostgreSQL the threads mostly wait on the network: one per pooled connection.
+        self.threads = threads or (2 if self.is_sqlite else pool_size)
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
         if self.is_sqlite:
             self.engine = _sqlite_engine(self.url)
         else:
@@ -103,18 +114,20 @@ class Database:
         )
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False, autoflush=False)
 
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on one of the database's threads (see the module docstring)."""
+        if self._executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="mega-db")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
     @contextmanager
     def read_session(self) -> Iterator[Session]:
         # close() (not rollback) on exit: loaded objects stay readable after the block.
-        slots = self._read_slots
-        if slots is not None:
-            slots.acquire()
-        try:
-            with self._sessions() as session:
-                yield session
-        finally:
-            if slots is not None:
-                slots.release()
+        with self._sessions() as session:
+            yield session
 
     @contextmanager
     def write_session(self, *, commit: bool = True) -> Iterator[Session]:
@@ -139,6 +152,9 @@ class Database:
                 lock.release()
 
     def dispose(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         self.engine.dispose()
 
 

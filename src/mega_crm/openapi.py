@@ -6,10 +6,66 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-
-from mega_crm.leads.schemas import BulkImportRequest
+from pydantic import BaseModel
 
 REF = "#/components/schemas/{model}"
+IDEMPOTENCY_KEY = "Idempotency-Key"
+_CUSTOMER_ID_TEXT = "The customer this request acts on. Must match the customer your key is locked to."
+_IDEMPOTENCY_TEXT = (
+    "Client-generated unique key. Replaying the same key returns the original stored response instead "
+    "of creating duplicates. Scoped per customer + endpoint; reuse with a different body returns 409."
+)
+# Header parameters every API operation takes (the key's customer), and the write operations'.
+CUSTOMER_ID_PARAMETER = {
+    "name": "x-customer-id",
+    "in": "header",
+    "required": True,
+    "description": _CUSTOMER_ID_TEXT,
+    "schema": {
+        "type": "string",
+        "format": "uuid",
+        "title": "X-Customer-Id",
+        "description": _CUSTOMER_ID_TEXT,
+    },
+}
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": IDEMPOTENCY_KEY,
+    "in": "header",
+    "required": False,
+    "description": _IDEMPOTENCY_TEXT,
+    "schema": {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "title": IDEMPOTENCY_KEY,
+        "description": _IDEMPOTENCY_TEXT,
+    },
+}
+_REQUEST_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def query_parameters(model: type[BaseModel]) -> dict[str, Any]:
+    """A route's `openapi_extra` publishing `model` (parsed by endpoint.Call.query) as its query."""
+    properties = model.model_json_schema(by_alias=True)["properties"]
+    parameters = []
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        parameter = {
+            "name": alias,
+            "in": "query",
+            "required": field.is_required(),
+            "schema": properties[alias],
+        }
+        if field.description:
+            parameter["description"] = field.description
+        parameters.append(parameter)
+    return {"parameters": parameters}
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """A route's `openapi_extra` publishing `model` (parsed by endpoint.Call.body) as its JSON body."""
+    _REQUEST_MODELS[model.__name__] = model
+    return {"x-request-schema": model.__name__}
+
+
 IDEMPOTENT_OPERATIONS = {"createLead", "bulkImportLeads"}
 RATE_LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 HEADER_REFS = {
@@ -55,8 +111,13 @@ def contract_openapi(app: FastAPI) -> dict[str, Any]:
     # authenticated request carries the rate-limit headers; a 429 adds Retry-After; a replayed
     # write says so.
     components["headers"] = HEADERS
-    for path_item in doc.get("paths", {}).values():
+    for path, path_item in doc.get("paths", {}).items():
         for operation in path_item.values():
+            if path.startswith("/api/"):
+                parameters = operation.setdefault("parameters", [])
+                parameters.append(CUSTOMER_ID_PARAMETER)
+                if operation.get("operationId") in IDEMPOTENT_OPERATIONS:
+                    parameters.append(IDEMPOTENCY_KEY_PARAMETER)
             responses = operation.get("responses", {})
             responses.pop("422", None)
             for status, response in responses.items():
@@ -74,21 +135,21 @@ def contract_openapi(app: FastAPI) -> dict[str, Any]:
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
 
-    # Routes that validate rows one by one accept a looser envelope than they document;
-    # publish the documented request schema.
+    # Request bodies are parsed in the route (endpoint.Call.body); publish the documented schema.
     for path_item in doc.get("paths", {}).values():
         for operation in path_item.values():
             name = operation.pop("x-request-schema", None)
             if name is None:
                 continue
-            model = {"BulkImportRequest": BulkImportRequest}[name]
-            full = model.model_json_schema(ref_template=REF)
-            for def_name, definition in full.pop("$defs", {}).items():
+            full = _REQUEST_MODELS[name].model_json_schema(ref_template=REF)
+            for def_name, definition in [*full.pop("$defs", {}).items(), (name, full)]:
+                for prop in definition.get("properties", {}).values():
+                    if "default" in prop and prop["default"] is None:  # "optional", not "may be null"
+                        del prop["default"]
                 schemas[def_name] = definition
-            schemas[name] = full
-            operation["requestBody"]["content"]["application/json"]["schema"] = {
-                "$ref": REF.format(model=name)
+            operation["requestBody"] = {
+                "content": {"application/json": {"schema": {"$ref": REF.format(model=name)}}},
+                "required": True,
             }
-    schemas.pop("BulkImportBody", None)
     app.openapi_schema = doc
     return doc

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import uuid
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -100,6 +102,52 @@ class BulkLeadRow(LeadCreateRequest):
         ),
     ] = None
     lead_line: LeadLine | SkipJsonSchema[None] = None
+
+
+class ListLeadsQuery(BaseModel):
+    """listLeads' query string."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: str | None = Field(
+        None, description="Filter by lead status (e.g. active, won, lost, nurture, archived)."
+    )
+    stage_id: uuid.UUID | None = Field(
+        None, alias="stageId", description="Filter by current pipeline stage id."
+    )
+    search: str | None = Field(
+        None, description="Free-text match on name / email / phone (phone-format-agnostic)."
+    )
+    created_since: datetime | None = Field(
+        None, description="Only leads created at/after this ISO-8601 timestamp."
+    )
+    updated_since: datetime | None = Field(
+        None, description="Only leads updated at/after this ISO-8601 timestamp."
+    )
+    sort_by: SortBy = "updated_at"
+    sort_dir: SortDir = "asc"
+    lead_line: LeadLine | None = Field(None, description="Filter by the reserved `lead_line` custom field.")
+    include_custom_fields: bool = Field(
+        False, description="When true, include a `custom_fields` object on each lead."
+    )
+    cursor: str | None = Field(
+        None,
+        description="Opaque keyset cursor from a previous response's `next_cursor`. "
+        "Only valid with the same `sort_by`/`sort_dir`.",
+    )
+    limit: int = Field(20, ge=1, le=100)
+    offset: int = Field(
+        0, ge=0, description="Offset paging (back-compat). Prefer `cursor` for incremental polling."
+    )
+
+
+class BulkImportEnvelope(BaseModel):
+    """What bulkImportLeads parses up front; rows are validated one by one (a bad row fails alone)."""
+
+    model_config = ConfigDict(extra="forbid")
+    leads: Annotated[list[object], Field(min_length=1, max_length=500)]
+    on_duplicate: Literal["update", "skip"] = "update"
+    dry_run: bool = False
 
 
 class BulkImportRequest(BaseModel):

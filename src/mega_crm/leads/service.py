@@ -20,7 +20,7 @@ from mega_crm.leads import repository as repo
 from mega_crm.leads.cursor import CursorCodec, CursorPosition
 from mega_crm.leads.dedup import LeadInput, MergeDefaults, MergePlan, RowOutcome, plan_merge
 from mega_crm.leads.normalize import ContactError, digits_of, normalize_email, normalize_phone
-from mega_crm.leads.schemas import BulkLeadRow, LeadCreateRequest
+from mega_crm.leads.schemas import BulkLeadRow, LeadCreateRequest, ListLeadsQuery
 from mega_crm.validation import describe_errors
 from mega_crm.webhooks.outbox import record_lead_created
 
@@ -353,22 +353,6 @@ def bulk_import(
 # --- listing --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ListQuery:
-    status: str | None
-    stage_id: uuid.UUID | None
-    search: str | None
-    created_since: datetime | None
-    updated_since: datetime | None
-    sort_by: str
-    sort_dir: str
-    lead_line: str | None
-    include_custom_fields: bool
-    cursor: str | None
-    limit: int
-    offset: int
-
-
 class TotalsCache:
     """`total` per (customer, filters), valid while the customer's leads_version is unchanged:
     paging through a large result set counts it once, not once per page."""
@@ -398,7 +382,7 @@ _PHONE_LIKE = re.compile(r"[\d\s().+\-/]+")
 _EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
-def build_filters(q: ListQuery) -> repo.LeadFilters:
+def build_filters(q: ListLeadsQuery) -> repo.LeadFilters:
     if q.status is not None and q.status not in LEAD_STATUSES:
         raise InvalidRequestError(f"status must be one of {', '.join(LEAD_STATUSES)}.")
     text = (q.search or "").strip() or None
@@ -439,7 +423,7 @@ MAX_OFFSET = 2**62
 
 
 def list_leads(
-    session: Session, customer_id: uuid.UUID, q: ListQuery, codec: CursorCodec, totals: TotalsCache
+    session: Session, customer_id: uuid.UUID, q: ListLeadsQuery, codec: CursorCodec, totals: TotalsCache
 ) -> dict[str, Any]:
     filters = build_filters(q)
     after: CursorPosition | None = None

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from mega_crm.auth.dependencies import CustomerIdHeader, Principal, require
 from mega_crm.auth.scopes import WEBHOOKS_MANAGE
+from mega_crm.endpoint import Call, serve
 from mega_crm.errors import error_responses
 from mega_crm.http import json_response
+from mega_crm.openapi import query_parameters, request_body
 from mega_crm.webhooks import service
 from mega_crm.webhooks.schemas import (
     WebhookCreateRequest,
@@ -28,18 +30,22 @@ from mega_crm.webhooks.signing import SecretBox
 
 router = APIRouter(prefix="/api/agents/crm/lead-webhooks", tags=["Webhooks"])
 
-ManageKey = Annotated[Principal, Depends(require(WEBHOOKS_MANAGE))]
 # Taken as text so that a malformed id is a 404 (no such webhook), like another customer's id.
 WebhookId = Annotated[str, Path(json_schema_extra={"format": "uuid"})]
 DeliveryId = Annotated[str, Path(json_schema_extra={"format": "uuid"})]
 
 
-def _box(request: Request) -> SecretBox:
-    return SecretBox(request.app.state.secret_key)
+class DeliveryListQuery(BaseModel):
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, description="`next_cursor` of the previous page.")
 
 
-def _allow_private(request: Request) -> bool:
-    return bool(request.app.state.settings.webhook_allow_private_targets)
+def _box(call: Call) -> SecretBox:
+    return SecretBox(call.state.secret_key)
+
+
+def _allow_private(call: Call) -> bool:
+    return bool(call.state.settings.webhook_allow_private_targets)
 
 
 @router.get(
@@ -51,9 +57,13 @@ def _allow_private(request: Request) -> bool:
     response_model=WebhookListResponse,
     responses=error_responses(401, 403, 429),
 )
-def list_webhooks(request: Request, principal: ManageKey, x_customer_id: CustomerIdHeader) -> Response:
-    with request.app.state.db.read_session() as session:
-        return json_response(service.list_webhooks(session, principal.customer_id))
+async def list_webhooks(request: Request) -> Response:
+    return await serve(request, WEBHOOKS_MANAGE, _list_webhooks)
+
+
+def _list_webhooks(call: Call) -> Response:
+    with call.state.db.read_session() as session:
+        return json_response(service.list_webhooks(session, call.customer_id))
 
 
 @router.post(
@@ -66,13 +76,17 @@ def list_webhooks(request: Request, principal: ManageKey, x_customer_id: Custome
     status_code=201,
     response_model=WebhookCreateResponse,
     responses=error_responses(400, 401, 403, 409, 429),
+    openapi_extra=request_body(WebhookCreateRequest),
 )
-def create_webhook(
-    request: Request, principal: ManageKey, x_customer_id: CustomerIdHeader, body: WebhookCreateRequest
-) -> Response:
-    target = service.check_url(body.url, allow_private=_allow_private(request))
-    with request.app.state.db.write_session() as session:
-        created = service.create_webhook(session, principal.customer_id, body, target, _box(request))
+async def create_webhook(request: Request) -> Response:
+    return await serve(request, WEBHOOKS_MANAGE, _create_webhook, with_body=True)
+
+
+def _create_webhook(call: Call) -> Response:
+    body = call.body(WebhookCreateRequest)
+    target = service.check_url(body.url, allow_private=_allow_private(call))
+    with call.state.db.write_session() as session:
+        created = service.create_webhook(session, call.customer_id, body, target, _box(call))
     return json_response(created, 201)
 
 
@@ -85,12 +99,13 @@ def create_webhook(
     response_model=WebhookResponse,
     responses=error_responses(401, 403, 404, 429),
 )
-def get_webhook(
-    request: Request, principal: ManageKey, x_customer_id: CustomerIdHeader, id: WebhookId
-) -> Response:
-    webhook_id = service.parse_id(id)
-    with request.app.state.db.read_session() as session:
-        return json_response(service.get_webhook(session, principal.customer_id, webhook_id))
+async def get_webhook(request: Request, id: WebhookId) -> Response:
+    def work(call: Call) -> Response:
+        webhook_id = service.parse_id(id)
+        with call.state.db.read_session() as session:
+            return json_response(service.get_webhook(session, call.customer_id, webhook_id))
+
+    return await serve(request, WEBHOOKS_MANAGE, work)
 
 
 @router.patch(
@@ -101,23 +116,20 @@ def get_webhook(
     "once). Requires the `public_api:webhooks:manage` scope.",
     response_model=WebhookUpdateResponse,
     responses=error_responses(400, 401, 403, 404, 429),
+    openapi_extra=request_body(WebhookUpdateRequest),
 )
-def update_webhook(
-    request: Request,
-    principal: ManageKey,
-    x_customer_id: CustomerIdHeader,
-    id: WebhookId,
-    body: WebhookUpdateRequest,
-) -> Response:
-    webhook_id = service.parse_id(id)
-    target = None
-    if body.url is not None:
-        target = service.check_url(body.url, allow_private=_allow_private(request))
-    with request.app.state.db.write_session() as session:
-        updated = service.update_webhook(
-            session, principal.customer_id, webhook_id, body, target, _box(request)
-        )
-    return json_response(updated)
+async def update_webhook(request: Request, id: WebhookId) -> Response:
+    def work(call: Call) -> Response:
+        body = call.body(WebhookUpdateRequest)
+        webhook_id = service.parse_id(id)
+        target = None
+        if body.url is not None:
+            target = service.check_url(body.url, allow_private=_allow_private(call))
+        with call.state.db.write_session() as session:
+            updated = service.update_webhook(session, call.customer_id, webhook_id, body, target, _box(call))
+        return json_response(updated)
+
+    return await serve(request, WEBHOOKS_MANAGE, work, with_body=True)
 
 
 @router.delete(
@@ -129,12 +141,13 @@ def update_webhook(
     response_model=WebhookDeleteResponse,
     responses=error_responses(401, 403, 404, 429),
 )
-def delete_webhook(
-    request: Request, principal: ManageKey, x_customer_id: CustomerIdHeader, id: WebhookId
-) -> Response:
-    webhook_id = service.parse_id(id)
-    with request.app.state.db.write_session() as session:
-        return json_response(service.delete_webhook(session, principal.customer_id, webhook_id))
+async def delete_webhook(request: Request, id: WebhookId) -> Response:
+    def work(call: Call) -> Response:
+        webhook_id = service.parse_id(id)
+        with call.state.db.write_session() as session:
+            return json_response(service.delete_webhook(session, call.customer_id, webhook_id))
+
+    return await serve(request, WEBHOOKS_MANAGE, work)
 
 
 @router.get(
@@ -146,22 +159,20 @@ def delete_webhook(
     "`next_cursor`. Requires the `public_api:webhooks:manage` scope.",
     response_model=WebhookDeliveryListResponse,
     responses=error_responses(400, 401, 403, 404, 429),
+    openapi_extra=query_parameters(DeliveryListQuery),
 )
-def list_webhook_deliveries(
-    request: Request,
-    principal: ManageKey,
-    x_customer_id: CustomerIdHeader,
-    id: WebhookId,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
-) -> Response:
-    webhook_id = service.parse_id(id)
-    codec = service.DeliveryCursor(request.app.state.secret_key)
-    with request.app.state.db.read_session() as session:
-        page = service.list_deliveries(
-            session, principal.customer_id, webhook_id, limit=limit, cursor=cursor, codec=codec
-        )
-    return json_response(page)
+async def list_webhook_deliveries(request: Request, id: WebhookId) -> Response:
+    def work(call: Call) -> Response:
+        query = call.query(DeliveryListQuery)
+        webhook_id = service.parse_id(id)
+        codec = service.DeliveryCursor(call.state.secret_key)
+        with call.state.db.read_session() as session:
+            page = service.list_deliveries(
+                session, call.customer_id, webhook_id, limit=query.limit, cursor=query.cursor, codec=codec
+            )
+        return json_response(page)
+
+    return await serve(request, WEBHOOKS_MANAGE, work)
 
 
 @router.post(
@@ -174,15 +185,12 @@ def list_webhook_deliveries(
     response_model=WebhookDeliveryResponse,
     responses=error_responses(401, 403, 404, 409, 429),
 )
-def redeliver_webhook_delivery(
-    request: Request,
-    principal: ManageKey,
-    x_customer_id: CustomerIdHeader,
-    id: WebhookId,
-    delivery_id: DeliveryId,
-) -> Response:
-    webhook_id = service.parse_id(id)
-    delivery_uuid = service.parse_id(delivery_id, "delivery")
-    with request.app.state.db.write_session() as session:
-        created = service.redeliver(session, principal.customer_id, webhook_id, delivery_uuid)
-    return json_response(created, 201)
+async def redeliver_webhook_delivery(request: Request, id: WebhookId, delivery_id: DeliveryId) -> Response:
+    def work(call: Call) -> Response:
+        webhook_id = service.parse_id(id)
+        delivery_uuid = service.parse_id(delivery_id, "delivery")
+        with call.state.db.write_session() as session:
+            created = service.redeliver(session, call.customer_id, webhook_id, delivery_uuid)
+        return json_response(created, 201)
+
+    return await serve(request, WEBHOOKS_MANAGE, work)

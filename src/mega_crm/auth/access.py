@@ -1,4 +1,5 @@
 """Who is calling: the key, its customer and scopes; then the rate limit of the route's bucket.
+Run by endpoint.serve() for every API request.
 
 Order of checks: x-customer-id present and a UUID, token well-formed and live (401); the key's
 rate limit (429; from here on every response carries the RateLimit-* headers, since the caller is
@@ -9,27 +10,17 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Header, Request
+from fastapi import Request
 from sqlalchemy import Row, bindparam, select
 
 from mega_crm.auth.models import ApiKey
 from mega_crm.customers.models import Customer
 from mega_crm.errors import AuthenticationError, AuthorizationError
-from mega_crm.ratelimit.limiter import BULK_BUCKET, DEFAULT_BUCKET
+from mega_crm.ratelimit.limiter import BULK_BUCKET
 from mega_crm.security import TOKEN_RE, hash_api_token
-
-# Declared on every route so that the OpenAPI shows it; authorize() is what checks it.
-CustomerIdHeader = Annotated[
-    uuid.UUID,
-    Header(
-        alias="x-customer-id",
-        description="The customer this request acts on. Must match the customer your key is locked to.",
-    ),
-]
 
 
 @dataclass(frozen=True)
@@ -110,27 +101,3 @@ def authorize(request: Request, scope: str, bucket: str) -> Principal:
     principal = Principal(key.id, key.customer_id, frozenset(key.scopes))
     request.state.principal = principal
     return principal
-
-
-def require(scope: str, bucket: str = DEFAULT_BUCKET) -> Callable[[Request], Principal]:
-    """Dependency: an authenticated key with `scope`, counted against `bucket`."""
-
-    def dependency(request: Request) -> Principal:
-        return authorize(request, scope, bucket)
-
-    dependency.mega_rule = (scope, bucket)  # type: ignore[attr-defined]
-    return dependency
-
-
-def authorize_before_body_error(request: Request) -> None:
-    """A body that is not JSON fails in the framework before the route's dependencies run; check
-    the key first anyway, so an anonymous caller gets 401 (not a 400) and the request is counted.
-    Raises the ApiError the dependency would have raised; returns when the key is fine."""
-    if getattr(request.state, "principal", None) is not None:
-        return  # the dependencies ran: the body error came after them
-    dependant = getattr(request.scope.get("route"), "dependant", None)
-    for sub in dependant.dependencies if dependant is not None else ():
-        rule = getattr(sub.call, "mega_rule", None)
-        if rule is not None:
-            authorize(request, *rule)
-            return
