@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Dialect, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -124,6 +124,23 @@ class Database:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
     @contextmanager
+    def raw_read(self) -> Iterator[RawReader]:
+        """One read transaction on a pooled DBAPI connection, for the per-request hot path (the
+        key lookup, a page of leads): SQLAlchemy's per-statement bookkeeping cost as much as
+        those queries. Everything else uses sessions."""
+        connection = self.engine.raw_connection()
+        try:
+            reader = RawReader(connection, self.engine.dialect)
+            if self.is_sqlite:  # autocommit mode (see _sqlite_engine): one snapshot for the request
+                reader.execute("BEGIN")
+            yield reader
+        finally:
+            try:
+                connection.rollback()
+            finally:
+                connection.close()
+
+    @contextmanager
     def read_session(self) -> Iterator[Session]:
         # close() (not rollback) on exit: loaded objects stay readable after the block.
         with self._sessions() as session:
@@ -156,6 +173,65 @@ class Database:
             self._executor.shutdown(wait=True)
             self._executor = None
         self.engine.dispose()
+
+
+class Query:
+    """A statement compiled once per dialect, run by RawReader straight on the DBAPI cursor."""
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self._compiled: dict[str, tuple[str, list[str] | None, dict[str, Any]]] = {}
+
+    def compiled(self, dialect: Dialect) -> tuple[str, list[str] | None, dict[str, Any]]:
+        """-> (SQL text, the parameter names in order for a positional paramstyle, else None,
+        the values of the statement's own literals)."""
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self.statement.compile(dialect=dialect)
+            names = list(compiled.positiontup or ()) if compiled.positional else None
+            literals = {k: v for k, v in compiled.params.items() if v is not None}
+            found = self._compiled[dialect.name] = (compiled.string, names, literals)
+        return found
+
+
+class RawReader:
+    """A DBAPI connection in a read transaction, running Query objects."""
+
+    def __init__(self, connection: Any, dialect: Dialect) -> None:
+        self.connection = connection
+        self.dialect = dialect
+        self.is_sqlite = dialect.name == "sqlite"
+
+    def execute(self, sql: str, parameters: Any = ()) -> Any:
+        cursor = self.connection.cursor()
+        cursor.execute(sql, parameters)
+        return cursor
+
+    def all(self, query: Query, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        sql, names, literals = query.compiled(self.dialect)
+        if literals:
+            params = {**literals, **params}
+        if self.is_sqlite:  # what SQLAlchemy's types would bind: UUIDs as hex, UTC times as text
+            params = {name: _sqlite_value(value) for name, value in params.items()}
+        bound = tuple(params[name] for name in names) if names is not None else params
+        return list(self.execute(sql, bound).fetchall())
+
+    def first(self, query: Query, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        rows = self.all(query, params)
+        return rows[0] if rows else None
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return value.hex
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+def as_uuid(value: uuid.UUID | str) -> uuid.UUID:
+    """A UUID column's raw value (SQLite: 32 hex digits) as a UUID."""
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(hex=value)
 
 
 def _sqlite_engine(url: str) -> Engine:

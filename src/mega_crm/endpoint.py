@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from mega_crm.auth.access import Principal, authorize
+from mega_crm.db import RawReader
 from mega_crm.errors import InvalidRequestError
 from mega_crm.ratelimit.limiter import DEFAULT_BUCKET
 from mega_crm.validation import describe_errors
@@ -37,6 +38,7 @@ class Call:
     request: Request
     principal: Principal
     raw_body: bytes
+    reader: RawReader  # the read transaction the key was checked in (see Database.raw_read)
 
     @property
     def customer_id(self) -> uuid.UUID:
@@ -92,5 +94,6 @@ async def serve(
 def _authorized(
     request: Request, scope: str, bucket: str, raw: bytes, work: Callable[[Call], Response]
 ) -> Response:
-    principal = authorize(request, scope, bucket)
-    return work(Call(request, principal, raw))
+    with request.app.state.db.raw_read() as reader:
+        principal = authorize(request, scope, bucket, reader)
+        return work(Call(request, principal, raw, reader))

@@ -51,9 +51,8 @@ async def list_leads(request: Request) -> Response:
 def _list_leads(call: Call) -> Response:
     query = call.query(ListLeadsQuery)
     state = call.state
-    with state.db.read_session() as session:
-        body = service.list_leads(session, call.customer_id, query, state.cursor_codec, state.totals)
-    return json_response(body)
+    body = service.list_leads(call.reader, call.customer_id, query, state.cursor_codec, state.totals)
+    return Response(body, media_type="application/json")
 
 
 @router.post(

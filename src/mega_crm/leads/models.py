@@ -46,6 +46,8 @@ class Lead(Base):
     interaction_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The row as the contract's Lead JSON, rendered by every write (see leads/documents.py).
+    document: Mapped[str | None] = mapped_column(Text)
 
 
 class LeadCount(Base):

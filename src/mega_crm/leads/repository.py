@@ -11,19 +11,17 @@ import orjson
 from sqlalchemy import (
     ColumnElement,
     Row,
-    String,
     Table,
     and_,
     bindparam,
     case,
     func,
     insert,
-    literal,
+    literal_column,
     or_,
     select,
     text,
     tuple_,
-    type_coerce,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -31,7 +29,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
+from mega_crm.db import Query, RawReader
 from mega_crm.leads.cursor import CursorPosition
+from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
@@ -50,7 +50,7 @@ _OWNERS = select(Owner.id, Owner.name, Owner.role_name).where(
 _FIELD_SLUGS = select(CustomFieldDefinition.slug).where(
     CustomFieldDefinition.customer_id == bindparam("customer_id")
 )
-_MATCHING = select(LEADS).where(
+_MATCHING = select(*(c for c in LEADS.columns if c.key != "document")).where(
     LEADS.c.customer_id == bindparam("customer_id"),
     or_(
         LEADS.c.email_normalized.in_(bindparam("emails", expanding=True)),
@@ -169,8 +169,12 @@ def _to_us(value: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def leads_version(session: Session, customer_id: uuid.UUID) -> int:
-    return session.scalar(select(Customer.leads_version).where(Customer.id == customer_id)) or 0
+_LEADS_VERSION = Query(select(Customer.leads_version).where(Customer.id == bindparam("customer_id")))
+
+
+def leads_version(reader: RawReader, customer_id: uuid.UUID) -> int:
+    row = reader.first(_LEADS_VERSION, {"customer_id": customer_id})
+    return int(row[0]) if row else 0
 
 
 # --- listing -------------------------------------------------------------------------------
@@ -189,29 +193,62 @@ class LeadFilters:
     lead_line: str | None = None
 
 
-def _filter_clause(customer_id: uuid.UUID, f: LeadFilters) -> ColumnElement[bool]:
-    clauses: list[ColumnElement[bool]] = [Lead.customer_id == customer_id]
-    if f.status:
-        clauses.append(Lead.status == f.status)
-    if f.stage_id:
-        clauses.append(Lead.stage_id == f.stage_id)
-    if f.lead_line:
-        clauses.append(Lead.lead_line == f.lead_line)
-    if f.created_since:
-        clauses.append(Lead.created_at >= f.created_since)
-    if f.updated_since:
-        clauses.append(Lead.updated_at >= f.updated_since)
+# Statements are built once per shape (which filters are set, the sort, the cursor) and cached:
+# building an SQLAlchemy expression per request cost more CPU than running it.
+_STATEMENTS: dict[tuple[Any, ...], Query] = {}
+
+
+def _cached(key: tuple[Any, ...], build: Any) -> Query:
+    query = _STATEMENTS.get(key)
+    if query is None:
+        query = _STATEMENTS[key] = Query(build())
+    return query
+
+
+def _filter_shape(f: LeadFilters) -> tuple[bool, ...]:
+    return tuple(getattr(f, name) is not None for name in _FILTER_NAMES)
+
+
+_FILTER_NAMES = (
+    "status", "stage_id", "lead_line", "created_since", "updated_since",
+    "search_text", "search_email", "search_phone_key", "search_phone_digits",
+)  # fmt: skip
+
+
+def _filter_params(customer_id: uuid.UUID, f: LeadFilters) -> dict[str, Any]:
+    params: dict[str, Any] = {"customer_id": customer_id}
+    for name in _FILTER_NAMES:
+        value = getattr(f, name)
+        if value is not None:
+            params[name] = value
+    if f.search_text is not None:
+        params["search_text"] = "%" + _escape_like(f.search_text.lower()) + "%"
+    if f.search_phone_digits is not None:
+        params["search_phone_digits"] = "%" + f.search_phone_digits + "%"
+    return params
+
+
+def _filter_clause(shape: tuple[bool, ...]) -> ColumnElement[bool]:
+    has = dict(zip(_FILTER_NAMES, shape, strict=True))
+    c = LEADS.c
+    clauses: list[ColumnElement[bool]] = [c.customer_id == bindparam("customer_id")]
+    for name in ("status", "stage_id", "lead_line"):
+        if has[name]:
+            clauses.append(c[name] == bindparam(name))
+    if has["created_since"]:
+        clauses.append(c.created_at >= bindparam("created_since", type_=c.created_at.type))
+    if has["updated_since"]:
+        clauses.append(c.updated_at >= bindparam("updated_since", type_=c.updated_at.type))
     search: list[ColumnElement[bool]] = []
-    if f.search_text:
-        pattern = "%" + _escape_like(f.search_text.lower()) + "%"
-        search.append(func.lower(Lead.contact_name).like(pattern, escape="\\"))
-        search.append(Lead.email_normalized.like(pattern, escape="\\"))
-    if f.search_email:
-        search.append(Lead.email_normalized == f.search_email)
-    if f.search_phone_key:
-        search.append(Lead.phone_last10 == f.search_phone_key)
-    elif f.search_phone_digits:
-        search.append(Lead.contact_phone.like("%" + f.search_phone_digits + "%"))
+    if has["search_text"]:
+        search.append(func.lower(c.contact_name).like(bindparam("search_text"), escape="\\"))
+        search.append(c.email_normalized.like(bindparam("search_text"), escape="\\"))
+    if has["search_email"]:
+        search.append(c.email_normalized == bindparam("search_email"))
+    if has["search_phone_key"]:
+        search.append(c.phone_last10 == bindparam("search_phone_key"))
+    elif has["search_phone_digits"]:
+        search.append(c.contact_phone.like(bindparam("search_phone_digits")))
     if search:
         clauses.append(or_(*search))
     return and_(*clauses)
@@ -221,12 +258,36 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def count_leads(session: Session, customer_id: uuid.UUID, f: LeadFilters) -> int:
-    return session.scalar(select(func.count()).select_from(Lead).where(_filter_clause(customer_id, f))) or 0
+def count_leads(reader: RawReader, customer_id: uuid.UUID, f: LeadFilters) -> int:
+    shape = _filter_shape(f)
+    query = _cached(
+        ("count", shape), lambda: select(func.count()).select_from(LEADS).where(_filter_clause(shape))
+    )
+    row = reader.first(query, _filter_params(customer_id, f))
+    return int(row[0]) if row else 0
+
+
+@dataclass(frozen=True)
+class Page:
+    """Up to `limit` leads in page order: their `Lead` JSON texts, and each one's sort key as
+    text ("<sort value or ~> <id>", see `position`)."""
+
+    documents: list[str]
+    keys: list[str]
+
+    @staticmethod
+    def position(key: str) -> CursorPosition:
+        value, _, lead_id = key.rpartition(" ")
+        when = None if value == "~" else datetime.fromisoformat(value).replace(tzinfo=UTC)
+        return CursorPosition(when, uuid.UUID(lead_id))
+
+
+# ASCII 30 (record separator) can appear in no JSON text: it joins the page's documents.
+_SEPARATOR = "\x1e"
 
 
 def page_of_leads(
-    session: Session,
+    reader: RawReader,
     customer_id: uuid.UUID,
     f: LeadFilters,
     *,
@@ -236,70 +297,98 @@ def page_of_leads(
     offset: int,
     after: CursorPosition | None,
     with_custom_fields: bool,
-) -> list[dict[str, Any]]:
-    """A page of leads with their stage and owner joined in.
-
-    On SQLite, UUID and timestamp columns come back as their stored text (see
-    service.format_uuid / format_timestamp): parsing 100 rows into objects only to print them
-    again was most of a page's CPU time.
-    """
-    column = getattr(Lead, sort_by)
-    where = _filter_clause(customer_id, f)
+) -> Page:
+    """A page of leads, read as their stored documents in one row: the page's rows aggregated
+    into two strings (documents, sort keys), so the database driver steps once, not once per
+    lead (Python's sqlite3 hands the GIL over at every step)."""
+    dialect = reader.dialect.name
+    after_kind = None if after is None else ("null" if after.value is None else "value")
+    shape = (dialect, _filter_shape(f), sort_by, descending, after_kind, with_custom_fields)
+    query = _cached(("page", *shape), lambda: _page_statement(*shape))
+    params = _filter_params(customer_id, f)
+    params.update(limit=limit, offset=offset)
     if after is not None:
-        where = and_(where, _after(column, after, descending))
+        params["after_id"] = after.lead_id
+        if after.value is not None:
+            params["after_value"] = after.value
+    row = reader.first(query, params)
+    documents, keys = row if row else (None, None)
+    if documents is None:
+        return Page([], [])
+    page = Page(documents.split(_SEPARATOR), keys.split(_SEPARATOR))
+    # Aggregates keep the order rows reach them in (the ordered subquery's), which neither
+    # database promises: check it (both lists come from the same pass, so they line up).
+    if page.keys != sorted(page.keys, reverse=descending):
+        pairs = sorted(zip(page.keys, page.documents, strict=True), reverse=descending)
+        page = Page([d for _, d in pairs], [k for k, _ in pairs])
+    return page
+
+
+def _page_statement(
+    dialect: str,
+    shape: tuple[bool, ...],
+    sort_by: str,
+    descending: bool,
+    after_kind: str | None,
+    with_custom_fields: bool,
+) -> Any:
+    column = LEADS.c[sort_by]
+    where = _filter_clause(shape)
+    if after_kind is not None:
+        where = and_(where, _after(column, after_kind, descending))
+    order: list[Any]
     if sort_by == "last_interaction_at":
         # Nulls sort after every timestamp ascending (and first descending), on both dialects.
         null_rank = column.is_(None)
         order = (
-            [null_rank.desc(), column.desc(), Lead.id.desc()] if descending else [null_rank, column, Lead.id]
+            [null_rank.desc(), column.desc(), LEADS.c.id.desc()]
+            if descending
+            else [null_rank, column, LEADS.c.id]
         )
     else:
-        order = [column.desc(), Lead.id.desc()] if descending else [column, Lead.id]
-    raw = session.get_bind().dialect.name == "sqlite"
-    columns = [
-        type_coerce(c, String).label(c.key) if raw and c.key in _TEXT_ON_SQLITE else c
-        for c in LEADS.columns
-        if with_custom_fields or c.key not in ("custom_fields", "lead_line")
-    ]
-    stmt = (
-        select(
-            *columns,
-            Stage.slug.label("stage_slug"),
-            Stage.name.label("stage_name"),
-            Stage.color.label("stage_color"),
-            Owner.name.label("owner_name"),
-            Owner.role_name.label("owner_role_name"),
-        )
-        .outerjoin(Stage, Stage.id == Lead.stage_id)
-        .outerjoin(Owner, Owner.id == Lead.owner_id)
+        order = [column.desc(), LEADS.c.id.desc()] if descending else [column, LEADS.c.id]
+    document = f"coalesce(leads.document, {sql_document(dialect)})"
+    if with_custom_fields:
+        document = sql_document_with_fields(dialect, document)
+    # Fixed-width text whose string order is the page order; "~" sorts after every timestamp.
+    if dialect == "sqlite":
+        key = f"coalesce(leads.{sort_by}, '~') || ' ' || leads.id"
+        aggregate, separator = "group_concat", "char(30)"
+    else:
+        stamp = f"to_char(leads.{sort_by} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+        key = f"coalesce({stamp}, '~') || ' ' || leads.id::text"
+        aggregate, separator = "string_agg", "chr(30)"
+    rows = (
+        select(literal_column(document).label("document"), literal_column(key).label("sort_key"))
+        .select_from(LEADS)
         .where(where)
         .order_by(*order)
-        .limit(limit)
-        .offset(offset)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+        .subquery("page")
     )
-    result = session.connection().execute(stmt)
-    keys = list(result.keys())
-    return [dict(zip(keys, row, strict=True)) for row in result]
+    return select(
+        literal_column(f"{aggregate}(page.document, {separator})"),
+        literal_column(f"{aggregate}(page.sort_key, {separator})"),
+    ).select_from(rows)
 
 
-_TEXT_ON_SQLITE = {
-    "id", "customer_id", "stage_id", "owner_id", "created_at", "updated_at", "last_interaction_at",
-}  # fmt: skip
-
-
-def _after(column: Any, pos: CursorPosition, descending: bool) -> ColumnElement[bool]:
-    """Rows strictly after `pos` in (column, id) order, as a row-value comparison so that the
-    (customer_id, [filter,] column, id) indexes serve it as a range. Only last_interaction_at can
-    be null; its nulls sort after every timestamp ascending and before them descending."""
-    key = tuple_(column, Lead.id)
-    if pos.value is None:
+def _after(column: Any, kind: str, descending: bool) -> ColumnElement[bool]:
+    """Rows strictly after the cursor in (column, id) order, as a row-value comparison so that
+    the (customer_id, [filter,] column, id) indexes serve it as a range. Only
+    last_interaction_at can be null; its nulls sort after every timestamp ascending and before
+    them descending. `kind`: "null" when the cursor's value is null, else "value"."""
+    lead_id = bindparam("after_id", type_=LEADS.c.id.type)
+    if kind == "null":
         if descending:
-            return or_(and_(column.is_(None), Lead.id < pos.lead_id), column.is_not(None))
-        return and_(column.is_(None), Lead.id > pos.lead_id)
+            return or_(and_(column.is_(None), LEADS.c.id < lead_id), column.is_not(None))
+        return and_(column.is_(None), LEADS.c.id > lead_id)
+    key = tuple_(column, LEADS.c.id)
+    value = tuple_(bindparam("after_value", type_=column.type), lead_id)
     if descending:
-        return key < tuple_(literal(pos.value, column.type), literal(pos.lead_id, Lead.id.type))
-    after = key > tuple_(literal(pos.value, column.type), literal(pos.lead_id, Lead.id.type))
-    return or_(after, column.is_(None)) if column is Lead.last_interaction_at else after
+        return key < value
+    after = key > value
+    return or_(after, column.is_(None)) if column is LEADS.c.last_interaction_at else after
 
 
 # --- exact counts per (status, stage, lead_line) --------------------------------------------
@@ -346,20 +435,22 @@ def add_to_counts(session: Session, customer_id: uuid.UUID, deltas: dict[Bucket,
         connection.execute(_count_upsert(connection.dialect.name), rows)
 
 
-def counted_total(session: Session, customer_id: uuid.UUID, f: LeadFilters) -> int | None:
+def counted_total(reader: RawReader, customer_id: uuid.UUID, f: LeadFilters) -> int | None:
     """The total from the counts when the filters are only status / stage / lead_line, else None."""
     if f.search_text or f.search_email or f.search_phone_key or f.search_phone_digits:
         return None
     if f.created_since or f.updated_since:
         return None
-    stmt = select(func.coalesce(func.sum(COUNTS.c.n), 0)).where(COUNTS.c.customer_id == customer_id)
-    if f.status:
-        stmt = stmt.where(COUNTS.c.status == f.status)
-    if f.stage_id:
-        stmt = stmt.where(COUNTS.c.stage_id == f.stage_id)
-    if f.lead_line:
-        stmt = stmt.where(COUNTS.c.lead_line == f.lead_line)
-    return int(session.connection().execute(stmt).scalar_one())
+    used = tuple(name for name in ("status", "stage_id", "lead_line") if getattr(f, name))
+
+    def build() -> Any:
+        where = [COUNTS.c.customer_id == bindparam("customer_id")]
+        where += [COUNTS.c[name] == bindparam(name) for name in used]
+        return select(func.coalesce(func.sum(COUNTS.c.n), 0)).where(*where)
+
+    params = {"customer_id": customer_id, **{name: getattr(f, name) for name in used}}
+    row = reader.first(_cached(("counted", used), build), params)
+    return int(row[0]) if row else 0
 
 
 def recount(session: Session, customer_id: uuid.UUID) -> None:

@@ -10,22 +10,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mega_crm.db import utcnow
+from mega_crm.db import RawReader, utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError
 from mega_crm.leads import repository as repo
 from mega_crm.leads.cursor import CursorCodec, CursorPosition
 from mega_crm.leads.dedup import LeadInput, MergeDefaults, MergePlan, RowOutcome, plan_merge
+from mega_crm.leads.documents import LEAD_LINE, lead_body, render_document
 from mega_crm.leads.normalize import ContactError, digits_of, normalize_email, normalize_phone
 from mega_crm.leads.schemas import BulkLeadRow, LeadCreateRequest, ListLeadsQuery
 from mega_crm.validation import describe_errors
 from mega_crm.webhooks.outbox import record_lead_created
 
 LEAD_STATUSES = ("active", "won", "lost", "nurture", "archived")
-LEAD_LINE = "lead_line"
 LEAD_LINES = ("buyer", "seller")
 
 
@@ -36,11 +37,18 @@ LEAD_LINES = ("buyer", "seller")
 class CustomerConfig:
     stages: list[Any]  # rows: id, slug, name, color, in pipeline order
     field_slugs: set[str]
-    owner_ids: set[uuid.UUID] = field(default_factory=set)
+    owners: dict[uuid.UUID, Any] = field(default_factory=dict)  # rows: id, name, role_name
 
     @property
     def default_stage_id(self) -> uuid.UUID | None:
         return self.stages[0].id if self.stages else None
+
+    @property
+    def owner_ids(self) -> set[uuid.UUID]:
+        return set(self.owners)
+
+    def stage(self, stage_id: uuid.UUID | None) -> Any | None:
+        return next((s for s in self.stages if s.id == stage_id), None) if stage_id else None
 
 
 def resolve_row(
@@ -104,105 +112,8 @@ def load_config(session: Session, customer_id: uuid.UUID, owner_ids: set[uuid.UU
     return CustomerConfig(
         stages=repo.stages_of(session, customer_id),
         field_slugs=repo.custom_field_slugs(session, customer_id),
-        owner_ids=set(repo.owners_by_id(session, customer_id, owner_ids)),
+        owners=repo.owners_by_id(session, customer_id, owner_ids),
     )
-
-
-# --- serialisation --------------------------------------------------------------------------
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
-# Lead rows hold UUIDs and timestamps either as objects, or (SQLite pages, see
-# repository.page_of_leads) as the stored text: 32 hex digits, "YYYY-MM-DD HH:MM:SS.ffffff" UTC.
-
-
-def format_uuid(value: uuid.UUID | str | None) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        h = value
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" if len(h) == 32 else h
-    return str(value)
-
-
-def format_timestamp(value: datetime | str | None) -> str | None:
-    if isinstance(value, str):
-        return value.replace(" ", "T", 1) + "Z"
-    return iso(value)
-
-
-def parse_timestamp(value: datetime | str | None) -> datetime | None:
-    if isinstance(value, str):
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
-    return value
-
-
-def lead_body(rec: dict[str, Any], *, include_custom_fields: bool = True) -> dict[str, Any]:
-    """A lead row (with stage_* / owner_* columns joined in) as the contract's `Lead`."""
-    body: dict[str, Any] = {
-        "id": format_uuid(rec["id"]),
-        "customer_id": format_uuid(rec["customer_id"]),
-        "contact_name": rec["contact_name"],
-        "contact_phone": rec["contact_phone"],
-        "contact_email": rec["contact_email"],
-        "source_platform": rec["source_platform"],
-        "source_type": rec["source_type"],
-        "status": rec["status"],
-        "score": rec["score"],
-        "qualified": rec["qualified"],
-        "current_stage": (
-            {
-                "id": format_uuid(rec["stage_id"]),
-                "slug": rec["stage_slug"],
-                "name": rec["stage_name"],
-                "color": rec["stage_color"],
-            }
-            if rec["stage_id"] and rec.get("stage_slug") is not None
-            else None
-        ),
-        "owner": (
-            {
-                "id": format_uuid(rec["owner_id"]),
-                "name": rec["owner_name"],
-                "role_name": rec["owner_role_name"],
-            }
-            if rec["owner_id"] and rec.get("owner_name") is not None
-            else None
-        ),
-        "last_interaction_at": format_timestamp(rec["last_interaction_at"]),
-        "interaction_count": rec["interaction_count"] or 0,
-        "created_at": format_timestamp(rec["created_at"]),
-        "updated_at": format_timestamp(rec["updated_at"]),
-    }
-    if include_custom_fields:
-        body["custom_fields"] = custom_fields_of(rec)
-    return body
-
-
-def custom_fields_of(rec: dict[str, Any]) -> dict[str, Any]:
-    fields = dict(rec.get("custom_fields") or {})
-    if rec.get("lead_line"):
-        fields[LEAD_LINE] = rec["lead_line"]
-    return fields
-
-
-def _with_relations(
-    session: Session, customer_id: uuid.UUID, rec: dict[str, Any], stages: list[Any]
-) -> dict[str, Any]:
-    stage = next((s for s in stages if s.id == rec["stage_id"]), None)
-    owner = repo.owners_by_id(session, customer_id, {rec["owner_id"]} if rec["owner_id"] else set())
-    o = owner.get(rec["owner_id"]) if rec["owner_id"] else None
-    return {
-        **rec,
-        "stage_slug": stage.slug if stage else None,
-        "stage_name": stage.name if stage else None,
-        "stage_color": stage.color if stage else None,
-        "owner_name": o.name if o else None,
-        "owner_role_name": o.role_name if o else None,
-    }
 
 
 # --- writes ---------------------------------------------------------------------------------
@@ -216,10 +127,19 @@ def _begin_lead_write(session: Session, customer_id: uuid.UUID) -> datetime:
 
 
 def _apply_plan(
-    session: Session, customer_id: uuid.UUID, plan: MergePlan, before: dict[uuid.UUID, repo.Bucket]
+    session: Session,
+    customer_id: uuid.UUID,
+    plan: MergePlan,
+    before: dict[uuid.UUID, repo.Bucket],
+    config: CustomerConfig,
 ) -> None:
-    """Write the plan, and move the per-bucket counts by what it changed. `before`: the
-    (status, stage, lead_line) of each existing lead as loaded, before the merge."""
+    """Write the plan (each lead with its rendered document), and move the per-bucket counts by
+    what it changed. `before`: the (status, stage, lead_line) of each existing lead as loaded,
+    before the merge."""
+    _load_owners(session, customer_id, config, plan.inserts + plan.updates)
+    for rec in plan.inserts + plan.updates:
+        owner = config.owners.get(rec["owner_id"])
+        rec["document"] = render_document(rec, config.stage(rec["stage_id"]), owner)
     counts: Counter[repo.Bucket] = Counter(repo.bucket_of(rec) for rec in plan.inserts)
     for rec in plan.updates:
         old, new = before[rec["id"]], repo.bucket_of(rec)
@@ -233,6 +153,16 @@ def _apply_plan(
     except IntegrityError:
         # Only reachable if a writer bypassed the customer lock; the transaction is rolled back.
         raise ConflictError("A concurrent write touched the same lead; retry the request.") from None
+
+
+def _load_owners(
+    session: Session, customer_id: uuid.UUID, config: CustomerConfig, records: list[dict[str, Any]]
+) -> None:
+    """Adds to `config.owners` those the records name (a merged lead keeps an owner the batch
+    did not mention)."""
+    missing = {rec["owner_id"] for rec in records if rec["owner_id"]} - config.owner_ids
+    if missing:
+        config.owners.update(repo.owners_by_id(session, customer_id, missing))
 
 
 def create_lead(
@@ -260,10 +190,11 @@ def create_lead(
     )
     before = {rec["id"]: repo.bucket_of(rec) for rec in existing}
     plan = plan_merge([(lead_input, RowOutcome(row_ref=None, status="failed"))], existing, defaults)
-    _apply_plan(session, customer_id, plan, before)
+    _apply_plan(session, customer_id, plan, before, config)
     outcome = plan.outcomes[0]
     assert outcome.lead_id is not None
-    body = lead_body(_with_relations(session, customer_id, plan.leads[outcome.lead_id], config.stages))
+    rec = plan.leads[outcome.lead_id]
+    body = lead_body(rec, config.stage(rec["stage_id"]), config.owners.get(rec["owner_id"]))
     if outcome.status == "created":
         record_lead_created(session, customer_id, body)
     return 201, {"lead": body}
@@ -322,7 +253,7 @@ def bulk_import(
     before = {rec["id"]: repo.bucket_of(rec) for rec in existing}
     plan = plan_merge(resolved, existing, defaults, on_duplicate=on_duplicate)
     if not dry_run:
-        _apply_plan(session, customer_id, plan, before)
+        _apply_plan(session, customer_id, plan, before, config)
 
     results = []
     summary = {"total": len(plan.outcomes), "created": 0, "updated": 0, "skipped": 0, "failed": 0}
@@ -423,8 +354,9 @@ MAX_OFFSET = 2**62
 
 
 def list_leads(
-    session: Session, customer_id: uuid.UUID, q: ListLeadsQuery, codec: CursorCodec, totals: TotalsCache
-) -> dict[str, Any]:
+    reader: RawReader, customer_id: uuid.UUID, q: ListLeadsQuery, codec: CursorCodec, totals: TotalsCache
+) -> bytes:
+    """listLeads' response body, JSON: the page is the leads' stored documents joined together."""
     filters = build_filters(q)
     after: CursorPosition | None = None
     if q.cursor:
@@ -433,17 +365,17 @@ def list_leads(
         after = codec.decode(q.cursor, customer_id, q.sort_by, q.sort_dir)
     offset = min(q.offset, MAX_OFFSET)
 
-    total = repo.counted_total(session, customer_id, filters)
+    total = repo.counted_total(reader, customer_id, filters)
     if total is None:  # search or date filters: count, once per filter until the next write
-        version = repo.leads_version(session, customer_id)
+        version = repo.leads_version(reader, customer_id)
         cache_key = (customer_id, filters)
         total = totals.get(cache_key, version)
         if total is None:
-            total = repo.count_leads(session, customer_id, filters)
+            total = repo.count_leads(reader, customer_id, filters)
             totals.put(cache_key, version, total)
 
-    rows = repo.page_of_leads(
-        session,
+    page = repo.page_of_leads(
+        reader,
         customer_id,
         filters,
         sort_by=q.sort_by,
@@ -453,21 +385,10 @@ def list_leads(
         after=after,
         with_custom_fields=q.include_custom_fields,
     )
-    has_more = len(rows) > q.limit
-    rows = rows[: q.limit]
     next_cursor = None
-    if has_more and rows:
-        last = rows[-1]
-        next_cursor = codec.encode(
-            customer_id,
-            q.sort_by,
-            q.sort_dir,
-            CursorPosition(parse_timestamp(last[q.sort_by]), uuid.UUID(str(last["id"]))),
-        )
-    return {
-        "leads": [lead_body(r, include_custom_fields=q.include_custom_fields) for r in rows],
-        "total": total,
-        "limit": q.limit,
-        "offset": offset,
-        "next_cursor": next_cursor,
-    }
+    if len(page.keys) > q.limit:
+        position = repo.Page.position(page.keys[q.limit - 1])
+        next_cursor = codec.encode(customer_id, q.sort_by, q.sort_dir, position)
+    leads = ",".join(page.documents[: q.limit])
+    tail = orjson.dumps({"total": total, "limit": q.limit, "offset": offset, "next_cursor": next_cursor})
+    return b'{"leads":[' + leads.encode() + b"]," + tail[1:]
