@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -106,6 +108,14 @@ class RateLimitHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """A serving process: background WAL checkpoints (SQLite) and the in-process webhook worker."""
+    with app.state.db.checkpoints():
+        async with webhook_worker_lifespan(app):
+            yield
+
+
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
     db = db or Database(
@@ -119,7 +129,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         description="Server-to-server API to pull leads, push leads (single + bulk), and manage lead "
         "webhooks for your MEGA CRM. Authenticate with an admin-issued Personal Access Token "
         "(`Authorization: Bearer mega_...`) plus the `x-customer-id` header.",
-        lifespan=webhook_worker_lifespan,
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.db = db

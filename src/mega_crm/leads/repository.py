@@ -270,10 +270,11 @@ def count_leads(reader: RawReader, customer_id: uuid.UUID, f: LeadFilters) -> in
 @dataclass(frozen=True)
 class Page:
     """Up to `limit` leads in page order: their `Lead` JSON texts, and each one's sort key as
-    text ("<sort value or ~> <id>", see `position`)."""
+    text ("<sort value or ~> <id>", see `position`); `total` when the filters are countable()."""
 
     documents: list[str]
     keys: list[str]
+    total: int | None = None
 
     @staticmethod
     def position(key: str) -> CursorPosition:
@@ -300,11 +301,14 @@ def page_of_leads(
 ) -> Page:
     """A page of leads, read as their stored documents in one row: the page's rows aggregated
     into two strings (documents, sort keys), so the database driver steps once, not once per
-    lead (Python's sqlite3 hands the GIL over at every step)."""
+    lead (Python's sqlite3 hands the GIL over at every step). With countable() filters the
+    same statement reads the total, so both come from one snapshot."""
     dialect = reader.dialect.name
     after_kind = None if after is None else ("null" if after.value is None else "value")
     shape = (dialect, _filter_shape(f), sort_by, descending, after_kind, with_custom_fields)
-    query = _cached(("page", *shape), lambda: _page_statement(*shape))
+    query = _cached(
+        ("page", *shape), lambda: _page_statement(*shape, total=countable(f) and _counted_total(f))
+    )
     params = _filter_params(customer_id, f)
     params.update(limit=limit, offset=offset)
     if after is not None:
@@ -312,15 +316,17 @@ def page_of_leads(
         if after.value is not None:
             params["after_value"] = after.value
     row = reader.first(query, params)
-    documents, keys = row if row else (None, None)
+    assert row is not None  # an aggregate without GROUP BY always answers one row
+    documents, keys, total = row
+    total = None if total is None else int(total)
     if documents is None:
-        return Page([], [])
-    page = Page(documents.split(_SEPARATOR), keys.split(_SEPARATOR))
+        return Page([], [], total)
+    page = Page(documents.split(_SEPARATOR), keys.split(_SEPARATOR), total)
     # Aggregates keep the order rows reach them in (the ordered subquery's), which neither
     # database promises: check it (both lists come from the same pass, so they line up).
     if page.keys != sorted(page.keys, reverse=descending):
         pairs = sorted(zip(page.keys, page.documents, strict=True), reverse=descending)
-        page = Page([d for _, d in pairs], [k for k, _ in pairs])
+        page = Page([d for _, d in pairs], [k for k, _ in pairs], total)
     return page
 
 
@@ -331,6 +337,8 @@ def _page_statement(
     descending: bool,
     after_kind: str | None,
     with_custom_fields: bool,
+    *,
+    total: Any,
 ) -> Any:
     column = LEADS.c[sort_by]
     where = _filter_clause(shape)
@@ -370,6 +378,7 @@ def _page_statement(
     return select(
         literal_column(f"{aggregate}(page.document, {separator})"),
         literal_column(f"{aggregate}(page.sort_key, {separator})"),
+        literal_column("NULL") if total is None else total,
     ).select_from(rows)
 
 
@@ -435,22 +444,19 @@ def add_to_counts(session: Session, customer_id: uuid.UUID, deltas: dict[Bucket,
         connection.execute(_count_upsert(connection.dialect.name), rows)
 
 
-def counted_total(reader: RawReader, customer_id: uuid.UUID, f: LeadFilters) -> int | None:
-    """The total from the counts when the filters are only status / stage / lead_line, else None."""
-    if f.search_text or f.search_email or f.search_phone_key or f.search_phone_digits:
-        return None
-    if f.created_since or f.updated_since:
-        return None
-    used = tuple(name for name in ("status", "stage_id", "lead_line") if getattr(f, name))
+def countable(f: LeadFilters) -> bool:
+    """Whether `total` comes from the per-bucket counts: filters on status / stage / lead_line only."""
+    return not any(getattr(f, name) is not None for name in _FILTER_NAMES if name not in _COUNTED)
 
-    def build() -> Any:
-        where = [COUNTS.c.customer_id == bindparam("customer_id")]
-        where += [COUNTS.c[name] == bindparam(name) for name in used]
-        return select(func.coalesce(func.sum(COUNTS.c.n), 0)).where(*where)
 
-    params = {"customer_id": customer_id, **{name: getattr(f, name) for name in used}}
-    row = reader.first(_cached(("counted", used), build), params)
-    return int(row[0]) if row else 0
+_COUNTED = ("status", "stage_id", "lead_line")
+
+
+def _counted_total(f: LeadFilters) -> Any:
+    """A scalar subquery: the total of the counts matching `f` (see countable())."""
+    where = [COUNTS.c.customer_id == bindparam("customer_id")]
+    where += [COUNTS.c[name] == bindparam(name) for name in _COUNTED if getattr(f, name) is not None]
+    return select(func.coalesce(func.sum(COUNTS.c.n), literal_column("0"))).where(*where).scalar_subquery()
 
 
 def recount(session: Session, customer_id: uuid.UUID) -> None:

@@ -365,30 +365,36 @@ def list_leads(
         after = codec.decode(q.cursor, customer_id, q.sort_by, q.sort_dir)
     offset = min(q.offset, MAX_OFFSET)
 
-    total = repo.counted_total(reader, customer_id, filters)
-    if total is None:  # search or date filters: count, once per filter until the next write
-        version = repo.leads_version(reader, customer_id)
-        cache_key = (customer_id, filters)
-        total = totals.get(cache_key, version)
-        if total is None:
-            total = repo.count_leads(reader, customer_id, filters)
-            totals.put(cache_key, version, total)
+    def page() -> repo.Page:
+        return repo.page_of_leads(
+            reader,
+            customer_id,
+            filters,
+            sort_by=q.sort_by,
+            descending=q.sort_dir == "desc",
+            limit=q.limit + 1,
+            offset=offset,
+            after=after,
+            with_custom_fields=q.include_custom_fields,
+        )
 
-    page = repo.page_of_leads(
-        reader,
-        customer_id,
-        filters,
-        sort_by=q.sort_by,
-        descending=q.sort_dir == "desc",
-        limit=q.limit + 1,
-        offset=offset,
-        after=after,
-        with_custom_fields=q.include_custom_fields,
-    )
+    if repo.countable(filters):  # the page's statement reads the total too
+        found = page()
+        assert found.total is not None
+        total = found.total
+    else:  # search or date filters: count once per filter until the customer's next write
+        with reader.snapshot():
+            version = repo.leads_version(reader, customer_id)
+            cache_key = (customer_id, filters)
+            cached = totals.get(cache_key, version)
+            total = cached if cached is not None else repo.count_leads(reader, customer_id, filters)
+            if cached is None:
+                totals.put(cache_key, version, total)
+            found = page()
     next_cursor = None
-    if len(page.keys) > q.limit:
-        position = repo.Page.position(page.keys[q.limit - 1])
+    if len(found.keys) > q.limit:
+        position = repo.Page.position(found.keys[q.limit - 1])
         next_cursor = codec.encode(customer_id, q.sort_by, q.sort_dir, position)
-    leads = ",".join(page.documents[: q.limit])
+    leads = ",".join(found.documents[: q.limit])
     tail = orjson.dumps({"total": total, "limit": q.limit, "offset": offset, "next_cursor": next_cursor})
     return b'{"leads":[' + leads.encode() + b"]," + tail[1:]

@@ -85,7 +85,11 @@ class RateLimiter:
 
     def _hit(self, key_id: str, bucket: str, spec: str) -> RateLimitState:
         items = parse_limits(spec)
-        exhausted = next((item for item in items if not self._limiter.test(item, bucket, key_id)), None)
+        # A refused hit is not counted; testing first only matters with several windows.
+        tested = len(items) > 1
+        exhausted = next(
+            (item for item in items if tested and not self._limiter.test(item, bucket, key_id)), None
+        )
         if exhausted is None:
             # test-then-hit is not atomic: a request that loses the race for a window's last slot
             # is refused, and may have been counted in the windows before it (rare, harmless).

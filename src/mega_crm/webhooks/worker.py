@@ -425,7 +425,7 @@ class WorkerThread:
 
 @contextlib.asynccontextmanager
 async def webhook_worker_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The app's lifespan: the in-process worker, unless MEGA_WEBHOOK_WORKER_IN_PROCESS=0."""
+    """The in-process worker, unless MEGA_WEBHOOK_WORKER_IN_PROCESS=0."""
     settings: Settings = app.state.settings
     runner: WorkerThread | None = None
     if settings.webhook_worker_in_process:
