@@ -118,9 +118,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
-    db = db or Database(
-        settings.resolved_database_url, pool_size=settings.db_pool_size, threads=settings.db_threads
-    )
+    db = db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
     secret_key = load_secret_key(settings)
 
     app = FastAPI(

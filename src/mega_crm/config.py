@@ -28,11 +28,6 @@ class Settings(BaseSettings):
     default_phone_region: str = "US"
     idempotency_ttl_hours: float = 24.0
     db_pool_size: int = 10
-    db_threads: int | None = Field(
-        default=None,
-        ge=1,
-        description="Threads running request SQL (default: 2 on SQLite, db_pool_size on PostgreSQL)",
-    )
     log_level: str = "info"
     max_body_bytes: int = Field(
         default=5 * 1024 * 1024, description="Largest request body accepted (413 above)"

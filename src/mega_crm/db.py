@@ -5,9 +5,13 @@ database write lock up front (BEGIN IMMEDIATE, behind an in-process lock so thre
 instead of spinning on busy_timeout), so a burst of parallel writes never ends in
 "database is locked".
 
-Request work runs on the database's own threads (`run()`), few on SQLite: Python's sqlite3
-releases the GIL around every statement and row step, so each extra thread running SQL at the
-same time makes every request pay for GIL hand-offs (8 threads cost 4x the CPU per page of 1).
+Request work runs on the database's own threads (`run()`), in lanes. On SQLite each lane has
+one thread: Python's sqlite3 releases the GIL around every statement, so each extra thread
+running SQL at the same time makes every request pay for GIL hand-offs (two threads instead of
+one cost createLead 60% more CPU). Writes get their own lane (SQLite has one writer anyway),
+and work that may take long (reads that may scan, outbound DNS lookups) a lane of two threads:
+a bulk import or a slow search never holds up a page read. On PostgreSQL the threads mostly
+wait on the network: every lane shares one pool of `pool_size` threads.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+import orjson
 from sqlalchemy import DateTime, Dialect, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -38,6 +43,7 @@ NAMING_CONVENTION = {
 
 
 T = TypeVar("T")
+Lane = Literal["read", "write", "slow"]  # see the module docstring
 log = logging.getLogger("mega_crm")
 
 
@@ -91,14 +97,12 @@ def normalize_database_url(url: str) -> str:
 class Database:
     """The engine plus the two kinds of session the app uses."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, threads: int | None = None) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = normalize_database_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.Lock() if self.is_sqlite else None
-        # Two threads on SQLite: one slow search or bulk import does not stall every request.
-        # On PostgreSQL the threads mostly wait on the network: one per pooled connection.
-        self.threads = threads or (2 if self.is_sqlite else pool_size)
-        self._executor: ThreadPoolExecutor | None = None
+        self._pool_size = pool_size
+        self._executors: dict[Lane, ThreadPoolExecutor] = {}
         self._executor_lock = threading.Lock()
         if self.is_sqlite:
             self.engine = _sqlite_engine(self.url)
@@ -146,24 +150,31 @@ class Database:
             stop.set()
             thread.join()
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` on one of the database's threads (see the module docstring)."""
-        if self._executor is None:
-            with self._executor_lock:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="mega-db")
+    async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on a thread of `lane` (see the module docstring)."""
+        executor = self._executors.get(lane if self.is_sqlite else "read")
+        if executor is None:
+            executor = self._executor(lane)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        return await loop.run_in_executor(executor, functools.partial(fn, *args))
+
+    def _executor(self, lane: Lane) -> ThreadPoolExecutor:
+        key: Lane = lane if self.is_sqlite else "read"
+        with self._executor_lock:
+            if key not in self._executors:
+                threads = self._pool_size if not self.is_sqlite else 2 if key == "slow" else 1
+                self._executors[key] = ThreadPoolExecutor(threads, thread_name_prefix=f"mega-db-{key}")
+            return self._executors[key]
 
     @contextmanager
-    def raw_read(self) -> Iterator[RawReader]:
+    def raw_read(self) -> Iterator[RawConnection]:
         """A pooled DBAPI connection for the per-request hot path (the key lookup, a page of
         leads): SQLAlchemy's per-statement bookkeeping cost as much as those queries, and every
         statement hands the GIL over twice. Everything else uses sessions. On SQLite each
-        statement is its own snapshot unless run inside `RawReader.snapshot()`."""
+        statement is its own snapshot unless run inside `RawConnection.snapshot()`."""
         connection = self.engine.raw_connection()
         try:
-            yield RawReader(connection, self.engine.dialect)
+            yield RawConnection(connection, self.engine.dialect)
         finally:
             try:
                 connection.rollback()
@@ -199,14 +210,14 @@ class Database:
                 lock.release()
 
     def dispose(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for executor in self._executors.values():
+            executor.shutdown(wait=True)
+        self._executors.clear()
         self.engine.dispose()
 
 
 class Query:
-    """A statement compiled once per dialect, run by RawReader straight on the DBAPI cursor."""
+    """A statement compiled once per dialect, run by RawConnection straight on the DBAPI cursor."""
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
@@ -224,8 +235,9 @@ class Query:
         return found
 
 
-class RawReader:
-    """A DBAPI connection in a read transaction, running Query objects."""
+class RawConnection:
+    """A DBAPI connection running Query objects: Database.raw_read()'s, or a session's
+    (`of(session)`, inside its transaction)."""
 
     def __init__(self, connection: Any, dialect: Dialect) -> None:
         self.connection = connection
@@ -250,14 +262,30 @@ class RawReader:
         cursor.execute(sql, parameters)
         return cursor
 
-    def all(self, query: Query, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    @staticmethod
+    def of(session: Session) -> RawConnection:
+        connection = session.connection()
+        return RawConnection(connection.connection, connection.dialect)
+
+    def _bind(self, query: Query, params: dict[str, Any]) -> tuple[str, Any]:
         sql, names, literals = query.compiled(self.dialect)
         if literals:
             params = {**literals, **params}
         if self.is_sqlite:  # what SQLAlchemy's types would bind: UUIDs as hex, UTC times as text
             params = {name: _sqlite_value(value) for name, value in params.items()}
-        bound = tuple(params[name] for name in names) if names is not None else params
-        return list(self.execute(sql, bound).fetchall())
+        return sql, tuple(params[name] for name in names) if names is not None else params
+
+    def all(self, query: Query, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return list(self.execute(*self._bind(query, params)).fetchall())
+
+    def run(self, query: Query, params: dict[str, Any]) -> None:
+        self.execute(*self._bind(query, params))
+
+    def run_many(self, query: Query, rows: list[dict[str, Any]]) -> None:
+        """One statement per row, in one DBAPI call."""
+        if rows:
+            bound = [self._bind(query, row) for row in rows]
+            self.connection.cursor().executemany(bound[0][0], [parameters for _, parameters in bound])
 
     def first(self, query: Query, params: dict[str, Any]) -> tuple[Any, ...] | None:
         rows = self.all(query, params)
@@ -269,12 +297,27 @@ def _sqlite_value(value: Any) -> Any:
         return value.hex
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
     return value
+
+
+# Raw column values as Python values (SQLite hands back text; psycopg already converts).
 
 
 def as_uuid(value: uuid.UUID | str) -> uuid.UUID:
     """A UUID column's raw value (SQLite: 32 hex digits) as a UUID."""
     return value if isinstance(value, uuid.UUID) else uuid.UUID(hex=value)
+
+
+def as_datetime(value: datetime | str | None) -> datetime | None:
+    if isinstance(value, str):  # SQLite: "YYYY-MM-DD HH:MM:SS.ffffff", UTC
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return value
+
+
+def as_json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 WAL_AUTOCHECKPOINT_PAGES = 10_000

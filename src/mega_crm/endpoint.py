@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from mega_crm.auth.access import Principal, authorize
-from mega_crm.db import RawReader
+from mega_crm.db import Lane, RawConnection
 from mega_crm.errors import InvalidRequestError
 from mega_crm.ratelimit.limiter import DEFAULT_BUCKET
 from mega_crm.validation import describe_errors
@@ -38,7 +38,7 @@ class Call:
     request: Request
     principal: Principal
     raw_body: bytes
-    reader: RawReader  # the read transaction the key was checked in (see Database.raw_read)
+    reader: RawConnection  # the read transaction the key was checked in (see Database.raw_read)
 
     @property
     def customer_id(self) -> uuid.UUID:
@@ -83,12 +83,14 @@ async def serve(
     scope: str,
     work: Callable[[Call], Response],
     *,
+    lane: Lane = "read",
     bucket: str = DEFAULT_BUCKET,
-    with_body: bool = False,
 ) -> Response:
-    """Run `work` for a caller holding `scope`, counted against the key's `bucket`."""
-    raw = await request.body() if with_body else b""
-    return await request.app.state.db.run(_authorized, request, scope, bucket, raw, work)
+    """Run `work` for a caller holding `scope`, counted against the key's `bucket`, on a thread
+    of `lane`: "write" for writes, "slow" for work that may take long (a read that may not be
+    served by an index range, a DNS lookup), "read" for the rest (see mega_crm.db)."""
+    raw = await request.body() if request.method in ("POST", "PUT", "PATCH") else b""
+    return await request.app.state.db.run(lane, _authorized, request, scope, bucket, raw, work)
 
 
 def _authorized(

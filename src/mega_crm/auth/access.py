@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, select
 
 from mega_crm.auth.models import ApiKey
 from mega_crm.customers.models import Customer
-from mega_crm.db import Query, RawReader, as_uuid
+from mega_crm.db import Query, RawConnection, as_uuid
 from mega_crm.errors import AuthenticationError, AuthorizationError
 from mega_crm.ratelimit.limiter import BULK_BUCKET
 from mega_crm.security import TOKEN_RE, hash_api_token
@@ -74,7 +74,7 @@ _KEY_LOOKUP = Query(
 )
 
 
-def authenticate(request: Request, reader: RawReader) -> tuple[LiveKey, uuid.UUID]:
+def authenticate(request: Request, reader: RawConnection) -> tuple[LiveKey, uuid.UUID]:
     """-> (the live key with its customer's limits, the customer the request names); 401 otherwise."""
     requested_customer = _customer_header(request)
     token = _bearer_token(request)
@@ -94,7 +94,7 @@ def authenticate(request: Request, reader: RawReader) -> tuple[LiveKey, uuid.UUI
     return key, requested_customer
 
 
-def authorize(request: Request, scope: str, bucket: str, reader: RawReader) -> Principal:
+def authorize(request: Request, scope: str, bucket: str, reader: RawConnection) -> Principal:
     """Authenticate, count the request against the key's `bucket`, then check customer and scope."""
     key, requested_customer = authenticate(request, reader)
     settings = request.app.state.settings

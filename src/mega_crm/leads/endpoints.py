@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE
+from mega_crm.db import Lane
 from mega_crm.endpoint import Call, serve
 from mega_crm.errors import error_responses
 from mega_crm.http import json_response
@@ -45,7 +46,20 @@ def _reply(result: StoredResponse) -> Response:
     openapi_extra=query_parameters(ListLeadsQuery),
 )
 async def list_leads(request: Request) -> Response:
-    return await serve(request, LEADS_READ, _list_leads)
+    return await serve(request, LEADS_READ, _list_leads, lane=_list_lane(request))
+
+
+# Beyond this, an OFFSET walks that many index entries: a scan, not a page read.
+_SHALLOW_OFFSET = 1000
+
+
+def _list_lane(request: Request) -> Lane:
+    """Searches, date filters and deep offsets may scan; everything else reads one index range."""
+    params = request.query_params
+    if params.get("search") or params.get("created_since") or params.get("updated_since"):
+        return "slow"
+    offset = params.get("offset", "")
+    return "slow" if offset.isdigit() and int(offset) > _SHALLOW_OFFSET else "read"
 
 
 def _list_leads(call: Call) -> Response:
@@ -68,7 +82,7 @@ def _list_leads(call: Call) -> Response:
     openapi_extra=request_body(LeadCreateRequest),
 )
 async def create_lead(request: Request) -> Response:
-    return await serve(request, LEADS_WRITE, _create_lead, with_body=True)
+    return await serve(request, LEADS_WRITE, _create_lead, lane="write")
 
 
 def _create_lead(call: Call) -> Response:
@@ -100,7 +114,7 @@ def _create_lead(call: Call) -> Response:
     openapi_extra=request_body(BulkImportRequest),
 )
 async def bulk_import_leads(request: Request) -> Response:
-    return await serve(request, LEADS_WRITE, _bulk_import_leads, bucket=BULK_BUCKET, with_body=True)
+    return await serve(request, LEADS_WRITE, _bulk_import_leads, lane="write", bucket=BULK_BUCKET)
 
 
 def _bulk_import_leads(call: Call) -> Response:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import (
     ColumnElement,
-    Row,
     Table,
     and_,
     bindparam,
@@ -29,7 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
-from mega_crm.db import Query, RawReader
+from mega_crm.db import Query, RawConnection, as_uuid
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
@@ -38,8 +37,9 @@ LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
 LEADS: Table = Lead.__table__  # type: ignore[assignment]
 
 # The write path's statements are built once: building SQLAlchemy expressions per request cost
-# more CPU than running them. They run on the session's connection, without the ORM.
-_STAGES = (
+# more CPU than running them. Most run raw on the session's DBAPI connection (RawConnection.of):
+# SQLAlchemy's per-statement bookkeeping cost as much as these small statements.
+_STAGES = Query(
     select(Stage.id, Stage.slug, Stage.name, Stage.color)
     .where(Stage.customer_id == bindparam("customer_id"))
     .order_by(Stage.position, Stage.slug)
@@ -47,9 +47,18 @@ _STAGES = (
 _OWNERS = select(Owner.id, Owner.name, Owner.role_name).where(
     Owner.customer_id == bindparam("customer_id"), Owner.id.in_(bindparam("ids", expanding=True))
 )
-_FIELD_SLUGS = select(CustomFieldDefinition.slug).where(
-    CustomFieldDefinition.customer_id == bindparam("customer_id")
+_FIELD_SLUGS = Query(
+    select(CustomFieldDefinition.slug).where(CustomFieldDefinition.customer_id == bindparam("customer_id"))
 )
+
+
+class StageRow(NamedTuple):
+    id: uuid.UUID
+    slug: str
+    name: str
+    color: str | None
+
+
 _MATCHING = select(*(c for c in LEADS.columns if c.key != "document")).where(
     LEADS.c.customer_id == bindparam("customer_id"),
     or_(
@@ -59,9 +68,10 @@ _MATCHING = select(*(c for c in LEADS.columns if c.key != "document")).where(
 )
 
 
-def stages_of(session: Session, customer_id: uuid.UUID) -> list[Row[Any]]:
-    """The pipeline in order (rows with id, slug, name, color)."""
-    return list(session.connection().execute(_STAGES, {"customer_id": customer_id}))
+def stages_of(session: Session, customer_id: uuid.UUID) -> list[StageRow]:
+    """The pipeline in order."""
+    rows = RawConnection.of(session).all(_STAGES, {"customer_id": customer_id})
+    return [StageRow(as_uuid(id_), slug, name, color) for id_, slug, name, color in rows]
 
 
 def owners_by_id(session: Session, customer_id: uuid.UUID, ids: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
@@ -72,7 +82,7 @@ def owners_by_id(session: Session, customer_id: uuid.UUID, ids: set[uuid.UUID]) 
 
 
 def custom_field_slugs(session: Session, customer_id: uuid.UUID) -> set[str]:
-    return set(session.connection().execute(_FIELD_SLUGS, {"customer_id": customer_id}).scalars())
+    return {slug for (slug,) in RawConnection.of(session).all(_FIELD_SLUGS, {"customer_id": customer_id})}
 
 
 def leads_matching(
@@ -88,50 +98,46 @@ def leads_matching(
 
 # Columns an update may never change.
 _IMMUTABLE = {"id", "customer_id", "created_at"}
-_INSERT = insert(LEADS).returning(LEADS.c.id)
-_UPSERT = (lambda stmt: stmt.on_conflict_do_update(
+_INSERT = Query(insert(LEADS))
+_UPSERT = Query((lambda stmt: stmt.on_conflict_do_update(
     index_elements=[LEADS.c.id],
     set_={name: stmt.excluded[name] for name in LEAD_COLUMNS if name not in _IMMUTABLE},
     where=LEADS.c.customer_id == stmt.excluded.customer_id,
-).returning(LEADS.c.id))(sqlite_insert(LEADS))  # fmt: skip
+))(sqlite_insert(LEADS)))  # fmt: skip
 
 # On PostgreSQL the batch travels as one JSON parameter expanded by json_populate_recordset:
 # one statement and one parameter whatever the row count (psycopg re-parses a statement with
 # 10,000 placeholders on every call, which cost more than the insert itself).
 _PG_ROWS = "SELECT * FROM json_populate_recordset(NULL::leads, CAST(:rows AS json))"
-_PG_INSERT = text(f"INSERT INTO leads {_PG_ROWS}")
-_PG_UPSERT = text(
+_PG_INSERT = Query(text(f"INSERT INTO leads {_PG_ROWS}"))
+_PG_UPSERT = Query(text(
     f"INSERT INTO leads {_PG_ROWS} ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{name} = EXCLUDED.{name}" for name in LEAD_COLUMNS if name not in _IMMUTABLE)
     + " WHERE leads.customer_id = EXCLUDED.customer_id"
-)
+))  # fmt: skip
 
 
 def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
-    """One multi-row INSERT for the whole batch.
-
-    SQLite: an executemany with RETURNING, which SQLAlchemy's "insertmanyvalues" sends as one
-    multi-row INSERT … VALUES built from a cached compilation.
-    """
-    if records:
-        connection = session.connection()
-        if connection.dialect.name == "postgresql":
-            connection.execute(_PG_INSERT, {"rows": orjson.dumps(records).decode()})
-        else:
-            connection.execute(_INSERT, records)
+    """The whole batch in one DBAPI call (SQLite: executemany, a C loop over one prepared
+    statement; PostgreSQL: one statement)."""
+    _write(session, records, sqlite=_INSERT, postgres=_PG_INSERT)
 
 
 def update_leads(session: Session, records: list[dict[str, Any]]) -> None:
-    """Full records of existing leads, written back in one multi-row
-    INSERT … ON CONFLICT (id) DO UPDATE, sent like insert_leads. The primary key is the conflict
-    target, so every record updates its own row; the other unique indexes (email, phone) still
-    refuse a duplicate."""
-    if records:
-        connection = session.connection()
-        if connection.dialect.name == "postgresql":
-            connection.execute(_PG_UPSERT, {"rows": orjson.dumps(records).decode()})
-        else:
-            connection.execute(_UPSERT, records)
+    """Full records of existing leads, written back like insert_leads with
+    INSERT … ON CONFLICT (id) DO UPDATE. The primary key is the conflict target, so every record
+    updates its own row; the other unique indexes (email, phone) still refuse a duplicate."""
+    _write(session, records, sqlite=_UPSERT, postgres=_PG_UPSERT)
+
+
+def _write(session: Session, records: list[dict[str, Any]], *, sqlite: Query, postgres: Query) -> None:
+    if not records:
+        return
+    raw = RawConnection.of(session)
+    if raw.is_sqlite:
+        raw.run_many(sqlite, records)
+    else:
+        raw.run(postgres, {"rows": orjson.dumps(records).decode()})
 
 
 def begin_customer_write(session: Session, customer_id: uuid.UUID, now: datetime) -> datetime | None:
@@ -142,17 +148,13 @@ def begin_customer_write(session: Session, customer_id: uuid.UUID, now: datetime
     create twins, and write times increase strictly in commit order, so keyset sync never skips
     a commit. Bumping leads_version also invalidates the cached list totals. None: no customer.
     """
-    assigned = (
-        session.connection()
-        .execute(_BEGIN_WRITE, {"customer_id": customer_id, "now_us": _to_us(now)})
-        .scalar()
-    )
-    return None if assigned is None else _EPOCH + timedelta(microseconds=assigned)
+    row = RawConnection.of(session).first(_BEGIN_WRITE, {"customer_id": customer_id, "now_us": _to_us(now)})
+    return None if row is None else _EPOCH + timedelta(microseconds=row[0])
 
 
 _CUSTOMERS: Table = Customer.__table__  # type: ignore[assignment]
 _CLOCK = _CUSTOMERS.c.leads_clock_us
-_BEGIN_WRITE = (
+_BEGIN_WRITE = Query(
     update(_CUSTOMERS)
     .where(_CUSTOMERS.c.id == bindparam("customer_id"))
     .values(
@@ -172,7 +174,7 @@ def _to_us(value: datetime) -> int:
 _LEADS_VERSION = Query(select(Customer.leads_version).where(Customer.id == bindparam("customer_id")))
 
 
-def leads_version(reader: RawReader, customer_id: uuid.UUID) -> int:
+def leads_version(reader: RawConnection, customer_id: uuid.UUID) -> int:
     row = reader.first(_LEADS_VERSION, {"customer_id": customer_id})
     return int(row[0]) if row else 0
 
@@ -258,7 +260,7 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def count_leads(reader: RawReader, customer_id: uuid.UUID, f: LeadFilters) -> int:
+def count_leads(reader: RawConnection, customer_id: uuid.UUID, f: LeadFilters) -> int:
     shape = _filter_shape(f)
     query = _cached(
         ("count", shape), lambda: select(func.count()).select_from(LEADS).where(_filter_clause(shape))
@@ -288,7 +290,7 @@ _SEPARATOR = "\x1e"
 
 
 def page_of_leads(
-    reader: RawReader,
+    reader: RawConnection,
     customer_id: uuid.UUID,
     f: LeadFilters,
     *,
@@ -404,7 +406,7 @@ def _after(column: Any, kind: str, descending: bool) -> ColumnElement[bool]:
 
 Bucket = tuple[str, uuid.UUID | None, str | None]
 COUNTS: Table = LeadCount.__table__  # type: ignore[assignment]
-_COUNT_UPSERTS: dict[str, Any] = {}
+_COUNT_UPSERTS: dict[str, Query] = {}
 
 
 def bucket_of(record: dict[str, Any]) -> Bucket:
@@ -416,12 +418,15 @@ def _bucket_key(bucket: Bucket) -> str:
     return f"{status}|{stage_id.hex if stage_id else ''}|{lead_line or ''}"
 
 
-def _count_upsert(dialect: str) -> Any:
+def _count_upsert(dialect: str) -> Query:
     if dialect not in _COUNT_UPSERTS:
         stmt = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(COUNTS)
-        _COUNT_UPSERTS[dialect] = stmt.on_conflict_do_update(
-            index_elements=[COUNTS.c.customer_id, COUNTS.c.bucket], set_={"n": COUNTS.c.n + stmt.excluded.n}
-        ).returning(COUNTS.c.n)
+        _COUNT_UPSERTS[dialect] = Query(
+            stmt.on_conflict_do_update(
+                index_elements=[COUNTS.c.customer_id, COUNTS.c.bucket],
+                set_={"n": COUNTS.c.n + stmt.excluded.n},
+            )
+        )
     return _COUNT_UPSERTS[dialect]
 
 
@@ -440,8 +445,8 @@ def add_to_counts(session: Session, customer_id: uuid.UUID, deltas: dict[Bucket,
         if delta
     ]
     if rows:
-        connection = session.connection()
-        connection.execute(_count_upsert(connection.dialect.name), rows)
+        raw = RawConnection.of(session)
+        raw.run_many(_count_upsert(raw.dialect.name), rows)
 
 
 def countable(f: LeadFilters) -> bool:

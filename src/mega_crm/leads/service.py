@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mega_crm.db import RawReader, utcnow
+from mega_crm.db import RawConnection, utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError
 from mega_crm.leads import repository as repo
 from mega_crm.leads.cursor import CursorCodec, CursorPosition
@@ -354,7 +354,7 @@ MAX_OFFSET = 2**62
 
 
 def list_leads(
-    reader: RawReader, customer_id: uuid.UUID, q: ListLeadsQuery, codec: CursorCodec, totals: TotalsCache
+    reader: RawConnection, customer_id: uuid.UUID, q: ListLeadsQuery, codec: CursorCodec, totals: TotalsCache
 ) -> bytes:
     """listLeads' response body, JSON: the page is the leads' stored documents joined together."""
     filters = build_filters(q)

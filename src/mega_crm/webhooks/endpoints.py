@@ -79,7 +79,7 @@ def _list_webhooks(call: Call) -> Response:
     openapi_extra=request_body(WebhookCreateRequest),
 )
 async def create_webhook(request: Request) -> Response:
-    return await serve(request, WEBHOOKS_MANAGE, _create_webhook, with_body=True)
+    return await serve(request, WEBHOOKS_MANAGE, _create_webhook, lane="slow")  # resolves the URL
 
 
 def _create_webhook(call: Call) -> Response:
@@ -129,7 +129,7 @@ async def update_webhook(request: Request, id: WebhookId) -> Response:
             updated = service.update_webhook(session, call.customer_id, webhook_id, body, target, _box(call))
         return json_response(updated)
 
-    return await serve(request, WEBHOOKS_MANAGE, work, with_body=True)
+    return await serve(request, WEBHOOKS_MANAGE, work, lane="slow")  # may resolve a new URL
 
 
 @router.delete(
@@ -147,7 +147,7 @@ async def delete_webhook(request: Request, id: WebhookId) -> Response:
         with call.state.db.write_session() as session:
             return json_response(service.delete_webhook(session, call.customer_id, webhook_id))
 
-    return await serve(request, WEBHOOKS_MANAGE, work)
+    return await serve(request, WEBHOOKS_MANAGE, work, lane="write")
 
 
 @router.get(
@@ -193,4 +193,4 @@ async def redeliver_webhook_delivery(request: Request, id: WebhookId, delivery_i
             created = service.redeliver(session, call.customer_id, webhook_id, delivery_uuid)
         return json_response(created, 201)
 
-    return await serve(request, WEBHOOKS_MANAGE, work)
+    return await serve(request, WEBHOOKS_MANAGE, work, lane="write")

@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import Integer, Table, and_, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from mega_crm.db import Query, RawConnection, as_json, as_uuid
 from mega_crm.webhooks.models import (
     CANCELLED,
     FAILED,
@@ -71,16 +72,20 @@ def cancel_pending_deliveries(session: Session, webhook_id: uuid.UUID, now: date
 # --- the outbox -----------------------------------------------------------------------------
 
 
-def subscribed_webhook_ids(session: Session, customer_id: uuid.UUID, event_type: str) -> list[uuid.UUID]:
-    rows = session.execute(
-        select(Webhook.id, Webhook.event_types).where(
-            Webhook.customer_id == customer_id,
-            Webhook.is_active.is_(True),
-            Webhook.deleted_at.is_(None),
-        )
+# Runs in every createLead: raw (see mega_crm.db.Query).
+_SUBSCRIBED = Query(
+    select(Webhook.id, Webhook.event_types).where(
+        Webhook.customer_id == bindparam("customer_id"),
+        Webhook.is_active.is_(True),
+        Webhook.deleted_at.is_(None),
     )
+)
+
+
+def subscribed_webhook_ids(session: Session, customer_id: uuid.UUID, event_type: str) -> list[uuid.UUID]:
+    rows = RawConnection.of(session).all(_SUBSCRIBED, {"customer_id": customer_id})
     # event_types is a short JSON list; filtering here keeps the query portable.
-    return [webhook_id for webhook_id, types in rows if event_type in (types or [])]
+    return [as_uuid(webhook_id) for webhook_id, types in rows if event_type in (as_json(types) or [])]
 
 
 def insert_event_with_deliveries(
