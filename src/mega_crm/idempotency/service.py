@@ -56,10 +56,13 @@ def run_idempotent(
     customer_id: uuid.UUID,
     endpoint: str,
     key: str | None,
-    fingerprint: str,
+    fingerprint: Callable[[], str],
     ttl: timedelta,
     work: Work,
 ) -> StoredResponse:
+    """`work` in one write transaction; with a `key`, at most once per (customer, endpoint, key),
+    replaying the stored response to a request with the same `fingerprint()` and refusing (409)
+    one with another."""
     if key is None:
         with db.write_session() as session:
             status, body = work(session)
@@ -68,7 +71,7 @@ def run_idempotent(
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise InvalidRequestError(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters.")
     _purge_if_due(db)
-    claim = _claim(db, customer_id, endpoint, key, fingerprint, ttl)
+    claim = _claim(db, customer_id, endpoint, key, fingerprint(), ttl)
     if isinstance(claim, StoredResponse):
         return claim
     record_id, claimed_at = claim

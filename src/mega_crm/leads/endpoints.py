@@ -94,7 +94,7 @@ def _create_lead(call: Call) -> Response:
         customer_id=call.customer_id,
         endpoint="createLead",
         key=call.header(IDEMPOTENCY_KEY),
-        fingerprint=request_fingerprint(body.model_dump(mode="json", exclude_none=True)),
+        fingerprint=lambda: request_fingerprint(body.model_dump(mode="json", exclude_none=True)),
         ttl=timedelta(hours=state.settings.idempotency_ttl_hours),
         work=lambda session: service.create_lead(session, call.customer_id, body, region),
     )
@@ -141,7 +141,7 @@ def _bulk_import_leads(call: Call) -> Response:
         customer_id=call.customer_id,
         endpoint="bulkImportLeads",
         key=call.header(IDEMPOTENCY_KEY),
-        fingerprint=request_fingerprint(body.model_dump(mode="json")),
+        fingerprint=lambda: request_fingerprint(body.model_dump(mode="json")),
         ttl=timedelta(hours=state.settings.idempotency_ttl_hours),
         work=work,
     )

@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
+from mega_crm.customers.models import Customer, Owner
 from mega_crm.db import Query, RawConnection, as_uuid
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
@@ -39,16 +39,13 @@ LEADS: Table = Lead.__table__  # type: ignore[assignment]
 # The write path's statements are built once: building SQLAlchemy expressions per request cost
 # more CPU than running them. Most run raw on the session's DBAPI connection (RawConnection.of):
 # SQLAlchemy's per-statement bookkeeping cost as much as these small statements.
-_STAGES = Query(
-    select(Stage.id, Stage.slug, Stage.name, Stage.color)
-    .where(Stage.customer_id == bindparam("customer_id"))
-    .order_by(Stage.position, Stage.slug)
-)
-_OWNERS = select(Owner.id, Owner.name, Owner.role_name).where(
-    Owner.customer_id == bindparam("customer_id"), Owner.id.in_(bindparam("ids", expanding=True))
-)
-_FIELD_SLUGS = Query(
-    select(CustomFieldDefinition.slug).where(CustomFieldDefinition.customer_id == bindparam("customer_id"))
+# A customer's pipeline (kind 0, in order) and its custom-field slugs (kind 1), in one statement.
+_CONFIG = Query(
+    text(
+        "SELECT 0, id, slug, name, color, position FROM stages WHERE customer_id = :customer_id "
+        "UNION ALL SELECT 1, NULL, slug, NULL, NULL, 0 FROM custom_field_definitions "
+        "WHERE customer_id = :customer_id ORDER BY 1, 6, 3"
+    )
 )
 
 
@@ -59,6 +56,9 @@ class StageRow(NamedTuple):
     color: str | None
 
 
+_OWNERS = select(Owner.id, Owner.name, Owner.role_name).where(
+    Owner.customer_id == bindparam("customer_id"), Owner.id.in_(bindparam("ids", expanding=True))
+)
 _MATCHING = select(*(c for c in LEADS.columns if c.key != "document")).where(
     LEADS.c.customer_id == bindparam("customer_id"),
     or_(
@@ -68,10 +68,21 @@ _MATCHING = select(*(c for c in LEADS.columns if c.key != "document")).where(
 )
 
 
+def customer_config(session: Session, customer_id: uuid.UUID) -> tuple[list[StageRow], set[str]]:
+    """-> (the pipeline in order, the custom-field slugs)."""
+    stages, slugs = [], set()
+    for kind, id_, slug, name, color, _position in RawConnection.of(session).all(
+        _CONFIG, {"customer_id": customer_id}
+    ):
+        if kind == 0:
+            stages.append(StageRow(as_uuid(id_), slug, name, color))
+        else:
+            slugs.add(slug)
+    return stages, slugs
+
+
 def stages_of(session: Session, customer_id: uuid.UUID) -> list[StageRow]:
-    """The pipeline in order."""
-    rows = RawConnection.of(session).all(_STAGES, {"customer_id": customer_id})
-    return [StageRow(as_uuid(id_), slug, name, color) for id_, slug, name, color in rows]
+    return customer_config(session, customer_id)[0]
 
 
 def owners_by_id(session: Session, customer_id: uuid.UUID, ids: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
@@ -79,10 +90,6 @@ def owners_by_id(session: Session, customer_id: uuid.UUID, ids: set[uuid.UUID]) 
         return {}
     rows = session.connection().execute(_OWNERS, {"customer_id": customer_id, "ids": list(ids)})
     return {o.id: o for o in rows}
-
-
-def custom_field_slugs(session: Session, customer_id: uuid.UUID) -> set[str]:
-    return {slug for (slug,) in RawConnection.of(session).all(_FIELD_SLUGS, {"customer_id": customer_id})}
 
 
 def leads_matching(

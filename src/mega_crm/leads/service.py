@@ -109,11 +109,8 @@ def _parse_uuid(value: str) -> uuid.UUID | None:
 
 
 def load_config(session: Session, customer_id: uuid.UUID, owner_ids: set[uuid.UUID]) -> CustomerConfig:
-    return CustomerConfig(
-        stages=repo.stages_of(session, customer_id),
-        field_slugs=repo.custom_field_slugs(session, customer_id),
-        owners=repo.owners_by_id(session, customer_id, owner_ids),
-    )
+    stages, field_slugs = repo.customer_config(session, customer_id)
+    return CustomerConfig(stages, field_slugs, repo.owners_by_id(session, customer_id, owner_ids))
 
 
 # --- writes ---------------------------------------------------------------------------------
