@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCH_SECRET = "bench-secret-key-0123456789abcdef0123456789abcdef"
 HUGE_LIMIT = "1000000000/minute"  # per-customer limits high enough never to be hit
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/mega_d"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/mega_bench"  # made if missing
 NOOP_PATH = "/bench/noop"
 AUTH_ONLY_PATH = "/bench/auth-only"
 LEADS_PATH = "/api/agents/crm/leads"
@@ -75,11 +75,27 @@ def postgres_url() -> tuple[str, str]:
 
 
 def postgres_unreachable(url: str) -> str | None:
-    """None when PostgreSQL answers at `url`, else a one-line reason."""
+    """None when PostgreSQL answers at `url` (its database is created if the server lacks it),
+    else a one-line reason."""
     from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
 
     from mega_crm.db import normalize_database_url
 
+    try:  # the benchmark's own database, on a server that does not have it yet
+        parsed = make_url(normalize_database_url(url))
+        engine = create_engine(parsed.set(database="postgres"), connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                exists = conn.execute(
+                    text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": parsed.database}
+                ).first()
+                if not exists:
+                    conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+        finally:
+            engine.dispose()
+    except Exception:  # noqa: BLE001, S110 - no rights, or no such server: the check below says why
+        pass
     try:
         engine = create_engine(normalize_database_url(url), connect_args={"connect_timeout": 3})
         try:
