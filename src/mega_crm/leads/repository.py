@@ -330,13 +330,17 @@ def page_of_leads(
     total = None if total is None else int(total)
     if documents is None:
         return Page([], [], total)
-    page = Page(documents.split(_SEPARATOR), keys.split(_SEPARATOR), total)
-    # Aggregates keep the order rows reach them in (the ordered subquery's), which neither
-    # database promises: check it (both lists come from the same pass, so they line up).
-    if page.keys != sorted(page.keys, reverse=descending):
-        pairs = sorted(zip(page.keys, page.documents, strict=True), reverse=descending)
-        page = Page([d for _, d in pairs], [k for k, _ in pairs], total)
-    return page
+    return in_page_order(Page(documents.split(_SEPARATOR), keys.split(_SEPARATOR), total), descending)
+
+
+def in_page_order(page: Page, descending: bool) -> Page:
+    """Aggregates keep the order rows reach them in (the ordered subquery's), which neither
+    database promises: check it, and sort if need be (both lists come from the same pass, so
+    they line up)."""
+    if page.keys == sorted(page.keys, reverse=descending):
+        return page
+    pairs = sorted(zip(page.keys, page.documents, strict=True), reverse=descending)
+    return Page([d for _, d in pairs], [k for k, _ in pairs], page.total)
 
 
 def _page_statement(

@@ -15,11 +15,17 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-# A document is a copy of its row: any change to a lead that does not also write its document
-# (an operator's UPDATE, a stage or owner removed), and any change to its stage or owner, drops
-# the copy (NULL), which pages then render from the row.
+# A document is a copy of its row: an UPDATE of a lead's columns that leaves its document as it
+# was (an operator's UPDATE, a stage or owner removed), and any change to its stage or owner,
+# drops the copy (NULL), which pages then render from the row. An UPDATE of the document alone
+# (documents.refresh_documents) is not a change. A migration adding a lead column adds it here.
+LEAD_COLUMNS = (
+    "id, customer_id, contact_name, contact_email, email_normalized, contact_phone, phone_last10, "
+    "source_platform, source_type, status, score, qualified, stage_id, owner_id, lead_line, "
+    "custom_fields, last_interaction_at, interaction_count, created_at, updated_at"
+)
 SQLITE_TRIGGERS = [
-    """CREATE TRIGGER leads_document_stale AFTER UPDATE ON leads
+    f"""CREATE TRIGGER leads_document_stale AFTER UPDATE OF {LEAD_COLUMNS} ON leads
     WHEN NEW.document IS OLD.document AND NEW.document IS NOT NULL
     BEGIN UPDATE leads SET document = NULL WHERE id = NEW.id; END""",
     """CREATE TRIGGER stages_lead_documents_stale AFTER UPDATE ON stages
@@ -33,7 +39,7 @@ POSTGRES_TRIGGERS = [
         IF NEW.document IS NOT DISTINCT FROM OLD.document THEN NEW.document := NULL; END IF;
         RETURN NEW;
     END $$""",
-    """CREATE TRIGGER leads_document_stale BEFORE UPDATE ON leads
+    f"""CREATE TRIGGER leads_document_stale BEFORE UPDATE OF {LEAD_COLUMNS} ON leads
     FOR EACH ROW EXECUTE FUNCTION leads_document_stale()""",
     """CREATE FUNCTION lead_documents_stale() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN

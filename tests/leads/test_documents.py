@@ -1,0 +1,235 @@
+"""Each lead row keeps its `Lead` JSON (leads.document) for listLeads: rendered in Python by every
+write, in SQL for rows written some other way. Both must say the same, and a document must never
+outlive a change to its row, stage or owner, whoever made the change."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+from alembic import command
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from mega_crm.admin import service as admin
+from mega_crm.customers.models import Owner, Stage
+from mega_crm.db import Database
+from mega_crm.leads import repository
+from mega_crm.leads.documents import refresh_documents, render_document
+from mega_crm.leads.endpoints import _list_lane
+from mega_crm.leads.models import Lead
+from mega_crm.leads.repository import Page, in_page_order
+from mega_crm.leads.schemas import LeadCreateRequest
+from mega_crm.leads.service import create_lead
+from mega_crm.migrate import alembic_config, upgrade
+from tests.fixtures.factories import Tenant
+from tests.leads.api import bulk, by_id, create, every_lead, unique_email, unique_phone
+
+AWKWARD_NAMES = ['Zoë "Quote" O\'Brien', "back\\slash", "tab\tand\nnewline", "emoji 🏠", "<b>&amp;</b>"]
+
+
+def stored(db: Database, customer_id: uuid.UUID) -> dict[str, Any]:
+    """lead id -> its stored document, parsed (None when there is none)."""
+    with db.read_session() as session:
+        rows = session.execute(select(Lead.id, Lead.document).where(Lead.customer_id == customer_id))
+        return {str(i): (orjson.loads(d) if d is not None else None) for i, d in rows}
+
+
+def python_rendering(db: Database, customer_id: uuid.UUID) -> dict[str, Any]:
+    """lead id -> render_document() of the row as it is in the database now."""
+    with db.read_session() as session:
+        stages = {s.id: s for s in session.scalars(select(Stage).where(Stage.customer_id == customer_id))}
+        owners = {o.id: o for o in session.scalars(select(Owner).where(Owner.customer_id == customer_id))}
+        leads = session.scalars(select(Lead).where(Lead.customer_id == customer_id)).all()
+        return {
+            str(lead.id): orjson.loads(
+                render_document(
+                    {c.key: getattr(lead, c.key) for c in Lead.__table__.columns},
+                    stages.get(lead.stage_id),
+                    owners.get(lead.owner_id),
+                )
+            )
+            for lead in leads
+        }
+
+
+def refresh(db: Database, customer_id: uuid.UUID) -> int:
+    with db.write_session() as session:
+        return refresh_documents(session, customer_id)
+
+
+def varied_leads(client: TestClient, db: Database, tenant: Tenant) -> None:
+    admin.add_stage(db, tenant.customer_id, "toured", "Toured", None)
+    for name in AWKWARD_NAMES:
+        create(client, tenant, {"contact_name": name, "contact_email": unique_email()})
+    create(client, tenant, {"contact_phone": unique_phone(), "stage_slug": "toured"})
+    create(
+        client,
+        tenant,
+        {"contact_email": unique_email(), "custom_fields": {"lead_line": "buyer", "budget": 1.5}},
+    )
+    email = unique_email()
+    create(client, tenant, {"contact_email": email})
+    create(
+        client, tenant, {"contact_email": email, "contact_name": "Merged", "stage_slug": "toured"}
+    )  # a merge
+    bulk(
+        client,
+        tenant,
+        [
+            {"contact_email": unique_email(), "owner_id": str(tenant.owners[0]), "lead_line": "seller"},
+            {"contact_name": "No contact but a name", "source_platform": "zoho", "source_type": "import"},
+        ],
+    )
+
+
+def test_written_documents_are_the_leads_as_listed(client: TestClient, db: Database, tenant: Tenant) -> None:
+    varied_leads(client, db, tenant)
+    documents = stored(db, tenant.customer_id)
+    assert documents
+    assert all(d is not None for d in documents.values())
+    for lead in every_lead(client, tenant, include_custom_fields="true"):
+        listed = dict(lead)
+        listed.pop("custom_fields")
+        assert documents[lead["id"]] == listed
+
+
+def test_the_sql_rendering_equals_the_python_one(client: TestClient, db: Database, tenant: Tenant) -> None:
+    varied_leads(client, db, tenant)
+    with db.write_session() as session:  # values no API operation sets: exercised through SQL
+        first, second = session.scalars(select(Lead.id).where(Lead.customer_id == tenant.customer_id)).all()[
+            :2
+        ]
+        session.execute(update(Lead).where(Lead.id == first).values(qualified=True, score=87))
+        session.execute(update(Lead).where(Lead.id == second).values(qualified=False, score=0))
+    written = stored(db, tenant.customer_id)
+    assert refresh(db, tenant.customer_id) == len(written)
+    assert stored(db, tenant.customer_id) == python_rendering(db, tenant.customer_id)
+
+
+def test_a_lead_changed_outside_the_service_is_listed_as_it_is_now(
+    client: TestClient, db: Database, tenant: Tenant
+) -> None:
+    lead = create(client, tenant, {"contact_name": "Before", "contact_email": unique_email()})
+    with db.write_session() as session:
+        session.execute(update(Lead).where(Lead.id == uuid.UUID(lead["id"])).values(contact_name="After"))
+    assert stored(db, tenant.customer_id)[lead["id"]] is None  # the trigger dropped the copy
+    assert by_id(client, tenant, lead["id"])["contact_name"] == "After"
+    refresh(db, tenant.customer_id)
+    assert stored(db, tenant.customer_id)[lead["id"]]["contact_name"] == "After"
+
+
+def test_renaming_a_stage_or_an_owner_reaches_their_leads(
+    client: TestClient, db: Database, tenant: Tenant
+) -> None:
+    owner_id = tenant.owners[0]
+    row = {"contact_email": unique_email(), "owner_id": str(owner_id), "stage_slug": "new"}
+    lead_id = bulk(client, tenant, [row])["results"][0]["lead_id"]
+    with db.write_session() as session:
+        session.execute(
+            update(Stage)
+            .where(Stage.customer_id == tenant.customer_id, Stage.slug == "new")
+            .values(name="Fresh")
+        )
+        session.execute(update(Owner).where(Owner.id == owner_id).values(role_name="Team lead"))
+    lead = by_id(client, tenant, lead_id)
+    assert lead["current_stage"]["name"] == "Fresh"
+    assert lead["owner"]["role_name"] == "Team lead"
+
+
+def test_a_deleted_owner_disappears_from_its_leads(client: TestClient, db: Database, tenant: Tenant) -> None:
+    owner_id = tenant.owners[0]
+    lead_id = bulk(client, tenant, [{"contact_email": unique_email(), "owner_id": str(owner_id)}])["results"][
+        0
+    ]["lead_id"]
+    assert by_id(client, tenant, lead_id)["owner"]["id"] == str(owner_id)
+    with db.write_session() as session:  # ON DELETE SET NULL updates the lead: the trigger sees it
+        session.execute(Owner.__table__.delete().where(Owner.id == owner_id))
+    assert by_id(client, tenant, lead_id)["owner"] is None
+
+
+def test_custom_fields_are_spliced_into_the_listed_documents(client: TestClient, tenant: Tenant) -> None:
+    cases = [
+        ({}, {}),
+        ({"lead_line": "buyer"}, {"lead_line": "buyer"}),
+        ({"budget": 10, "neighborhood": 'Queen "Anne"'}, {"budget": 10, "neighborhood": 'Queen "Anne"'}),
+        ({"budget": 1e300, "lead_line": "seller"}, {"budget": 1e300, "lead_line": "seller"}),
+    ]
+    for sent, expected in cases:
+        lead = create(client, tenant, {"contact_email": unique_email(), "custom_fields": sent})
+        assert by_id(client, tenant, lead["id"])["custom_fields"] == expected
+
+
+def test_a_page_out_of_order_is_put_back_in_order() -> None:
+    keys = [f"2026-01-0{d} 00:00:00.000000 {uuid.UUID(int=d).hex}" for d in range(1, 8)] + ["~ " + "f" * 32]
+    shuffled = list(zip(keys, [f"doc{i}" for i in range(len(keys))], strict=True))
+    random.Random(7).shuffle(shuffled)
+    page = Page([d for _, d in shuffled], [k for k, _ in shuffled], 8)
+    ascending = in_page_order(page, descending=False)
+    assert ascending.keys == keys
+    assert ascending.documents == [f"doc{i}" for i in range(len(keys))]
+    assert in_page_order(page, descending=True).keys == keys[::-1]
+    assert Page.position(keys[-1]).value is None
+
+
+def test_the_migration_renders_the_documents_of_existing_leads(tmp_path: Any) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'upgrade.db'}")
+    try:
+        upgrade(db.url)
+        customer = admin.create_customer(db, "Before documents")
+        with db.write_session() as session:
+            for name in AWKWARD_NAMES:
+                create_lead(session, customer.id, LeadCreateRequest(contact_name=name), "US")
+        command.downgrade(alembic_config(db.url), "0002")
+        command.upgrade(alembic_config(db.url), "head")
+        documents = stored(db, customer.id)
+        assert len(documents) == len(AWKWARD_NAMES)
+        assert documents == python_rendering(db, customer.id)
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize(
+    ("query", "lane"),
+    [
+        ("status=active&limit=100", "read"),
+        ("cursor=abc&sort_by=created_at", "read"),
+        ("offset=1000", "read"),
+        ("offset=1001", "slow"),
+        ("search=smith", "slow"),
+        ("search=", "read"),
+        ("updated_since=2026-01-01T00:00:00Z", "slow"),
+        ("created_since=2026-01-01", "slow"),
+    ],
+)
+def test_reads_that_may_scan_run_in_the_slow_lane(query: str, lane: str) -> None:
+    from starlette.requests import Request
+
+    request = Request(
+        {"type": "http", "method": "GET", "path": "/", "query_string": query.encode(), "headers": []}
+    )
+    assert _list_lane(request) == lane
+
+
+def test_repository_reads_the_stored_text_unchanged(db: Database, client: TestClient, tenant: Tenant) -> None:
+    """A page is the stored documents byte for byte (the lead service wrote them)."""
+    lead = create(client, tenant, {"contact_name": AWKWARD_NAMES[0], "contact_email": unique_email()})
+    with db.read_session() as session:
+        document = session.scalar(select(Lead.document).where(Lead.id == uuid.UUID(lead["id"])))
+    with db.raw_read() as reader:
+        page = repository.page_of_leads(
+            reader,
+            tenant.customer_id,
+            repository.LeadFilters(),
+            sort_by="updated_at",
+            descending=False,
+            limit=10,
+            offset=0,
+            after=None,
+            with_custom_fields=False,
+        )
+    assert page.documents == [document]
+    assert page.total == 1
