@@ -61,6 +61,7 @@ from bench.common import (
     verdict,
 )
 from mega_crm.leads import repository
+from mega_crm.leads.documents import refresh_documents
 
 SEED_VERSION = 2  # bump when the generated data changes: cached databases are then re-seeded
 SMALL = 10_000
@@ -279,7 +280,9 @@ def seed_leads(db: Any, tenant: Tenant, count: int) -> float:
             text("UPDATE customers SET leads_version = leads_version + 1 WHERE id = :id"),
             {"id": params["cid"]},
         )
-        repository.recount(session, tenant.customer_id)  # the seed bypassed the lead service
+        # The seed bypassed the lead service: rebuild what it keeps (counts, lead documents).
+        repository.recount(session, tenant.customer_id)
+        refresh_documents(session, tenant.customer_id)
     if not db.is_sqlite:  # what autovacuum would soon do on a live server
         with db.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE leads"))

@@ -264,8 +264,15 @@ class RawConnection:
 
     @staticmethod
     def of(session: Session) -> RawConnection:
+        """The session's connection, raw (one per transaction: asking the session again costs)."""
+        transaction = session.get_transaction()
+        cached = session.info.get("raw")
+        if transaction is not None and cached is not None and cached[0] is transaction:
+            return cached[1]  # type: ignore[no-any-return]
         connection = session.connection()
-        return RawConnection(connection.connection, connection.dialect)
+        raw = RawConnection(connection.connection, connection.dialect)
+        session.info["raw"] = (session.get_transaction(), raw)
+        return raw
 
     def _bind(self, query: Query, params: dict[str, Any]) -> tuple[str, Any]:
         sql, names, literals = query.compiled(self.dialect)
