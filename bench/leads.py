@@ -61,7 +61,7 @@ from bench.common import (
     verdict,
 )
 from mega_crm.leads import repository
-from mega_crm.leads.documents import refresh_documents
+from mega_crm.leads.documents import refresh_documents, render_document
 
 SEED_VERSION = 2  # bump when the generated data changes: cached databases are then re-seeded
 SMALL = 10_000
@@ -478,9 +478,10 @@ def bulk_rows(tag: str, batch: int, count: int, version: int = 0) -> list[dict[s
 
 
 def bare_records(rows: list[dict[str, Any]], tenant: Tenant) -> list[dict[str, Any]]:
-    """The same rows as the columns the server stores (already normalised in bulk_rows)."""
+    """The same rows as the columns the server stores (already normalised in bulk_rows), their
+    lead documents included (rendered here, before any timing)."""
     now = datetime.now(UTC)
-    return [
+    records = [
         {
             "id": uuid.uuid4(),
             "customer_id": tenant.customer_id,
@@ -505,6 +506,9 @@ def bare_records(rows: list[dict[str, Any]], tenant: Tenant) -> list[dict[str, A
         }
         for r in rows
     ]
+    for record in records:
+        record["document"] = render_document(record, None, None)
+    return records
 
 
 class BareInsert:
