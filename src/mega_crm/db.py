@@ -278,9 +278,11 @@ class RawConnection:
         sql, names, literals = query.compiled(self.dialect)
         if literals:
             params = {**literals, **params}
+        if names is None:
+            return sql, params
         if self.is_sqlite:  # what SQLAlchemy's types would bind: UUIDs as hex, UTC times as text
-            params = {name: _sqlite_value(value) for name, value in params.items()}
-        return sql, tuple(params[name] for name in names) if names is not None else params
+            return sql, tuple([_sqlite_value(params[name]) for name in names])
+        return sql, tuple([params[name] for name in names])
 
     def all(self, query: Query, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return list(self.execute(*self._bind(query, params)).fetchall())
@@ -300,7 +302,10 @@ class RawConnection:
 
 
 def _sqlite_value(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
+    kind = type(value)
+    if kind is str or kind is int or value is None:
+        return value
+    if kind is uuid.UUID:
         return value.hex
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 _NON_DIGITS = re.compile(r"\D+")
+# Both checks are pure and cost tens of microseconds; CRM syncs re-send the same contacts (every
+# merge does), so the last results are kept. Failures are not cached.
+_CACHED = 65_536
 
 
 class ContactError(ValueError):
     pass
 
 
+@lru_cache(maxsize=_CACHED)
 def normalize_email(raw: str) -> tuple[str, str]:
     """-> (stored form, de-dup key). The key is the whole address lower-cased."""
     try:
@@ -25,6 +30,7 @@ def normalize_email(raw: str) -> tuple[str, str]:
     return result.normalized, result.normalized.lower()
 
 
+@lru_cache(maxsize=_CACHED)
 def normalize_phone(raw: str, default_region: str) -> tuple[str, str]:
     """-> (E.164, last 10 digits). A number without a country code is read in `default_region`."""
     try:

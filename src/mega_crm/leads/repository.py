@@ -28,7 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mega_crm.customers.models import Customer, Owner
-from mega_crm.db import Query, RawConnection, as_uuid
+from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_uuid
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
@@ -59,13 +59,21 @@ class StageRow(NamedTuple):
 _OWNERS = select(Owner.id, Owner.name, Owner.role_name).where(
     Owner.customer_id == bindparam("customer_id"), Owner.id.in_(bindparam("ids", expanding=True))
 )
-_MATCHING = select(*(c for c in LEADS.columns if c.key != "document")).where(
-    LEADS.c.customer_id == bindparam("customer_id"),
-    or_(
-        LEADS.c.email_normalized.in_(bindparam("emails", expanding=True)),
-        LEADS.c.phone_last10.in_(bindparam("phones", expanding=True)),
-    ),
-)
+# The batch's emails and phones travel as one array parameter each (a JSON array on SQLite), so
+# the statement is the same whatever the batch size; each half is one unique-index lookup.
+# (UNION ALL: PostgreSQL has no equality for json columns, so duplicates are dropped here.)
+_RECORD_COLUMNS = [c.key for c in LEADS.columns if c.key != "document"]
+_MATCHING_HALF = f"SELECT {', '.join(_RECORD_COLUMNS)} FROM leads WHERE customer_id = :customer_id AND "
+_MATCHING = {
+    "sqlite": Query(text(
+        f"{_MATCHING_HALF} email_normalized IN (SELECT value FROM json_each(:emails)) UNION ALL "
+        f"{_MATCHING_HALF} phone_last10 IN (SELECT value FROM json_each(:phones))"
+    )),
+    "postgresql": Query(text(
+        f"{_MATCHING_HALF} email_normalized = ANY(CAST(:emails AS text[])) UNION ALL "
+        f"{_MATCHING_HALF} phone_last10 = ANY(CAST(:phones AS text[]))"
+    )),
+}  # fmt: skip
 
 
 def customer_config(session: Session, customer_id: uuid.UUID) -> tuple[list[StageRow], set[str]]:
@@ -97,10 +105,24 @@ def leads_matching(
 ) -> list[dict[str, Any]]:
     if not emails and not phones:
         return []
-    rows = session.connection().execute(
-        _MATCHING, {"customer_id": customer_id, "emails": list(emails), "phones": list(phones)}
-    )
-    return [dict(r) for r in rows.mappings()]
+    raw = RawConnection.of(session)
+    params = {"customer_id": customer_id, "emails": sorted(emails), "phones": sorted(phones)}
+    rows = raw.all(_MATCHING[raw.dialect.name], params)
+    return list({rec["id"]: rec for rec in map(_record, rows)}.values())  # a lead matched twice, once
+
+
+def _record(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A raw leads row (without its document) as the column -> value record the service works on."""
+    rec = dict(zip(_RECORD_COLUMNS, row, strict=True))
+    for name in ("id", "customer_id", "stage_id", "owner_id"):
+        if rec[name] is not None:
+            rec[name] = as_uuid(rec[name])
+    for name in ("last_interaction_at", "created_at", "updated_at"):
+        rec[name] = as_datetime(rec[name])
+    rec["custom_fields"] = as_json(rec["custom_fields"])
+    if rec["qualified"] is not None:
+        rec["qualified"] = bool(rec["qualified"])
+    return rec
 
 
 # Columns an update may never change.
