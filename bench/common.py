@@ -212,7 +212,7 @@ def _serve(url: str, port: int) -> None:
 
     @app.get(NOOP_PATH, include_in_schema=False)
     def noop() -> dict[str, bool]:
-        """The baseline: a sync route (run in the threadpool, like the lead routes) doing nothing."""
+        """The baseline: a route doing nothing, run in a worker thread (as the lead routes' work is)."""
         return {"ok": True}
 
     try:  # a diagnostic: what the key check + rate limit alone cost, with no lead work

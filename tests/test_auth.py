@@ -174,7 +174,7 @@ def test_authentication_is_checked_before_authorization(client, db, tenant, rout
 
 @pytest.mark.parametrize("route", [p for p in ROUTES if p.values[0].method == "POST"])
 def test_a_body_that_is_not_json_does_not_get_past_auth(client, tenant, route):
-    """The framework fails an unparsable body before the route's dependencies: auth still comes first."""
+    """The key is checked before the body is parsed: an anonymous caller learns nothing about it."""
 
     def post(headers: dict[str, str]) -> Any:
         return route.call(client, {**headers, "content-type": "application/json"}, content=b"{no", json=None)
