@@ -9,7 +9,6 @@ import uuid
 from typing import Any
 
 import orjson
-import pytest
 from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
@@ -19,7 +18,6 @@ from mega_crm.customers.models import Owner, Stage
 from mega_crm.db import Database
 from mega_crm.leads import repository
 from mega_crm.leads.documents import refresh_documents, render_document
-from mega_crm.leads.endpoints import _list_lane
 from mega_crm.leads.models import Lead
 from mega_crm.leads.repository import Page, in_page_order
 from mega_crm.leads.schemas import LeadCreateRequest
@@ -190,28 +188,6 @@ def test_the_migration_renders_the_documents_of_existing_leads(tmp_path: Any) ->
         assert documents == python_rendering(db, customer.id)
     finally:
         db.dispose()
-
-
-@pytest.mark.parametrize(
-    ("query", "lane"),
-    [
-        ("status=active&limit=100", "read"),
-        ("cursor=abc&sort_by=created_at", "read"),
-        ("offset=1000", "read"),
-        ("offset=1001", "slow"),
-        ("search=smith", "slow"),
-        ("search=", "read"),
-        ("updated_since=2026-01-01T00:00:00Z", "slow"),
-        ("created_since=2026-01-01", "slow"),
-    ],
-)
-def test_reads_that_may_scan_run_in_the_slow_lane(query: str, lane: str) -> None:
-    from starlette.requests import Request
-
-    request = Request(
-        {"type": "http", "method": "GET", "path": "/", "query_string": query.encode(), "headers": []}
-    )
-    assert _list_lane(request) == lane
 
 
 def test_repository_reads_the_stored_text_unchanged(db: Database, client: TestClient, tenant: Tenant) -> None:

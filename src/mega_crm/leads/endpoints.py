@@ -51,15 +51,31 @@ async def list_leads(request: Request) -> Response:
 
 # Beyond this, an OFFSET walks that many index entries: a scan, not a page read.
 _SHALLOW_OFFSET = 1000
+# The sorts an index serves in order, per filter (see leads/models.py). Other combinations sort
+# every match before the first row comes out; so does last_interaction_at, whose nulls-last
+# order no index follows.
+_INDEXED_SORTS = {
+    None: {"updated_at", "created_at"},
+    "status": {"updated_at", "created_at"},
+    "stageId": {"updated_at"},
+    "lead_line": {"updated_at"},
+}
 
 
 def _list_lane(request: Request) -> Lane:
-    """Searches, date filters and deep offsets may scan; everything else reads one index range."""
+    """A page one index range serves runs in the read lane; searches, date filters, deep offsets
+    and unindexed filter/sort combinations may scan, and run in the slow lane."""
     params = request.query_params
     if params.get("search") or params.get("created_since") or params.get("updated_since"):
         return "slow"
     offset = params.get("offset", "")
-    return "slow" if offset.isdigit() and int(offset) > _SHALLOW_OFFSET else "read"
+    if offset.isdigit() and int(offset) > _SHALLOW_OFFSET:
+        return "slow"
+    filters = [name for name in ("status", "stageId", "lead_line") if params.get(name)]
+    if len(filters) > 1:
+        return "slow"
+    sorts = _INDEXED_SORTS[filters[0] if filters else None]
+    return "read" if params.get("sort_by", "updated_at") in sorts else "slow"
 
 
 def _list_leads(call: Call) -> Response:

@@ -1,0 +1,78 @@
+"""Which database lane a listLeads request runs in (see mega_crm.db): a page one index range
+serves is a "read"; anything that may scan or sort every match is "slow", so it never holds up
+page reads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.requests import Request
+
+from mega_crm.db import Database
+from mega_crm.leads.endpoints import _list_lane
+from tests.fixtures.factories import Tenant
+from tests.leads.api import create, listing
+
+
+@pytest.mark.parametrize(
+    ("query", "lane"),
+    [
+        ("status=active&limit=100", "read"),
+        ("cursor=abc&sort_by=created_at", "read"),
+        ("offset=1000", "read"),
+        ("offset=1001", "slow"),
+        ("search=smith", "slow"),
+        ("search=", "read"),
+        ("updated_since=2026-01-01T00:00:00Z", "slow"),
+        ("created_since=2026-01-01", "slow"),
+        ("status=won&sort_by=created_at&sort_dir=desc", "read"),
+        ("status=won&sort_by=last_interaction_at", "slow"),
+        ("stageId=x&sort_by=created_at", "slow"),
+        ("lead_line=buyer", "read"),
+        ("status=won&lead_line=buyer", "slow"),
+        ("sort_by=last_interaction_at", "slow"),
+        ("sort_by=created_at&cursor=abc", "read"),
+    ],
+)
+def test_reads_that_may_scan_run_in_the_slow_lane(query: str, lane: str) -> None:
+    request = Request(
+        {"type": "http", "method": "GET", "path": "/", "query_string": query.encode(), "headers": []}
+    )
+    assert _list_lane(request) == lane
+
+
+def test_a_busy_slow_lane_does_not_hold_up_page_reads(
+    client: TestClient, db: Database, tenant: Tenant
+) -> None:
+    if not db.is_sqlite:
+        pytest.skip("lanes are separate threads on SQLite; PostgreSQL shares one pool")
+    create(client, tenant, {"contact_name": "Somebody"})
+    release = threading.Event()
+    app_db: Database = client.app.state.db  # type: ignore[attr-defined]
+    # Fill both threads of the slow lane with work that waits until released.
+    blockers = [
+        threading.Thread(target=asyncio.run, args=(app_db.run("slow", release.wait),)) for _ in range(2)
+    ]
+    for thread in blockers:
+        thread.start()
+    pages: dict[str, Any] = {}
+    searcher = threading.Thread(
+        target=lambda: pages.update(search=listing(client, tenant, search="Somebody"))
+    )
+    reader = threading.Thread(target=lambda: pages.update(plain=listing(client, tenant, limit=1)))
+    try:
+        searcher.start()
+        reader.start()
+        reader.join(timeout=20)  # a bound on a hang, not a timing: the read lane is idle
+        assert "plain" in pages, "a page read waited behind the slow lane"
+        assert "search" not in pages  # the search does wait, behind the slow lane's work
+    finally:
+        release.set()
+        for thread in [*blockers, searcher, reader]:
+            thread.join(timeout=30)
+    assert pages["plain"]["total"] == 1
+    assert pages["search"]["total"] == 1
