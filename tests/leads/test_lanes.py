@@ -34,7 +34,7 @@ from tests.leads.api import create, listing
         ("stageId=x&sort_by=created_at", "slow"),
         ("lead_line=buyer", "read"),
         ("status=won&lead_line=buyer", "slow"),
-        ("sort_by=last_interaction_at", "slow"),
+        ("sort_by=last_interaction_at&sort_dir=desc", "read"),
         ("sort_by=created_at&cursor=abc", "read"),
     ],
 )

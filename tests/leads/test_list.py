@@ -487,6 +487,20 @@ def test_cursor_traversal_visits_every_lead_once(
     assert len(pages[-1]) == 1
 
 
+@pytest.mark.parametrize("sort_by", ["created_at", "updated_at", "last_interaction_at"])
+@pytest.mark.parametrize("sort_dir", ["asc", "desc"])
+def test_offset_pages_follow_the_same_order(
+    reader: TestClient, mixed: Tenant, sort_by: str, sort_dir: str
+) -> None:
+    """Offsets too, across the boundary between leads with and without a last interaction."""
+    params = {"sort_by": sort_by, "sort_dir": sort_dir}
+    everything = ids(listing(reader, mixed, limit=100, **params)["leads"])
+    paged: list[str] = []
+    for offset in range(0, 12, 3):
+        paged += ids(listing(reader, mixed, limit=3, offset=offset, **params)["leads"])
+    assert paged == everything
+
+
 def test_next_cursor_is_null_on_the_last_page(client: TestClient, tenant: Tenant) -> None:
     assert listing(client, tenant)["next_cursor"] is None  # no leads at all
     bulk(client, tenant, [{"contact_name": f"N{i}"} for i in range(4)])

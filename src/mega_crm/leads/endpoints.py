@@ -52,10 +52,9 @@ async def list_leads(request: Request) -> Response:
 # Beyond this, an OFFSET walks that many index entries: a scan, not a page read.
 _SHALLOW_OFFSET = 1000
 # The sorts an index serves in order, per filter (see leads/models.py). Other combinations sort
-# every match before the first row comes out; so does last_interaction_at, whose nulls-last
-# order no index follows.
+# every match before the first row comes out.
 _INDEXED_SORTS = {
-    None: {"updated_at", "created_at"},
+    None: {"updated_at", "created_at", "last_interaction_at"},
     "status": {"updated_at", "created_at"},
     "stageId": {"updated_at"},
     "lead_line": {"updated_at"},

@@ -21,6 +21,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -337,11 +338,10 @@ def page_of_leads(
     dialect = reader.dialect.name
     after_kind = None if after is None else ("null" if after.value is None else "value")
     shape = (dialect, _filter_shape(f), sort_by, descending, after_kind, with_custom_fields)
-    query = _cached(
-        ("page", *shape), lambda: _page_statement(*shape, total=countable(f) and _counted_total(f))
-    )
+    total = _counted_total(f) if countable(f) else None  # countable() depends on the shape only
+    query = _cached(("page", *shape), lambda: _page_statement(*shape, total=total))
     params = _filter_params(customer_id, f)
-    params.update(limit=limit, offset=offset)
+    params.update(limit=limit, offset=offset, part_limit=limit + offset)
     if after is not None:
         params["after_id"] = after.lead_id
         if after.value is not None:
@@ -376,20 +376,6 @@ def _page_statement(
     total: Any,
 ) -> Any:
     column = LEADS.c[sort_by]
-    where = _filter_clause(shape)
-    if after_kind is not None:
-        where = and_(where, _after(column, after_kind, descending))
-    order: list[Any]
-    if sort_by == "last_interaction_at":
-        # Nulls sort after every timestamp ascending (and first descending), on both dialects.
-        null_rank = column.is_(None)
-        order = (
-            [null_rank.desc(), column.desc(), LEADS.c.id.desc()]
-            if descending
-            else [null_rank, column, LEADS.c.id]
-        )
-    else:
-        order = [column.desc(), LEADS.c.id.desc()] if descending else [column, LEADS.c.id]
     document = f"coalesce(leads.document, {sql_document(dialect)})"
     if with_custom_fields:
         document = sql_document_with_fields(dialect, document)
@@ -401,15 +387,26 @@ def _page_statement(
         stamp = f"to_char(leads.{sort_by} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
         key = f"coalesce({stamp}, '~') || ' ' || leads.id::text"
         aggregate, separator = "string_agg", "chr(30)"
-    rows = (
-        select(literal_column(document).label("document"), literal_column(key).label("sort_key"))
-        .select_from(LEADS)
-        .where(where)
-        .order_by(*order)
-        .limit(bindparam("limit"))
-        .offset(bindparam("offset"))
-        .subquery("page")
+    columns: tuple[Any, ...] = (
+        literal_column(document).label("document"),
+        literal_column(key).label("sort_key"),
     )
+    where = _filter_clause(shape)
+    if sort_by == "last_interaction_at":
+        rows = _nulls_last_page(columns, where, column, descending, after_kind)
+    else:
+        if after_kind is not None:  # updated_at / created_at are never null
+            where = and_(where, _after(column, descending))
+        order = [column.desc(), LEADS.c.id.desc()] if descending else [column, LEADS.c.id]
+        rows = (
+            select(*columns)
+            .select_from(LEADS)
+            .where(where)
+            .order_by(*order)
+            .limit(bindparam("limit"))
+            .offset(bindparam("offset"))
+            .subquery("page")
+        )
     return select(
         literal_column(f"{aggregate}(page.document, {separator})"),
         literal_column(f"{aggregate}(page.sort_key, {separator})"),
@@ -417,22 +414,63 @@ def _page_statement(
     ).select_from(rows)
 
 
-def _after(column: Any, kind: str, descending: bool) -> ColumnElement[bool]:
-    """Rows strictly after the cursor in (column, id) order, as a row-value comparison so that
-    the (customer_id, [filter,] column, id) indexes serve it as a range. Only
-    last_interaction_at can be null; its nulls sort after every timestamp ascending and before
-    them descending. `kind`: "null" when the cursor's value is null, else "value"."""
-    lead_id = bindparam("after_id", type_=LEADS.c.id.type)
-    if kind == "null":
-        if descending:
-            return or_(and_(column.is_(None), LEADS.c.id < lead_id), column.is_not(None))
-        return and_(column.is_(None), LEADS.c.id > lead_id)
-    key = tuple_(column, LEADS.c.id)
-    value = tuple_(bindparam("after_value", type_=column.type), lead_id)
+def _nulls_last_page(
+    columns: tuple[Any, ...],
+    where: ColumnElement[bool],
+    column: Any,
+    descending: bool,
+    after_kind: str | None,
+) -> Any:
+    """A page sorted on a nullable column, nulls after every value ascending (first descending),
+    as two index range reads: the leads with a value in (column, id) order, and those without in
+    id order, each cut to limit + offset, then merged on the sort key. A single ORDER BY on
+    "column IS NULL" would sort every match first: 6 s for a page of a million leads."""
+    lead_id = LEADS.c.id
+    valued = and_(where, column.is_not(None))
+    unvalued = and_(where, column.is_(None))
+    parts: list[Any] = []
     if descending:
-        return key < value
-    after = key > value
-    return or_(after, column.is_(None)) if column is LEADS.c.last_interaction_at else after
+        # nulls first: after a valued cursor, only valued leads remain
+        if after_kind != "value":
+            cursor = [] if after_kind is None else [lead_id < bindparam("after_id", type_=lead_id.type)]
+            parts.append((and_(unvalued, *cursor), [lead_id.desc()]))
+        cursor = [_after(column, True)] if after_kind == "value" else []
+        parts.append((and_(valued, *cursor), [column.desc(), lead_id.desc()]))
+    else:
+        # nulls last: after a null cursor, only null leads remain
+        if after_kind != "null":
+            cursor = [_after(column, False)] if after_kind == "value" else []
+            parts.append((and_(valued, *cursor), [column, lead_id]))
+        cursor = [lead_id > bindparam("after_id", type_=lead_id.type)] if after_kind == "null" else []
+        parts.append((and_(unvalued, *cursor), [lead_id]))
+    selects = []
+    for i, (condition, order) in enumerate(parts):
+        part = (
+            select(*columns)
+            .select_from(LEADS)
+            .where(condition)
+            .order_by(*order)
+            .limit(bindparam("part_limit"))
+            .subquery(f"part{i}")
+        )
+        selects.append(select(part.c.document, part.c.sort_key))
+    merged = union_all(*selects).subquery("parts")
+    key = merged.c.sort_key.desc() if descending else merged.c.sort_key
+    return (
+        select(merged.c.document, merged.c.sort_key)
+        .order_by(key)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+        .subquery("page")
+    )
+
+
+def _after(column: Any, descending: bool) -> ColumnElement[bool]:
+    """Rows strictly after the cursor's (value, id) in (column, id) order, as a row-value
+    comparison so that the (customer_id, [filter,] column, id) indexes serve it as a range."""
+    key = tuple_(column, LEADS.c.id)
+    value = tuple_(bindparam("after_value", type_=column.type), bindparam("after_id", type_=LEADS.c.id.type))
+    return key < value if descending else key > value
 
 
 # --- exact counts per (status, stage, lead_line) --------------------------------------------
