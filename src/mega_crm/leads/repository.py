@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -227,13 +229,23 @@ class LeadFilters:
 
 # Statements are built once per shape (which filters are set, the sort, the cursor) and cached:
 # building an SQLAlchemy expression per request cost more CPU than running it.
-_STATEMENTS: dict[tuple[Any, ...], Query] = {}
+# The most recently used ones are kept: callers choose the shape, and there are thousands.
+_STATEMENTS: OrderedDict[tuple[Any, ...], Query] = OrderedDict()
+_STATEMENTS_KEPT = 512
+_STATEMENTS_LOCK = threading.Lock()
 
 
 def _cached(key: tuple[Any, ...], build: Any) -> Query:
-    query = _STATEMENTS.get(key)
-    if query is None:
-        query = _STATEMENTS[key] = Query(build())
+    with _STATEMENTS_LOCK:
+        query = _STATEMENTS.get(key)
+        if query is not None:
+            _STATEMENTS.move_to_end(key)
+            return query
+    query = Query(build())  # outside the lock: two threads may build the same one, harmlessly
+    with _STATEMENTS_LOCK:
+        _STATEMENTS[key] = query
+        while len(_STATEMENTS) > _STATEMENTS_KEPT:
+            _STATEMENTS.popitem(last=False)
     return query
 
 
@@ -338,8 +350,9 @@ def page_of_leads(
     dialect = reader.dialect.name
     after_kind = None if after is None else ("null" if after.value is None else "value")
     shape = (dialect, _filter_shape(f), sort_by, descending, after_kind, with_custom_fields)
-    total = _counted_total(f) if countable(f) else None  # countable() depends on the shape only
-    query = _cached(("page", *shape), lambda: _page_statement(*shape, total=total))
+    query = _cached(  # countable() and the total's filters depend on the shape only
+        ("page", *shape), lambda: _page_statement(*shape, total=_counted_total(f) if countable(f) else None)
+    )
     params = _filter_params(customer_id, f)
     params.update(limit=limit, offset=offset, part_limit=limit + offset)
     if after is not None:
