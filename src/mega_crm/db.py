@@ -95,7 +95,8 @@ def normalize_database_url(url: str) -> str:
 
 
 class Database:
-    """The engine plus the two kinds of session the app uses."""
+    """The engine, its read and write sessions, raw reads for the hot paths, and the lanes of
+    threads request work runs on."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = normalize_database_url(url)
@@ -152,14 +153,12 @@ class Database:
 
     async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a thread of `lane` (see the module docstring)."""
-        executor = self._executors.get(lane if self.is_sqlite else "read")
-        if executor is None:
-            executor = self._executor(lane)
+        key: Lane = lane if self.is_sqlite else "read"  # PostgreSQL: one pool for every lane
+        executor = self._executors.get(key) or self._new_executor(key)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, functools.partial(fn, *args))
 
-    def _executor(self, lane: Lane) -> ThreadPoolExecutor:
-        key: Lane = lane if self.is_sqlite else "read"
+    def _new_executor(self, key: Lane) -> ThreadPoolExecutor:
         with self._executor_lock:
             if key not in self._executors:
                 threads = self._pool_size if not self.is_sqlite else 2 if key == "slow" else 1
