@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -120,3 +122,50 @@ def test_a_burst_of_parallel_writes_all_get_answers(two_servers):
         shared = http.get(LEADS, params={"search": shared_email}, headers=tenant.headers).json()["total"]
     assert shared == 1
     assert total == bulk_rows + len(singles) + (1 if merged else 0)
+
+
+def test_writes_queued_behind_a_write_commit_together_and_fail_alone(sqlite_db):
+    """The write lane's group commit: the jobs that queued while one ran share one transaction,
+    each in a savepoint; a job that fails leaves no trace and takes no other job down with it."""
+    from mega_crm.customers.models import Customer
+
+    started, release = threading.Event(), threading.Event()
+    sessions: dict[str, Any] = {}
+
+    def blocker() -> str:
+        started.set()
+        release.wait(30)
+        return "first"
+
+    def write(name: str, fail: bool = False) -> Any:
+        def job() -> str:
+            with sqlite_db.write_session() as session:
+                sessions[name] = session
+                session.add(Customer(name=name))
+                session.flush()
+                if fail:
+                    raise RuntimeError(f"{name} failed after writing")
+            return name
+
+        return job
+
+    async def scenario() -> list[Any]:
+        first = asyncio.ensure_future(sqlite_db.run("write", blocker))
+        await asyncio.to_thread(started.wait, 30)  # the lane is busy: what follows queues up
+        queued = [
+            asyncio.ensure_future(sqlite_db.run("write", write(name, fail=name.endswith("bad"))))
+            for name in ("group-a", "group-bad", "group-c")
+        ]
+        await asyncio.sleep(0.05)  # let the three reach the lane's queue before it frees up
+        release.set()
+        return await asyncio.gather(first, *queued, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert results[0] == "first"
+    assert results[1] == "group-a"
+    assert isinstance(results[2], RuntimeError)
+    assert results[3] == "group-c"
+    assert sessions["group-a"] is sessions["group-bad"] is sessions["group-c"]  # one transaction
+    with sqlite_db.read_session() as session:
+        names = set(session.scalars(select(Customer.name).where(Customer.name.like("group-%"))))
+    assert names == {"group-a", "group-c"}

@@ -12,6 +12,9 @@ one cost createLead 60% more CPU). Writes get their own lane (SQLite has one wri
 and work that may take long (reads that may scan, outbound DNS lookups) a lane of two threads:
 a bulk import or a slow search never holds up a page read. On PostgreSQL the threads mostly
 wait on the network: every lane shares one pool of `pool_size` threads.
+
+SQLite's write lane commits in groups (`_WriteLane`): the writes that queued while one ran share
+one transaction, each in its own savepoint, and answer once it commits.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -105,6 +109,8 @@ class Database:
         self._pool_size = pool_size
         self._executors: dict[Lane, ThreadPoolExecutor] = {}
         self._executor_lock = threading.Lock()
+        self._write_lane = _WriteLane(self) if self.is_sqlite else None
+        self._batch = threading.local()  # the write lane's group transaction, on its thread
         if self.is_sqlite:
             self.engine = _sqlite_engine(self.url)
         else:
@@ -153,6 +159,8 @@ class Database:
 
     async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a thread of `lane` (see the module docstring)."""
+        if lane == "write" and self._write_lane is not None:
+            return await asyncio.wrap_future(self._write_lane.submit(functools.partial(fn, *args)))
         key: Lane = lane if self.is_sqlite else "read"  # PostgreSQL: one pool for every lane
         executor = self._executors.get(key) or self._new_executor(key)
         loop = asyncio.get_running_loop()
@@ -189,7 +197,21 @@ class Database:
     @contextmanager
     def write_session(self, *, commit: bool = True) -> Iterator[Session]:
         """One write transaction: commits on success (unless `commit` is False, for dry runs),
-        rolls back on any exception."""
+        rolls back on any exception. On the write lane's thread during a group commit, a
+        savepoint of the group's transaction, released or rolled back the same way."""
+        group: Session | None = getattr(self._batch, "session", None)
+        if group is not None:
+            savepoint = group.begin_nested()
+            try:
+                yield group
+            except BaseException:
+                savepoint.rollback()
+                raise
+            if commit:
+                savepoint.commit()
+            else:
+                savepoint.rollback()
+            return
         lock = self._write_lock
         if lock is not None:
             lock.acquire()
@@ -208,11 +230,98 @@ class Database:
             if lock is not None:
                 lock.release()
 
+    def run_group(self, jobs: list[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]]:
+        """The write lane's group commit: every job on this thread, in one write transaction,
+        their write sessions savepoints of it. -> (result, exception) per job; if the commit
+        fails, that exception for every job (nothing they wrote is there)."""
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            with self.write_session() as session:
+                self._batch.session = session
+                try:
+                    for job in jobs:
+                        try:
+                            outcomes.append((job(), None))
+                        except BaseException as exc:  # the job's savepoint was rolled back
+                            outcomes.append((None, exc))
+                finally:
+                    self._batch.session = None
+        except BaseException as exc:
+            return [(None, exc) for _ in jobs]
+        return outcomes
+
     def dispose(self) -> None:
+        if self._write_lane is not None:
+            self._write_lane.shutdown()
         for executor in self._executors.values():
             executor.shutdown(wait=True)
         self._executors.clear()
         self.engine.dispose()
+
+
+class _WriteLane:
+    """SQLite's write lane: one thread that commits in groups. When it takes a job and others are
+    already waiting, it runs them together (Database.run_group), up to GROUP: one BEGIN, one
+    COMMIT and one write of each page the group touched, instead of one per job. A job that
+    fails rolls back its own savepoint; every job answers only once the group has committed."""
+
+    GROUP = 32
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="mega-db-write", daemon=True)
+                self._thread.start()
+        self._jobs.put((job, future))
+        return future
+
+    def shutdown(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            while len(group) < self.GROUP:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                group.append(more)
+            runnable = [(job, future) for job, future in group if future.set_running_or_notify_cancel()]
+            jobs = [job for job, _ in runnable]
+            outcomes = [_outcome(jobs[0])] if len(jobs) == 1 else self._db.run_group(jobs) if jobs else []
+            for (_, future), (result, exc) in zip(runnable, outcomes, strict=True):
+                if exc is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(exc)
+            if stop:
+                return
+
+
+def _outcome(job: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+    try:
+        return job(), None
+    except BaseException as exc:
+        return None, exc
 
 
 class Query:
