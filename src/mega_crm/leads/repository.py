@@ -80,7 +80,22 @@ _MATCHING = {
 
 
 def customer_config(session: Session, customer_id: uuid.UUID) -> tuple[list[StageRow], set[str]]:
-    """-> (the pipeline in order, the custom-field slugs)."""
+    """-> (the pipeline in order, the custom-field slugs). Read once per transaction and
+    customer: the writes a group commit runs together share it (only the operator CLI changes
+    a configuration, and not inside our write transaction)."""
+    transaction = session.get_transaction()
+    if transaction is None:
+        return _read_config(session, customer_id)
+    memo: tuple[Any, dict[uuid.UUID, tuple[list[StageRow], set[str]]]] | None = session.info.get("config")
+    if memo is None or memo[0] is not transaction:
+        memo = session.info["config"] = (transaction, {})
+    found = memo[1].get(customer_id)
+    if found is None:
+        found = memo[1][customer_id] = _read_config(session, customer_id)
+    return list(found[0]), set(found[1])
+
+
+def _read_config(session: Session, customer_id: uuid.UUID) -> tuple[list[StageRow], set[str]]:
     stages, slugs = [], set()
     for kind, id_, slug, name, color, _position in RawConnection.of(session).all(
         _CONFIG, {"customer_id": customer_id}
