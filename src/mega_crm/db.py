@@ -422,6 +422,18 @@ def _sqlite_value(value: Any) -> Any:
     return value
 
 
+def per_transaction(session: Session, name: str) -> dict[Any, Any] | None:
+    """A dict named `name` that lives as long as the session's current transaction (None outside
+    one): for what each write of a group commit would otherwise read again."""
+    transaction = session.get_transaction()
+    if transaction is None:
+        return None
+    memo = session.info.get(name)
+    if memo is None or memo[0] is not transaction:
+        memo = session.info[name] = (transaction, {})
+    return memo[1]  # type: ignore[no-any-return]
+
+
 # Raw column values as Python values (SQLite hands back text; psycopg already converts).
 
 

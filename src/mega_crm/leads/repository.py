@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mega_crm.customers.models import Customer, Owner
-from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_uuid
+from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_uuid, per_transaction
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
@@ -83,16 +83,13 @@ def customer_config(session: Session, customer_id: uuid.UUID) -> tuple[list[Stag
     """-> (the pipeline in order, the custom-field slugs). Read once per transaction and
     customer: the writes a group commit runs together share it (only the operator CLI changes
     a configuration, and not inside our write transaction)."""
-    transaction = session.get_transaction()
-    if transaction is None:
+    memo = per_transaction(session, "customer_config")
+    if memo is None:
         return _read_config(session, customer_id)
-    memo: tuple[Any, dict[uuid.UUID, tuple[list[StageRow], set[str]]]] | None = session.info.get("config")
-    if memo is None or memo[0] is not transaction:
-        memo = session.info["config"] = (transaction, {})
-    found = memo[1].get(customer_id)
-    if found is None:
-        found = memo[1][customer_id] = _read_config(session, customer_id)
-    return list(found[0]), set(found[1])
+    if customer_id not in memo:
+        memo[customer_id] = _read_config(session, customer_id)
+    stages, slugs = memo[customer_id]
+    return list(stages), set(slugs)
 
 
 def _read_config(session: Session, customer_id: uuid.UUID) -> tuple[list[StageRow], set[str]]:
