@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -17,6 +18,7 @@ from sqlalchemy import select, text
 
 from mega_crm.app import create_app
 from mega_crm.db import Database
+from mega_crm.leads.models import Lead
 from mega_crm.migrate import upgrade
 from tests.conftest import LiveServer, make_settings
 from tests.fixtures.factories import Tenant, lead, make_tenant
@@ -169,3 +171,46 @@ def test_writes_queued_behind_a_write_commit_together_and_fail_alone(sqlite_db):
     with sqlite_db.read_session() as session:
         names = set(session.scalars(select(Customer.name).where(Customer.name.like("group-%"))))
     assert names == {"group-a", "group-c"}
+
+
+def test_requests_grouped_in_one_commit_are_each_authorised(client, tenant):
+    """In a group commit the key is checked inside the group's transaction: a bad key still gets
+    its 401 alone, the others their own leads."""
+    app_db = client.app.state.db
+    if not app_db.is_sqlite:
+        pytest.skip("group commit is SQLite's write lane")
+    other = make_tenant(app_db)
+    started, release = threading.Event(), threading.Event()
+
+    def blocker() -> None:
+        started.set()
+        release.wait(30)
+
+    holder = threading.Thread(target=asyncio.run, args=(app_db.run("write", blocker),))
+    holder.start()
+    assert started.wait(30)
+    bad = {**tenant.headers, "Authorization": "Bearer mega_" + "0" * 64}
+    calls = [
+        (tenant.headers, "one@example.com"),
+        (bad, "two@example.com"),
+        (other.headers, "three@example.com"),
+    ]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [
+            pool.submit(client.post, LEADS, json={"contact_email": email}, headers=headers)
+            for headers, email in calls
+        ]
+        time.sleep(0.2)  # let the three queue behind the blocker, so they run as one group
+        release.set()
+        statuses = [f.result().status_code for f in futures]
+    holder.join(30)
+    assert statuses == [201, 401, 201]
+    with app_db.read_session() as session:
+        owners = dict(
+            session.execute(
+                select(Lead.contact_email, Lead.customer_id)
+                .where(Lead.contact_email.like("%@example.com"))
+                .where(Lead.customer_id.in_([tenant.customer_id, other.customer_id]))
+            ).all()
+        )
+    assert owners == {"one@example.com": tenant.customer_id, "three@example.com": other.customer_id}

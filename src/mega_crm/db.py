@@ -199,7 +199,7 @@ class Database:
         """One write transaction: commits on success (unless `commit` is False, for dry runs),
         rolls back on any exception. On the write lane's thread during a group commit, a
         savepoint of the group's transaction, released or rolled back the same way."""
-        group: Session | None = getattr(self._batch, "session", None)
+        group = self.group_session()
         if group is not None:
             savepoint = group.begin_nested()
             try:
@@ -229,6 +229,10 @@ class Database:
         finally:
             if lock is not None:
                 lock.release()
+
+    def group_session(self) -> Session | None:
+        """The group commit's session, on the write lane's thread while it runs one."""
+        return getattr(self._batch, "session", None)
 
     def run_group(self, jobs: list[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]]:
         """The write lane's group commit: every job on this thread, in one write transaction,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from fastapi import Request
@@ -74,14 +75,21 @@ _KEY_LOOKUP = Query(
 )
 
 
-def authenticate(request: Request, reader: RawConnection) -> tuple[LiveKey, uuid.UUID]:
-    """-> (the live key with its customer's limits, the customer the request names); 401 otherwise."""
+def authenticate(
+    request: Request, reader: RawConnection, known: dict[str, Any] | None = None
+) -> tuple[LiveKey, uuid.UUID]:
+    """-> (the live key with its customer's limits, the customer the request names); 401 otherwise.
+    `known`: the keys already looked up in the reader's transaction (a group commit's)."""
     requested_customer = _customer_header(request)
     token = _bearer_token(request)
     if not TOKEN_RE.fullmatch(token):
         raise AuthenticationError("Invalid API key.")
     token_hash = hash_api_token(token)
-    row = reader.first(_KEY_LOOKUP, {"token_hash": token_hash})
+    row = known.get(token_hash) if known is not None else None
+    if row is None:
+        row = reader.first(_KEY_LOOKUP, {"token_hash": token_hash})
+        if row is not None and known is not None:
+            known[token_hash] = row
     # The lookup is by a SHA-256 of the token, so the index reveals nothing about stored
     # tokens; the digest is still compared in constant time before it is trusted.
     if row is None or not hmac.compare_digest(row[2], token_hash):
@@ -94,9 +102,11 @@ def authenticate(request: Request, reader: RawConnection) -> tuple[LiveKey, uuid
     return key, requested_customer
 
 
-def authorize(request: Request, scope: str, bucket: str, reader: RawConnection) -> Principal:
+def authorize(
+    request: Request, scope: str, bucket: str, reader: RawConnection, known: dict[str, Any] | None = None
+) -> Principal:
     """Authenticate, count the request against the key's `bucket`, then check customer and scope."""
-    key, requested_customer = authenticate(request, reader)
+    key, requested_customer = authenticate(request, reader, known)
     settings = request.app.state.settings
     spec = (
         key.rate_limit_bulk or settings.rate_limit_bulk
