@@ -75,7 +75,7 @@ def test_counts_follow_creates_merges_and_bulk_imports(client: TestClient, db: D
 
 def admin_stages(db: Database, tenant: Tenant) -> list[Any]:
     with db.read_session() as session:
-        return repository.stages_of(session, tenant.customer_id)
+        return repository.customer_config(session, tenant.customer_id)[0]
 
 
 def test_recount_rebuilds_counts_from_the_leads(client: TestClient, db: Database) -> None:

@@ -104,10 +104,6 @@ def _read_config(session: Session, customer_id: uuid.UUID) -> tuple[list[StageRo
     return stages, slugs
 
 
-def stages_of(session: Session, customer_id: uuid.UUID) -> list[StageRow]:
-    return customer_config(session, customer_id)[0]
-
-
 def owners_by_id(session: Session, customer_id: uuid.UUID, ids: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
     if not ids:
         return {}
