@@ -399,7 +399,7 @@ def test_the_whole_batch_is_one_transaction(
     ]
     calls: list[int] = []
 
-    def crash_after_inserts(session: Any, records: list[dict[str, Any]]) -> None:
+    def crash_after_inserts(session: Any, records: list[dict[str, Any]], changed: Any) -> None:
         calls.append(len(records))
         raise RuntimeError("simulated crash between the inserts and the updates")
 

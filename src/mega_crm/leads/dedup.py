@@ -57,6 +57,7 @@ class MergePlan:
     updates: list[Record]  # full records of existing leads that changed
     outcomes: list[RowOutcome]
     leads: dict[uuid.UUID, Record]  # every lead a row resolved to, in its final state
+    changed_columns: dict[uuid.UUID, set[str]]  # of each record in `updates`
 
 
 @dataclass
@@ -81,6 +82,7 @@ def plan_merge(
         _index(rec, by_email, by_phone)
     new_ids: set[uuid.UUID] = set()
     changed: dict[uuid.UUID, Record] = {}
+    changed_columns: dict[uuid.UUID, set[str]] = {}
     leads: dict[uuid.UUID, Record] = {}
     outcomes: list[RowOutcome] = []
 
@@ -106,14 +108,15 @@ def plan_merge(
                 outcome.status = "skipped"
             else:
                 outcome.status = "updated"
-                if _merge_into_existing(rec, lead_input, by_email, by_phone, defaults):
-                    if rec["id"] not in new_ids:
-                        changed[rec["id"]] = rec
+                columns = _merge_into_existing(rec, lead_input, by_email, by_phone, defaults)
+                if columns and rec["id"] not in new_ids:
+                    changed[rec["id"]] = rec
+                    changed_columns.setdefault(rec["id"], set()).update(columns)
         outcome.lead_id = rec["id"]
         leads[rec["id"]] = rec
 
     inserts = [rec for rec in leads.values() if rec["id"] in new_ids]
-    return MergePlan(inserts, list(changed.values()), outcomes, leads)
+    return MergePlan(inserts, list(changed.values()), outcomes, leads, changed_columns)
 
 
 def _index(rec: Record, by_email: dict[str, Record], by_phone: dict[str, Record]) -> None:
@@ -155,8 +158,8 @@ def _merge_into_existing(
     by_email: dict[str, Record],
     by_phone: dict[str, Record],
     defaults: MergeDefaults,
-) -> bool:
-    """Apply the merge rule to `rec` in place; True when anything changed."""
+) -> set[str]:
+    """Apply the merge rule to `rec` in place; -> the columns it changed."""
     before = dict(rec)
     for name in ("contact_name", "stage_id", "owner_id", "lead_line"):
         value = getattr(lead_input, name)
@@ -175,7 +178,8 @@ def _merge_into_existing(
     if defaults.counts_as_interaction:
         rec["interaction_count"] = (rec.get("interaction_count") or 0) + 1
         rec["last_interaction_at"] = defaults.now
-    if rec == before:
-        return False
-    rec["updated_at"] = defaults.now
-    return True
+    columns = {name for name, value in rec.items() if before[name] != value}
+    if columns:
+        rec["updated_at"] = defaults.now
+        columns.add("updated_at")
+    return columns

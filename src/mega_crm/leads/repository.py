@@ -139,11 +139,28 @@ def _record(row: tuple[Any, ...]) -> dict[str, Any]:
 # Columns an update may never change.
 _IMMUTABLE = {"id", "customer_id", "created_at"}
 _INSERT = Query(insert(LEADS))
-_UPSERT = Query((lambda stmt: stmt.on_conflict_do_update(
-    index_elements=[LEADS.c.id],
-    set_={name: stmt.excluded[name] for name in LEAD_COLUMNS if name not in _IMMUTABLE},
-    where=LEADS.c.customer_id == stmt.excluded.customer_id,
-))(sqlite_insert(LEADS)))  # fmt: skip
+_BY_ID = (LEADS.c.id == bindparam("id")) & (LEADS.c.customer_id == bindparam("customer_id"))
+
+
+def _update_of(columns: list[str]) -> Query:
+    return Query(update(LEADS).where(_BY_ID).values({name: bindparam(name) for name in columns}))
+
+
+# SQLite rewrites the entries of every index holding a column an UPDATE sets, changed or not. A
+# merge nearly always changes only these, and updated_at, in every index they are in, changes
+# anyway; setting just them leaves the email, phone, created_at, status and interaction indexes
+# alone (half the cost of a merging bulk import). Other updates set every mutable column.
+_LIGHT_COLUMNS = [
+    "contact_name",
+    "stage_id",
+    "owner_id",
+    "lead_line",
+    "custom_fields",
+    "updated_at",
+    "document",
+]
+_LIGHT_UPDATE = _update_of(_LIGHT_COLUMNS)
+_FULL_UPDATE = _update_of([name for name in LEAD_COLUMNS if name not in _IMMUTABLE])
 
 # On PostgreSQL the batch travels as one JSON parameter expanded by json_populate_recordset:
 # one statement and one parameter whatever the row count (psycopg re-parses a statement with
@@ -160,24 +177,29 @@ _PG_UPSERT = Query(text(
 def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
     """The whole batch in one DBAPI call (SQLite: executemany, a C loop over one prepared
     statement; PostgreSQL: one statement)."""
-    _write(session, records, sqlite=_INSERT, postgres=_PG_INSERT)
-
-
-def update_leads(session: Session, records: list[dict[str, Any]]) -> None:
-    """Full records of existing leads, written back like insert_leads with
-    INSERT … ON CONFLICT (id) DO UPDATE. The primary key is the conflict target, so every record
-    updates its own row; the other unique indexes (email, phone) still refuse a duplicate."""
-    _write(session, records, sqlite=_UPSERT, postgres=_PG_UPSERT)
-
-
-def _write(session: Session, records: list[dict[str, Any]], *, sqlite: Query, postgres: Query) -> None:
     if not records:
         return
     raw = RawConnection.of(session)
     if raw.is_sqlite:
-        raw.run_many(sqlite, records)
+        raw.run_many(_INSERT, records)
     else:
-        raw.run(postgres, {"rows": orjson.dumps(records).decode()})
+        raw.run(_PG_INSERT, {"rows": orjson.dumps(records).decode()})
+
+
+def update_leads(session: Session, records: list[dict[str, Any]], changed: dict[uuid.UUID, set[str]]) -> None:
+    """Full records of existing leads, written back by id within their customer; `changed`: the
+    columns each record changed. PostgreSQL: one INSERT … ON CONFLICT (id) DO UPDATE of every
+    column, the conflict target being the primary key. SQLite: at most two executemany calls, see
+    _LIGHT_COLUMNS. Either way the unique indexes (email, phone) still refuse a duplicate."""
+    if not records:
+        return
+    raw = RawConnection.of(session)
+    if not raw.is_sqlite:
+        raw.run(_PG_UPSERT, {"rows": orjson.dumps(records).decode()})
+        return
+    light = [rec for rec in records if changed[rec["id"]].issubset(_LIGHT_COLUMNS)]
+    raw.run_many(_LIGHT_UPDATE, light)
+    raw.run_many(_FULL_UPDATE, [rec for rec in records if not changed[rec["id"]].issubset(_LIGHT_COLUMNS)])
 
 
 def begin_customer_write(session: Session, customer_id: uuid.UUID, now: datetime) -> datetime | None:

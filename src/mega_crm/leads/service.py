@@ -145,7 +145,7 @@ def _apply_plan(
             counts[new] += 1
     try:
         repo.insert_leads(session, plan.inserts)
-        repo.update_leads(session, plan.updates)
+        repo.update_leads(session, plan.updates, plan.changed_columns)
         repo.add_to_counts(session, customer_id, counts)
     except IntegrityError:
         # Only reachable if a writer bypassed the customer lock; the transaction is rolled back.
