@@ -420,10 +420,15 @@ def _sqlite_value(value: Any) -> Any:
     if kind is uuid.UUID:
         return value.hex
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return _sqlite_time(value)
     if isinstance(value, dict | list):
         return orjson.dumps(value).decode()
     return value
+
+
+@functools.lru_cache(maxsize=1024)  # a write stores one `now` in many rows and columns
+def _sqlite_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def per_transaction(session: Session, name: str) -> dict[Any, Any] | None:
@@ -444,6 +449,10 @@ def per_transaction(session: Session, name: str) -> dict[Any, Any] | None:
 def as_uuid(value: uuid.UUID | str) -> uuid.UUID:
     """A UUID column's raw value (SQLite: 32 hex digits) as a UUID."""
     return value if isinstance(value, uuid.UUID) else uuid.UUID(hex=value)
+
+
+# For columns whose values recur across rows (a customer's, a stage's, an owner's id).
+as_shared_uuid = functools.lru_cache(maxsize=4096)(as_uuid)
 
 
 def as_datetime(value: datetime | str | None) -> datetime | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -27,7 +28,12 @@ LEAD_LINE = "lead_line"
 
 def iso(value: datetime | None) -> str | None:
     """UTC, always with microseconds (the same text whichever database the value came from)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
+    return _iso(value) if value else None
+
+
+@lru_cache(maxsize=1024)  # a write stamps its leads with one `now`, and a batch shares a few
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def lead_body(
@@ -45,16 +51,10 @@ def lead_body(
         "status": rec["status"],
         "score": rec["score"],
         "qualified": rec["qualified"],
-        "current_stage": (
-            {"id": str(stage.id), "slug": stage.slug, "name": stage.name, "color": stage.color}
-            if stage is not None
-            else None
-        ),
-        "owner": (
-            {"id": str(owner.id), "name": owner.name, "role_name": owner.role_name}
-            if owner is not None
-            else None
-        ),
+        "current_stage": _stage_object(stage.id, stage.slug, stage.name, stage.color)
+        if stage is not None
+        else None,
+        "owner": _owner_object(owner.id, owner.name, owner.role_name) if owner is not None else None,
         "last_interaction_at": iso(rec["last_interaction_at"]),
         "interaction_count": rec["interaction_count"] or 0,
         "created_at": iso(rec["created_at"]),
@@ -63,6 +63,17 @@ def lead_body(
     if include_custom_fields:
         body["custom_fields"] = custom_fields_of(rec)
     return body
+
+
+# A batch's leads share a few stages and owners. The cached objects are only serialised, never changed.
+@lru_cache(maxsize=1024)
+def _stage_object(id_: uuid.UUID, slug: str, name: str, color: str | None) -> dict[str, Any]:
+    return {"id": str(id_), "slug": slug, "name": name, "color": color}
+
+
+@lru_cache(maxsize=1024)
+def _owner_object(id_: uuid.UUID, name: str, role_name: str | None) -> dict[str, Any]:
+    return {"id": str(id_), "name": name, "role_name": role_name}
 
 
 def custom_fields_of(rec: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mega_crm.customers.models import Customer, Owner
-from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_uuid, per_transaction
+from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_shared_uuid, as_uuid, per_transaction
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
@@ -63,18 +63,21 @@ _OWNERS = select(Owner.id, Owner.name, Owner.role_name).where(
     Owner.customer_id == bindparam("customer_id"), Owner.id.in_(bindparam("ids", expanding=True))
 )
 # The batch's emails and phones travel as one array parameter each (a JSON array on SQLite), so
-# the statement is the same whatever the batch size; each half is one unique-index lookup.
-# (UNION ALL: PostgreSQL has no equality for json columns, so duplicates are dropped here.)
+# the statement is the same whatever the batch size; each half is one unique-index lookup, and
+# the phone half skips the leads the email half already found, so each lead comes back once.
+# (UNION ALL: PostgreSQL has no equality for json columns.)
 _RECORD_COLUMNS = [c.key for c in LEADS.columns if c.key != "document"]
 _MATCHING_HALF = f"SELECT {', '.join(_RECORD_COLUMNS)} FROM leads WHERE customer_id = :customer_id AND "
 _MATCHING = {
     "sqlite": Query(text(
         f"{_MATCHING_HALF} email_normalized IN (SELECT value FROM json_each(:emails)) UNION ALL "
-        f"{_MATCHING_HALF} phone_last10 IN (SELECT value FROM json_each(:phones))"
+        f"{_MATCHING_HALF} phone_last10 IN (SELECT value FROM json_each(:phones)) AND "
+        "(email_normalized IS NULL OR email_normalized NOT IN (SELECT value FROM json_each(:emails)))"
     )),
     "postgresql": Query(text(
         f"{_MATCHING_HALF} email_normalized = ANY(CAST(:emails AS text[])) UNION ALL "
-        f"{_MATCHING_HALF} phone_last10 = ANY(CAST(:phones AS text[]))"
+        f"{_MATCHING_HALF} phone_last10 = ANY(CAST(:phones AS text[])) AND "
+        "(email_normalized IS NULL OR NOT email_normalized = ANY(CAST(:emails AS text[])))"
     )),
 }  # fmt: skip
 
@@ -118,16 +121,16 @@ def leads_matching(
         return []
     raw = RawConnection.of(session)
     params = {"customer_id": customer_id, "emails": sorted(emails), "phones": sorted(phones)}
-    rows = raw.all(_MATCHING[raw.dialect.name], params)
-    return list({rec["id"]: rec for rec in map(_record, rows)}.values())  # a lead matched twice, once
+    return [_record(row) for row in raw.all(_MATCHING[raw.dialect.name], params)]
 
 
 def _record(row: tuple[Any, ...]) -> dict[str, Any]:
     """A raw leads row (without its document) as the column -> value record the service works on."""
     rec = dict(zip(_RECORD_COLUMNS, row, strict=True))
-    for name in ("id", "customer_id", "stage_id", "owner_id"):
+    rec["id"] = as_uuid(rec["id"])
+    for name in ("customer_id", "stage_id", "owner_id"):  # a handful of values: memoised
         if rec[name] is not None:
-            rec[name] = as_uuid(rec[name])
+            rec[name] = as_shared_uuid(rec[name])
     for name in ("last_interaction_at", "created_at", "updated_at"):
         rec[name] = as_datetime(rec[name])
     rec["custom_fields"] = as_json(rec["custom_fields"])
