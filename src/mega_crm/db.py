@@ -392,9 +392,10 @@ class RawConnection:
             params = {**literals, **params}
         if names is None:
             return sql, params
+        values = [params[name] for name in names]
         if self.is_sqlite:  # what SQLAlchemy's types would bind: UUIDs as hex, UTC times as text
-            return sql, tuple([_sqlite_value(params[name]) for name in names])
-        return sql, tuple([params[name] for name in names])
+            return sql, tuple([v if type(v) in _SQLITE_AS_IS else _sqlite_value(v) for v in values])
+        return sql, tuple(values)
 
     def all(self, query: Query, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return list(self.execute(*self._bind(query, params)).fetchall())
@@ -413,10 +414,11 @@ class RawConnection:
         return rows[0] if rows else None
 
 
+_SQLITE_AS_IS = frozenset({str, int, float, type(None)})  # what sqlite3 binds unchanged
+
+
 def _sqlite_value(value: Any) -> Any:
     kind = type(value)
-    if kind is str or kind is int or value is None:
-        return value
     if kind is uuid.UUID:
         return value.hex
     if isinstance(value, datetime):
