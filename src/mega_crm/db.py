@@ -458,8 +458,8 @@ as_shared_uuid = functools.lru_cache(maxsize=4096)(as_uuid)
 
 
 def as_datetime(value: datetime | str | None) -> datetime | None:
-    if isinstance(value, str):  # SQLite: "YYYY-MM-DD HH:MM:SS.ffffff", UTC
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    if isinstance(value, str):  # SQLite: "YYYY-MM-DD HH:MM:SS.ffffff", UTC (one C call, not two)
+        return datetime.fromisoformat(value + "+00:00")
     return value
 
 

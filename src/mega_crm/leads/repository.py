@@ -67,6 +67,10 @@ _OWNERS = select(Owner.id, Owner.name, Owner.role_name).where(
 # the phone half skips the leads the email half already found, so each lead comes back once.
 # (UNION ALL: PostgreSQL has no equality for json columns.)
 _RECORD_COLUMNS = [c.key for c in LEADS.columns if c.key != "document"]
+assert _RECORD_COLUMNS[11:20] == [  # _record converts by position
+    "qualified", "stage_id", "owner_id", "lead_line", "custom_fields", "last_interaction_at",
+    "interaction_count", "created_at", "updated_at",
+]  # fmt: skip
 _MATCHING_HALF = f"SELECT {', '.join(_RECORD_COLUMNS)} FROM leads WHERE customer_id = :customer_id AND "
 _MATCHING = {
     "sqlite": Query(text(
@@ -125,17 +129,21 @@ def leads_matching(
 
 
 def _record(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A raw leads row (without its document) as the column -> value record the service works on."""
+    """A raw leads row (without its document) as the column -> value record the service works on.
+    By position (see _RECORD_COLUMNS): a merge converts a whole batch of these."""
     rec = dict(zip(_RECORD_COLUMNS, row, strict=True))
-    rec["id"] = as_uuid(rec["id"])
-    for name in ("customer_id", "stage_id", "owner_id"):  # a handful of values: memoised
-        if rec[name] is not None:
-            rec[name] = as_shared_uuid(rec[name])
-    for name in ("last_interaction_at", "created_at", "updated_at"):
-        rec[name] = as_datetime(rec[name])
-    rec["custom_fields"] = as_json(rec["custom_fields"])
-    if rec["qualified"] is not None:
-        rec["qualified"] = bool(rec["qualified"])
+    rec["id"] = as_uuid(row[0])
+    rec["customer_id"] = as_shared_uuid(row[1])
+    if row[11] is not None:
+        rec["qualified"] = bool(row[11])
+    if row[12] is not None:
+        rec["stage_id"] = as_shared_uuid(row[12])
+    if row[13] is not None:
+        rec["owner_id"] = as_shared_uuid(row[13])
+    rec["custom_fields"] = as_json(row[15])
+    rec["last_interaction_at"] = as_datetime(row[16])
+    rec["created_at"] = as_datetime(row[18])
+    rec["updated_at"] = as_datetime(row[19])
     return rec
 
 
