@@ -263,6 +263,33 @@ def test_duplicates_inside_one_batch_merge_with_each_other(
     assert db_count(db, tenant.customer_id) == 2
 
 
+def test_rows_matching_one_lead_by_email_and_by_phone_all_land_on_it(
+    client: TestClient, db: Database, tenant: Tenant
+) -> None:
+    """The existing lead is loaded once even though both its email and its phone are in the batch:
+    the second row's merge builds on the first's."""
+    first = create(client, tenant, {"contact_email": unique_email(), "contact_phone": unique_phone()})
+    result = bulk(
+        client,
+        tenant,
+        [
+            {"contact_email": first["contact_email"], "contact_name": "By Email"},
+            {
+                "contact_email": unique_email(),
+                "contact_phone": first["contact_phone"],
+                "custom_fields": {"budget": 7},
+            },
+        ],
+    )
+    assert [(r["status"], r["matched_by"], r["lead_id"]) for r in result["results"]] == [
+        ("updated", "email", first["id"]),
+        ("updated", "phone", first["id"]),
+    ]
+    lead = by_id(client, tenant, first["id"])
+    assert (lead["contact_name"], lead["custom_fields"]) == ("By Email", {"budget": 7})
+    assert db_count(db, tenant.customer_id) == 1
+
+
 def test_in_batch_duplicates_with_skip(client: TestClient, db: Database, tenant: Tenant) -> None:
     email = unique_email("twin")
     result = bulk(
