@@ -126,14 +126,25 @@ def test_revocation_takes_effect_on_the_next_request(client, db, route):
         pytest.param("not-a-uuid", id="not-a-uuid"),
         pytest.param("12345", id="number"),
         pytest.param("{cid}x", id="uuid-plus-garbage"),
+        # Other spellings Python's uuid.UUID() would take: only the 8-4-4-4-12 form is a UUID here.
+        pytest.param("{{{cid}}}", id="braces"),
+        pytest.param("urn:uuid:{cid}", id="urn"),
+        pytest.param("{hex}", id="no-hyphens"),
     ],
 )
 def test_missing_or_malformed_customer_id_is_401(client, tenant, route, customer_header):
     headers = {"Authorization": f"Bearer {tenant.token}"}
     if customer_header is not None:
-        headers["x-customer-id"] = customer_header.format(cid=tenant.customer_id)
+        headers["x-customer-id"] = customer_header.format(cid=tenant.customer_id, hex=tenant.customer_id.hex)
     assert_error(route.call(client, headers), 401, "authentication_error")
     assert lead_count(client, tenant) == 0
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_the_customer_id_may_be_upper_case(client, tenant, route):
+    """UUIDs are case-insensitive on input (RFC 9562)."""
+    headers = {"Authorization": f"Bearer {tenant.token}", "x-customer-id": str(tenant.customer_id).upper()}
+    assert route.call(client, headers).status_code == route.ok
 
 
 @pytest.mark.parametrize("route", ROUTES)

@@ -160,7 +160,16 @@ def test_several_bad_fields_are_all_named(client, tenant):
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/nope", "/api/agents/crm", "/api/agents/crm/lead", "/api/agents/crm/leads/x/y"]
+    "path",
+    [
+        "/",
+        "/nope",
+        "/api/agents/crm",
+        "/api/agents/crm/lead",
+        "/api/agents/crm/leads/x/y",
+        "/api/agents/crm/leads/",  # a trailing slash is another route, not a redirect
+        "/api/agents/crm/lead-webhooks/",
+    ],
 )
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
 def test_unknown_routes_are_404_in_the_envelope(client, tenant, path, method):

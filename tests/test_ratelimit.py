@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,6 +138,21 @@ def test_over_the_limit_is_429_with_retry_after_and_writes_nothing(limited, db):
     # Nothing was written: another key of the customer (its own budget) sees two leads.
     reader = issue_token(db, tenant, ["public_api:leads:read"])
     assert limited.get(LEADS, headers=reader).json()["total"] == 2
+
+
+def test_after_reset_seconds_the_window_has_refilled(limited, db):
+    """RateLimit-Reset / Retry-After say when the whole budget is back, not merely part of it."""
+    tenant = make_tenant(db, limits=("2/2 seconds", None))
+    assert get(limited, tenant).status_code == 200
+    assert get(limited, tenant).status_code == 200
+    refused = get(limited, tenant)
+    assert refused.status_code == 429
+    _, _, reset = quota(refused)
+    assert 1 <= reset <= 2
+    assert int(refused.headers["retry-after"]) == reset
+    time.sleep(reset + 0.05)
+    assert quota(get(limited, tenant))[:2] == (2, 1)  # a full budget again, less this request
+    assert get(limited, tenant).status_code == 200
 
 
 def test_limits_are_per_key(limited, db):

@@ -128,6 +128,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         "webhooks for your MEGA CRM. Authenticate with an admin-issued Personal Access Token "
         "(`Authorization: Bearer mega_...`) plus the `x-customer-id` header.",
         lifespan=_lifespan,
+        # /leads/ is an unknown route (404), not a redirect some clients would follow with a GET.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.db = db

@@ -41,6 +41,8 @@ def empty_tenant(db: Database) -> Tenant:
         ({"leads": {"contact_name": "x"}}, "leads"),
         ({"leads": [{"contact_name": "x"}], "on_duplicate": "merge"}, "on_duplicate"),
         ({"leads": [{"contact_name": "x"}], "dry_run": "perhaps"}, "dry_run"),
+        ({"leads": [{"contact_name": "x"}], "dry_run": "true"}, "dry_run"),
+        ({"leads": [{"contact_name": "x"}], "dry_run": 1}, "dry_run"),
     ],
 )
 def test_invalid_envelope_is_400_and_writes_nothing(
@@ -114,6 +116,7 @@ def test_bad_rows_fail_alone(client: TestClient, db: Database, tenant: Tenant) -
         assert r["errors"], r
         if r["row_ref"] in expected_field:
             assert any(expected_field[r["row_ref"]] in e for e in r["errors"]), r
+    assert results[13]["errors"] == ["A lead must be a JSON object."]
     stored = every_lead(client, tenant)
     assert sorted(x["id"] for x in stored) == sorted(r["lead_id"] for r in results if r["lead_id"])
 

@@ -9,6 +9,7 @@ authenticated); key locked to that customer and holding the route's scope (403).
 from __future__ import annotations
 
 import hmac
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -40,14 +41,17 @@ def _bearer_token(request: Request) -> str:
     return token.strip()
 
 
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def _customer_header(request: Request) -> uuid.UUID:
     raw = request.headers.get("x-customer-id")
     if not raw:
         raise AuthenticationError("Missing x-customer-id header.")
-    try:
-        return uuid.UUID(raw.strip())
-    except ValueError:
-        raise AuthenticationError("x-customer-id must be a UUID.") from None
+    raw = raw.strip()
+    if not _UUID_TEXT.fullmatch(raw):  # uuid.UUID() would also take braces, "urn:uuid:", no hyphens
+        raise AuthenticationError("x-customer-id must be a UUID (8-4-4-4-12 hex digits).")
+    return uuid.UUID(raw)
 
 
 @dataclass(frozen=True)

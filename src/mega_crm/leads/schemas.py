@@ -147,13 +147,13 @@ class BulkImportEnvelope(BaseModel):
     model_config = ConfigDict(extra="forbid")
     leads: Annotated[list[object], Field(min_length=1, max_length=500)]
     on_duplicate: Literal["update", "skip"] = "update"
-    dry_run: bool = False
+    dry_run: StrictBool = False  # "yes" or 1 is a 400, not a dry run
 
 
 class BulkImportRequest(BaseModel):
     leads: Annotated[list[BulkLeadRow], Field(min_length=1, max_length=500)]
     on_duplicate: Literal["update", "skip"] = "update"
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 class Stage(BaseModel):

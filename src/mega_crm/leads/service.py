@@ -213,7 +213,10 @@ def bulk_import(
     now = _begin_lead_write(session, customer_id)
     parsed: list[tuple[BulkLeadRow | None, RowOutcome]] = []
     for raw in raw_rows:
-        row_ref = raw.get("row_ref") if isinstance(raw, dict) else None
+        if not isinstance(raw, dict):
+            parsed.append((None, RowOutcome(row_ref=None, status="failed", errors=["A lead must be a JSON object."])))
+            continue
+        row_ref = raw.get("row_ref")
         outcome = RowOutcome(row_ref=row_ref if isinstance(row_ref, str) else None, status="failed")
         try:
             parsed.append((BulkLeadRow.model_validate(raw), outcome))

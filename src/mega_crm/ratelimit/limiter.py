@@ -1,4 +1,10 @@
-"""Per-key rate limits with the `limits` library: in-process by default, Redis when configured."""
+"""Per-key rate limits with the `limits` library: in-process by default, Redis when configured.
+
+Fixed windows, as the contract describes them: `RateLimit-Reset` is the time until the window
+refills, and then the whole budget is back. (A sliding window refills gradually, so no such time
+exists; at its "reset" a client found most of its budget still spent.) A window starts at its
+first request.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from functools import lru_cache
 import limits
 from limits.errors import StorageError
 from limits.storage import storage_from_string
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.strategies import FixedWindowRateLimiter
 
 from mega_crm.errors import RateLimitError
 from mega_crm.security import ConfigurationError
@@ -63,7 +69,7 @@ class RateLimiter:
             )
         else:
             self.storage = storage_from_string("memory://", wrap_exceptions=True)
-        self._limiter = SlidingWindowCounterRateLimiter(self.storage)
+        self._limiter = FixedWindowRateLimiter(self.storage)
         self._last_outage_log = 0.0
 
     def hit(self, key_id: str, bucket: str, spec: str) -> RateLimitState | None:
@@ -105,9 +111,7 @@ class RateLimiter:
     def _state(self, item: limits.RateLimitItem, bucket: str, key_id: str) -> RateLimitState:
         stats = self._limiter.get_window_stats(item, bucket, key_id)
         reset = math.ceil(stats.reset_time - time.time())
-        # Read in the millisecond a Redis window was created, its TTL is exactly two windows and
-        # the library's modulo says 0; a window that has counted this request refills in a full one.
-        if reset <= 0:
+        if reset <= 0:  # no window yet (nothing counted in it): a new one would last a full window
             reset = item.get_expiry()
         return RateLimitState(limit=item.amount, remaining=max(0, stats.remaining), reset_seconds=reset)
 
