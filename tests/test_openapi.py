@@ -139,3 +139,25 @@ def test_security_scheme(served):
     ref = reference_document()
     assert served.get("security") == ref.get("security")
     assert set(served["components"]["securitySchemes"]) == set(ref["components"]["securitySchemes"])
+
+
+def reference_components() -> list[str]:
+    return sorted(reference_document()["components"]["schemas"]) if reference_available() else []
+
+
+@pytest.mark.parametrize("name", reference_components())
+def test_component_schema(served, name):
+    """Every schema the contract names is served under that name, with the same properties, the
+    same required ones and the same enums."""
+    ref = reference_document()
+    expected = ref["components"]["schemas"][name]
+    assert name in served["components"]["schemas"], f"component {name} is missing"
+    actual = served["components"]["schemas"][name]
+    assert set(actual.get("properties", {})) == set(expected.get("properties", {}))
+    assert set(actual.get("required", [])) == set(expected.get("required", []))
+    assert actual.get("enum") == expected.get("enum")
+    for prop, schema in expected.get("properties", {}).items():
+        if "$ref" in schema:  # a named schema is referred to by name (or it or null), not inlined
+            served_prop = actual["properties"][prop]
+            refs = [served_prop.get("$ref"), *(branch.get("$ref") for branch in served_prop.get("anyOf", []))]
+            assert schema["$ref"] in refs, prop

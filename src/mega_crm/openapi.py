@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 REF = "#/components/schemas/{model}"
+M = TypeVar("M", bound=BaseModel)
 IDEMPOTENCY_KEY = "Idempotency-Key"
 _CUSTOMER_ID_TEXT = "The customer this request acts on. Must match the customer your key is locked to."
 _IDEMPOTENCY_TEXT = (
@@ -64,6 +65,25 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
     """A route's `openapi_extra` publishing `model` (parsed by endpoint.Call.body) as its JSON body."""
     _REQUEST_MODELS[model.__name__] = model
     return {"x-request-schema": model.__name__}
+
+
+_COMPONENT_MODELS: list[type[BaseModel]] = []
+
+
+def component(model: type[M]) -> type[M]:
+    """Publish `model` among the component schemas although no route takes or returns it (the
+    body the server POSTs to webhooks)."""
+    _COMPONENT_MODELS.append(model)
+    return model
+
+
+def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:
+    full = model.model_json_schema(ref_template=REF)
+    for name, definition in [*full.pop("$defs", {}).items(), (model.__name__, full)]:
+        for prop in definition.get("properties", {}).values():
+            if "default" in prop and prop["default"] is None:  # "optional", not "may be null"
+                del prop["default"]
+        schemas[name] = definition
 
 
 IDEMPOTENT_OPERATIONS = {"createLead", "bulkImportLeads"}
@@ -141,15 +161,12 @@ def contract_openapi(app: FastAPI) -> dict[str, Any]:
             name = operation.pop("x-request-schema", None)
             if name is None:
                 continue
-            full = _REQUEST_MODELS[name].model_json_schema(ref_template=REF)
-            for def_name, definition in [*full.pop("$defs", {}).items(), (name, full)]:
-                for prop in definition.get("properties", {}).values():
-                    if "default" in prop and prop["default"] is None:  # "optional", not "may be null"
-                        del prop["default"]
-                schemas[def_name] = definition
+            _add_schema(schemas, _REQUEST_MODELS[name])
             operation["requestBody"] = {
                 "content": {"application/json": {"schema": {"$ref": REF.format(model=name)}}},
                 "required": True,
             }
+    for model in _COMPONENT_MODELS:
+        _add_schema(schemas, model)
     app.openapi_schema = doc
     return doc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import jsonschema
 import pytest
 
 from mega_crm.webhooks import verify_signature
@@ -43,6 +44,9 @@ def test_a_new_lead_arrives_signed_and_in_the_contract_shape(wh_client, tenant, 
 
     payload = arrival.json
     validate_schema("LeadCreatedWebhookPayload", payload)
+    served = wh_client.get("/openapi.json").json()  # and the schema this server publishes for it
+    published = {"$ref": "#/components/schemas/LeadCreatedWebhookPayload", "components": served["components"]}
+    jsonschema.validate(payload, published, cls=jsonschema.Draft202012Validator)
     assert payload["event"] == "lead.created"
     assert payload["lead"]["id"] == created["id"]
     assert payload["lead"]["custom_fields"] == {"lead_line": "buyer", "budget": 500000}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -18,13 +18,17 @@ from pydantic import (
     StrictInt,
     StrictStr,
 )
-from pydantic.json_schema import SkipJsonSchema
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
+from typing_extensions import TypeAliasType
 
-SourcePlatform = Literal[
+# Named aliases: the published schema refers to them as components, as the contract's does.
+SourcePlatform = TypeAliasType("SourcePlatform", Literal[
     "google_ads", "meta_ads", "google_organic", "direct", "referral", "hubspot",
     "zoho", "ghl", "shopify", "zenmaid", "lead_docket", "salesforce",
-]  # fmt: skip
-SourceType = Literal["form", "phone_call", "email", "chat", "sms", "manual", "import"]
+])  # fmt: skip
+SourceType = TypeAliasType(
+    "SourceType", Literal["form", "phone_call", "email", "chat", "sms", "manual", "import"]
+)
 LeadStatus = Literal["active", "won", "lost", "nurture", "archived"]
 LeadLine = Literal["buyer", "seller"]
 SortBy = Literal["created_at", "updated_at", "last_interaction_at"]
@@ -66,7 +70,20 @@ CustomFieldValue = (
     | StrictBool
     | None
 )
-CustomFieldMap = dict[Text, CustomFieldValue]
+CustomFieldMap = TypeAliasType(
+    "CustomFieldMap",
+    Annotated[
+        dict[Text, CustomFieldValue],
+        WithJsonSchema(
+            {
+                "type": "object",
+                "description": "Map of custom-field slug to a scalar value "
+                "(string | number | boolean | null).",
+                "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+            }
+        ),
+    ],
+)
 
 # Optional in the request, `type: string` in the schema; an explicit null counts as absent.
 OptStr = Annotated[Text | SkipJsonSchema[None], Field()]
@@ -156,7 +173,17 @@ class BulkImportRequest(BaseModel):
     dry_run: StrictBool = False
 
 
+def _fields_optional_in_schema(schema: dict[str, Any]) -> None:
+    schema.pop("required", None)
+
+
+# The contract publishes every field of these as optional; the server always sends them all.
+_AS_PUBLISHED = ConfigDict(json_schema_extra=_fields_optional_in_schema)
+
+
 class Stage(BaseModel):
+    model_config = _AS_PUBLISHED
+
     id: str
     slug: str
     name: str
@@ -164,6 +191,8 @@ class Stage(BaseModel):
 
 
 class Owner(BaseModel):
+    model_config = _AS_PUBLISHED
+
     id: str
     name: str
     role_name: str | None = None

@@ -214,7 +214,9 @@ def bulk_import(
     parsed: list[tuple[BulkLeadRow | None, RowOutcome]] = []
     for raw in raw_rows:
         if not isinstance(raw, dict):
-            parsed.append((None, RowOutcome(row_ref=None, status="failed", errors=["A lead must be a JSON object."])))
+            parsed.append(
+                (None, RowOutcome(row_ref=None, status="failed", errors=["A lead must be a JSON object."]))
+            )
             continue
         row_ref = raw.get("row_ref")
         outcome = RowOutcome(row_ref=row_ref if isinstance(row_ref, str) else None, status="failed")

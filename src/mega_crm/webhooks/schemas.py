@@ -8,6 +8,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic.json_schema import SkipJsonSchema
 
+from mega_crm.leads.schemas import CustomFieldMap
+from mega_crm.openapi import component
+
 EventType = Literal["lead.created"]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
 
@@ -60,7 +63,7 @@ class Webhook(BaseModel):
     is_active: bool
     timeout_seconds: int
     retry_attempts: int
-    description: str | None
+    description: str | None = None  # always sent; optional in the contract's schema
     created_at: datetime
     updated_at: datetime
 
@@ -111,3 +114,36 @@ class WebhookDeliveryListResponse(BaseModel):
 
 class WebhookDeliveryResponse(BaseModel):
     delivery: WebhookDelivery
+
+
+class WebhookLeadStage(BaseModel):
+    model_config = ConfigDict(json_schema_extra=lambda schema: schema.pop("required", None))
+
+    slug: str
+    name: str
+
+
+class WebhookLead(BaseModel):
+    """The lead as it was created."""
+
+    id: str
+    contact_name: str | None = None
+    contact_phone: str | None = None
+    contact_email: str | None = None
+    source_platform: str
+    source_type: str
+    lead_line: str | None = None
+    current_stage: WebhookLeadStage | None = None
+    custom_fields: CustomFieldMap
+    created_at: datetime
+    updated_at: datetime
+
+
+# Built by webhooks/outbox.py; tests/webhooks/test_delivery.py checks a delivered body against it.
+@component
+class LeadCreatedWebhookPayload(BaseModel):
+    """Body POSTed to your webhook URL for a `lead.created` event."""
+
+    event: Literal["lead.created"]
+    delivered_at: datetime
+    lead: WebhookLead
