@@ -268,6 +268,8 @@ def test_search_matches_a_phone_typed_in_any_format(
         ("jones", ["bob"]),
         ("@ACME-corp.io", ["bob"]),  # email, case-insensitive
         ("bob.jones@acme-corp.io", ["bob"]),
+        ("BOB.JONES@acme-corp.i", ["bob"]),  # an address is free text too: part of one matches
+        ("ob.jones@acme-corp.io", ["bob"]),
         ("50%", ["carol"]),  # LIKE wildcards are literal text
         ("off_sale", ["carol"]),
         ("%", ["carol"]),

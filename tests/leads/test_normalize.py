@@ -72,6 +72,8 @@ emails = st.one_of(
 @settings(max_examples=3000, deadline=None)
 @given(emails)
 @example("Jane.Doe@Example.COM")
+@example("WWW@0.com")
+@example("Info@Example.com")
 @example("jane@foo.test")
 @example("jane@mail.local")
 @example("jane@a.localhost")

@@ -113,6 +113,17 @@ def test_same_url_twice_is_409_until_deleted(wh_client, tenant, receiver):
     register(wh_client, tenant, url)
 
 
+def test_a_patch_that_changes_nothing_keeps_updated_at(wh_client, tenant, receiver):
+    hook, _ = register(wh_client, tenant, receiver.endpoint().url, description="same")
+    path = f"{WEBHOOKS}/{hook['id']}"
+    for unchanged in ({}, {"description": "same", "timeout_seconds": hook["timeout_seconds"]}):
+        r = wh_client.patch(path, json=unchanged, headers=tenant.headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["webhook"] == hook
+    changed = wh_client.patch(path, json={"description": "new"}, headers=tenant.headers).json()["webhook"]
+    assert changed["updated_at"] > hook["updated_at"]
+
+
 def test_patch_updates_only_what_is_sent(wh_client, tenant, receiver):
     hook, secret = register(wh_client, tenant, receiver.endpoint().url, description="first")
     new_url = receiver.endpoint().url

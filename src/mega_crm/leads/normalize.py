@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 _NON_DIGITS = re.compile(r"\D+")
 # Both checks are pure; CRM syncs re-send the same contacts (every merge does), so the last
@@ -35,13 +36,15 @@ _PLAIN_EMAIL = re.compile(
 _PLAIN_EMAIL_MAX = 64
 # `.test` is allowed (test_environment=True below); the other special-use domains are refused.
 _SPECIAL_USE = tuple(d for d in SPECIAL_USE_DOMAIN_NAMES if d != "test")
+# RFC 2142 mailboxes (info@, sales@, www@ …), whose local part the library lower-cases.
+_CASE_INSENSITIVE_LOCAL = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 
 
 @lru_cache(maxsize=_CACHED)
 def normalize_email(raw: str) -> tuple[str, str]:
     """-> (stored form, de-dup key). The key is the whole address lower-cased."""
     plain = _PLAIN_EMAIL.fullmatch(raw) if len(raw) <= _PLAIN_EMAIL_MAX else None
-    if plain is not None:
+    if plain is not None and raw[: plain.start(1) - 1].lower() not in _CASE_INSENSITIVE_LOCAL:
         domain = plain.group(1).lower()
         if not any(domain == d or domain.endswith("." + d) for d in _SPECIAL_USE):
             address = raw[: plain.start(1)] + domain  # the library keeps the local part's case

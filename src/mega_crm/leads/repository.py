@@ -260,7 +260,6 @@ class LeadFilters:
     status: str | None = None
     stage_id: uuid.UUID | None = None
     search_text: str | None = None  # substring of name or email
-    search_email: str | None = None  # a whole address: exact match
     search_phone_key: str | None = None  # 10 digits: exact match on phone_last10
     search_phone_digits: str | None = None  # fewer digits: substring of the E.164 phone
     created_since: datetime | None = None
@@ -296,7 +295,7 @@ def _filter_shape(f: LeadFilters) -> tuple[bool, ...]:
 
 _FILTER_NAMES = (
     "status", "stage_id", "lead_line", "created_since", "updated_since",
-    "search_text", "search_email", "search_phone_key", "search_phone_digits",
+    "search_text", "search_phone_key", "search_phone_digits",
 )  # fmt: skip
 
 
@@ -328,8 +327,6 @@ def _filter_clause(shape: tuple[bool, ...]) -> ColumnElement[bool]:
     if has["search_text"]:
         search.append(func.lower(c.contact_name).like(bindparam("search_text"), escape="\\"))
         search.append(c.email_normalized.like(bindparam("search_text"), escape="\\"))
-    if has["search_email"]:
-        search.append(c.email_normalized == bindparam("search_email"))
     if has["search_phone_key"]:
         search.append(c.phone_last10 == bindparam("search_phone_key"))
     elif has["search_phone_digits"]:

@@ -312,7 +312,6 @@ class TotalsCache:
 
 
 _PHONE_LIKE = re.compile(r"[\d\s().+\-/]+")
-_EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 def build_filters(q: ListLeadsQuery) -> repo.LeadFilters:
@@ -322,16 +321,12 @@ def build_filters(q: ListLeadsQuery) -> repo.LeadFilters:
     if text and "\x00" in text:
         raise InvalidRequestError("search must not contain NUL characters.")
     digits = digits_of(text) if text else ""
-    email = None
     if text and _PHONE_LIKE.fullmatch(text) and len(digits) >= 7:
         text = None  # a phone number: match phones only, which the phone index serves
-    elif text and _EMAIL_LIKE.fullmatch(text):
-        email, text, digits = text.lower(), None, ""  # a whole address: exact, indexed match
     return repo.LeadFilters(
         status=q.status,
         stage_id=q.stage_id,
         search_text=text,
-        search_email=email,
         search_phone_key=digits[-10:] if len(digits) >= 10 else None,
         search_phone_digits=digits if 3 <= len(digits) < 10 else None,
         created_since=_aware(q.created_since, "created_since"),

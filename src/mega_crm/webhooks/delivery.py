@@ -31,9 +31,11 @@ RESPONSE_BYTES_READ = 64 * 1024  # of an answer's body: enough to keep the conne
 
 
 def retry_delay(retry_number: int, base_seconds: float, cap: float = MAX_BACKOFF_SECONDS) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(n-1))]."""
-    ceiling = min(cap, base_seconds * (2 ** max(0, retry_number - 1)))
-    return random.uniform(0, ceiling)
+    """Exponential backoff with "equal jitter": uniform in [step/2, step], step = min(cap,
+    base * 2^(n-1)). The jitter spreads retries of many deliveries; the lower bound keeps each
+    retry at least half a step after the last, so a struggling receiver does get the pause."""
+    step = min(cap, base_seconds * (2 ** max(0, retry_number - 1)))
+    return random.uniform(step / 2, step)
 
 
 def build_body(event_type: str, lead: dict[str, Any], delivered_at: datetime) -> bytes:

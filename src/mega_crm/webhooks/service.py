@@ -174,7 +174,8 @@ def update_webhook(
         secret = new_webhook_secret()
         webhook.secret_encrypted = box.seal(webhook.id, secret)
         body["secret"] = secret
-    webhook.updated_at = now
+    if session.is_modified(webhook):  # a PATCH that changes nothing leaves updated_at alone
+        webhook.updated_at = now
     try:
         session.flush()
     except IntegrityError:
