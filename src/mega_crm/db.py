@@ -475,6 +475,9 @@ def _sqlite_engine(url: str) -> Engine:
         url,
         connect_args={"check_same_thread": False, "timeout": 30},
         pool_size=20,
+        # The connection used last is the one used next: each keeps its own page cache, and
+        # rotating through them (the pool's default) met cold caches at a million leads.
+        pool_use_lifo=True,
         max_overflow=20,
         future=True,
     )

@@ -35,7 +35,8 @@ _PLAIN_EMAIL = re.compile(
 )
 _PLAIN_EMAIL_MAX = 64
 # `.test` is allowed (test_environment=True below); the other special-use domains are refused.
-_SPECIAL_USE = tuple(d for d in SPECIAL_USE_DOMAIN_NAMES if d != "test")
+_SPECIAL_USE = frozenset(d for d in SPECIAL_USE_DOMAIN_NAMES if d != "test")
+_SPECIAL_USE_SUFFIXES = tuple("." + d for d in _SPECIAL_USE)
 # RFC 2142 mailboxes (info@, sales@, www@ …), whose local part the library lower-cases.
 _CASE_INSENSITIVE_LOCAL = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 
@@ -46,7 +47,7 @@ def normalize_email(raw: str) -> tuple[str, str]:
     plain = _PLAIN_EMAIL.fullmatch(raw) if len(raw) <= _PLAIN_EMAIL_MAX else None
     if plain is not None and raw[: plain.start(1) - 1].lower() not in _CASE_INSENSITIVE_LOCAL:
         domain = plain.group(1).lower()
-        if not any(domain == d or domain.endswith("." + d) for d in _SPECIAL_USE):
+        if domain not in _SPECIAL_USE and not domain.endswith(_SPECIAL_USE_SUFFIXES):
             address = raw[: plain.start(1)] + domain  # the library keeps the local part's case
             return address, address.lower()
     try:
