@@ -177,12 +177,12 @@ def _fields_optional_in_schema(schema: dict[str, Any]) -> None:
     schema.pop("required", None)
 
 
-# The contract publishes every field of these as optional; the server always sends them all.
-_AS_PUBLISHED = ConfigDict(json_schema_extra=_fields_optional_in_schema)
+# For response shapes whose fields the contract publishes as optional; the server always sends them.
+FIELDS_OPTIONAL_IN_SCHEMA = ConfigDict(json_schema_extra=_fields_optional_in_schema)
 
 
 class Stage(BaseModel):
-    model_config = _AS_PUBLISHED
+    model_config = FIELDS_OPTIONAL_IN_SCHEMA
 
     id: str
     slug: str
@@ -191,7 +191,7 @@ class Stage(BaseModel):
 
 
 class Owner(BaseModel):
-    model_config = _AS_PUBLISHED
+    model_config = FIELDS_OPTIONAL_IN_SCHEMA
 
     id: str
     name: str

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic.json_schema import SkipJsonSchema
 
-from mega_crm.leads.schemas import CustomFieldMap
+from mega_crm.leads.schemas import FIELDS_OPTIONAL_IN_SCHEMA, CustomFieldMap
 from mega_crm.openapi import component
 
 EventType = Literal["lead.created"]
@@ -117,7 +117,7 @@ class WebhookDeliveryResponse(BaseModel):
 
 
 class WebhookLeadStage(BaseModel):
-    model_config = ConfigDict(json_schema_extra=lambda schema: schema.pop("required", None))
+    model_config = FIELDS_OPTIONAL_IN_SCHEMA
 
     slug: str
     name: str
