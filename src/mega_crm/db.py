@@ -498,9 +498,9 @@ def _sqlite_engine(url: str) -> Engine:
         # A serving process checkpoints in the background (Database.checkpoints); this is the
         # backstop for any other writer: a checkpoint inside a commit at most every ~40 MB.
         cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-        # Temporary B-trees in memory, not in temp files. Every UPDATE of a lead runs its trigger
-        # (migration 0003), and each such statement builds a scratch table: a 500-lead merge took
-        # 15 ms with them on disk, 8.5 ms in memory. The largest scratch data a request makes is
+        # Temporary storage in memory, not in temp files. Every UPDATE of a lead runs its trigger
+        # (migration 0003), and each such statement needs some: a 500-lead merge's UPDATEs took
+        # 15 ms with it on disk, 8.5 ms in memory. The largest scratch data a request makes is
         # the sort of a page no index serves, bounded by limit + offset rows.
         cur.execute("PRAGMA temp_store=MEMORY")
         cur.close()
