@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     webhook_shutdown_grace_seconds: float = Field(
         default=10.0, description="On SIGTERM, how long in-flight attempts may finish before release"
     )
+    webhook_log_retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="Finished deliveries are deleted this long after they finished (0: kept forever)",
+    )
     webhook_ca_file: str | None = Field(
         default=None, description="Extra CA bundle (PEM) trusted for HTTPS deliveries, beside certifi's"
     )

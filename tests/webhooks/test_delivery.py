@@ -319,3 +319,63 @@ def test_any_2xx_is_success(wh_client, tenant, receiver, status):
     create_lead(wh_client, tenant)
     [delivery] = settled(wh_client, tenant, hook["id"])
     assert (delivery["status"], delivery["last_status_code"]) == ("succeeded", status)
+
+
+# --- the delivery log's retention -------------------------------------------------------------
+
+
+def test_deliveries_past_retention_are_purged_with_their_events(wh_client, wh_db, tenant, receiver):
+    """Finished deliveries older than MEGA_WEBHOOK_LOG_RETENTION_DAYS go, and events no delivery
+    refers to any more; a pending delivery, a recent one, and an event a redelivery still uses stay."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from mega_crm.db import utcnow
+    from mega_crm.webhooks.models import WebhookDelivery, WebhookEvent
+    from mega_crm.webhooks.worker import DeliveryWorker
+    from tests.conftest import make_settings
+
+    endpoint = receiver.endpoint()
+    hook, _ = register(wh_client, tenant, endpoint.url)
+    for i in range(4):
+        create_lead(wh_client, tenant, contact_name=f"Retained {i}")
+    log = settled(wh_client, tenant, hook["id"], count=4)
+    old_done, old_redelivered, old_pending, recent = (d["id"] for d in log)
+    long_ago, now = utcnow() - timedelta(days=40), utcnow()
+    with wh_db.write_session() as session:
+        aged = [uuid.UUID(d) for d in (old_done, old_redelivered, old_pending)]
+        session.execute(
+            update(WebhookDelivery).where(WebhookDelivery.id.in_(aged)).values(completed_at=long_ago)
+        )
+        event_ids = select(WebhookDelivery.event_id).where(WebhookDelivery.id.in_(aged)).scalar_subquery()
+        session.execute(
+            update(WebhookEvent).where(WebhookEvent.id.in_(event_ids)).values(created_at=long_ago)
+        )
+        # Waiting for a retry a day from now (the worker leaves it alone meanwhile).
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == uuid.UUID(old_pending))
+            .values(status="pending", completed_at=None, next_attempt_at=now + timedelta(days=1))
+        )
+    path = f"{WEBHOOKS}/{hook['id']}/deliveries"
+    redelivery = wh_client.post(f"{path}/{old_redelivered}/redeliver", headers=tenant.headers).json()[
+        "delivery"
+    ]
+    settled(wh_client, tenant, hook["id"], count=4)  # the redelivery has finished too
+
+    settings = make_settings(wh_db.url, webhook_log_retention_days=30)
+    assert DeliveryWorker(wh_db, settings, b"k").purge_delivery_log() >= 2
+
+    remaining = {d["id"] for d in deliveries(wh_client, tenant, hook["id"], limit=100)}
+    assert remaining == {old_pending, recent, redelivery["id"]}
+    with wh_db.read_session() as session:
+        events = set(
+            session.scalars(select(WebhookEvent.id).where(WebhookEvent.customer_id == tenant.customer_id))
+        )
+    kept = {d["event_id"] for d in log if d["id"] in (old_pending, recent)} | {redelivery["event_id"]}
+    assert {str(e) for e in events} == kept
+    assert wh_client.post(f"{path}/{old_done}/redeliver", headers=tenant.headers).status_code == 404
+    # 0 keeps the log forever.
+    keep = make_settings(wh_db.url, webhook_log_retention_days=0)
+    assert DeliveryWorker(wh_db, keep, b"k").purge_delivery_log() == 0

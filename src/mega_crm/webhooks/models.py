@@ -73,6 +73,8 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
         # The delivery log: newest first per webhook.
         Index("ix_webhook_deliveries_webhook_created", "webhook_id", "created_at", "id"),
+        # Its retention: finished deliveries, oldest first.
+        Index("ix_webhook_deliveries_completed", "completed_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, and_, bindparam, or_, select, text, update
+from sqlalchemy import Integer, Table, and_, bindparam, delete, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from mega_crm.db import Query, RawConnection, as_json, as_uuid, per_transaction
@@ -184,14 +184,43 @@ def deliveries_page(
 
 
 def delivery_of(
-    session: Session, webhook_id: uuid.UUID, delivery_id: uuid.UUID
+    session: Session, webhook_id: uuid.UUID, delivery_id: uuid.UUID, *, lock: bool = False
 ) -> tuple[WebhookDelivery, str, uuid.UUID | None] | None:
-    row = session.execute(
+    """`lock`: hold the delivery until commit (PostgreSQL), so the log's purge cannot remove it
+    and its event meanwhile (a redelivery is about to refer to the event)."""
+    query = (
         select(*DELIVERY_LOG_COLUMNS)
         .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
         .where(WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.id == delivery_id)
-    ).first()
+    )
+    row = session.execute(query.with_for_update(of=WebhookDelivery) if lock else query).first()
     return (row[0], row[1], row[2]) if row else None
+
+
+def purge_delivery_log(session: Session, finished_before: datetime, limit: int) -> int:
+    """Delete up to `limit` deliveries that finished before `finished_before`, then the events
+    of that age no delivery refers to any more. -> how many deliveries were deleted."""
+    ids = list(
+        session.scalars(
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.completed_at < finished_before, WebhookDelivery.status != PENDING)
+            .order_by(WebhookDelivery.completed_at)
+            .limit(limit)
+        )
+    )
+    if ids:
+        session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)))
+    orphans = (
+        select(WebhookEvent.id)
+        .where(
+            WebhookEvent.created_at < finished_before,
+            ~select(WebhookDelivery.id).where(WebhookDelivery.event_id == WebhookEvent.id).exists(),
+        )
+        .limit(limit)
+        .scalar_subquery()
+    )
+    session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_(orphans)))
+    return len(ids)
 
 
 # --- the worker's claims --------------------------------------------------------------------

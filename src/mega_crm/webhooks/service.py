@@ -247,7 +247,7 @@ def redeliver(
 ) -> dict[str, Any]:
     """A fresh delivery (new X-Mega-Delivery id, full retry budget) of the same event."""
     webhook = _webhook_or_404(session, customer_id, webhook_id)
-    found = repo.delivery_of(session, webhook.id, delivery_id)
+    found = repo.delivery_of(session, webhook.id, delivery_id, lock=True)
     if found is None:
         raise NotFoundError("No such delivery.")
     original, event_type, lead_id = found

@@ -45,6 +45,11 @@ log = logging.getLogger("mega_crm.webhooks")
 # Under load, how long a finished attempt's outcome may wait to share a transaction with the
 # next claim (its lease is held meanwhile, so nothing is lost if the worker dies).
 RECORD_HOLD_SECONDS = 0.1
+# The delivery log's retention: how often a worker deletes what has aged out, in batches of this
+# size (a short write transaction each), at most this many batches a round.
+PURGE_INTERVAL_SECONDS = 3600.0
+PURGE_BATCH = 1000
+PURGE_MAX_BATCHES = 20
 
 
 class DeliveryWorker:
@@ -113,6 +118,7 @@ class DeliveryWorker:
             )
             listener.start()
         pump = asyncio.create_task(self._pump(stop, pool))
+        purger = asyncio.create_task(self._purge_periodically(stop))
         log.info(
             "webhook worker started (concurrency %d, %d per webhook)", self.concurrency, self.per_webhook
         )
@@ -121,6 +127,7 @@ class DeliveryWorker:
             await asyncio.wait([pump, stopped], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
+            purger.cancel()
             remove_wake_listener(self.wake)
             self._listen_stop.set()
             await self._drain()
@@ -192,6 +199,37 @@ class DeliveryWorker:
                 # Nothing due now: sleep until the next one is (a retry just recorded, perhaps).
                 timeout = await self._until_next_due(poll)
             await self._wait(stop if claiming else None, timeout)
+
+    # --- the delivery log's retention -------------------------------------------------------
+
+    def purge_delivery_log(self) -> int:
+        """Delete the deliveries that finished more than MEGA_WEBHOOK_LOG_RETENTION_DAYS ago, and
+        the events left without any. -> how many deliveries (bounded per call)."""
+        days = self.settings.webhook_log_retention_days
+        if days <= 0:
+            return 0
+        cutoff = utcnow() - timedelta(days=days)
+        deleted = 0
+        for _ in range(PURGE_MAX_BATCHES):
+            with self.db.write_session() as session:
+                batch = repo.purge_delivery_log(session, cutoff, PURGE_BATCH)
+            deleted += batch
+            if batch < PURGE_BATCH:
+                break
+        return deleted
+
+    async def _purge_periodically(self, stop: asyncio.Event) -> None:
+        """Every worker purges, now and then every PURGE_INTERVAL_SECONDS; several doing it at once
+        delete different rows or none."""
+        while not stop.is_set():
+            try:
+                deleted = await asyncio.to_thread(self.purge_delivery_log)
+                if deleted:
+                    log.info("webhook delivery log: deleted %d delivery(ies) past retention", deleted)
+            except Exception:
+                log.exception("webhook delivery log: purge failed; retrying next round")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PURGE_INTERVAL_SECONDS)
 
     async def _wait(self, stop: asyncio.Event | None, timeout: float) -> None:
         assert self._wake is not None
