@@ -15,6 +15,22 @@ pytestmark = pytest.mark.skipif(
     not reference_available(), reason=f"reference OpenAPI document not found at {REFERENCE_OPENAPI}"
 )
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+# Properties this server adds to the contract's schemas (issue 13): optional in requests, extra in
+# responses, which the reference's schemas allow (none forbids additional properties), so a
+# contract client neither sends nor needs them. Listed so that an accidental addition still fails.
+EXTENSION_PROPERTIES: dict[str, set[str]] = {
+    "Webhook": {"disabled_reason", "disabled_at", "consecutive_failures", "last_success_at"},
+}
+
+
+def contract_properties(doc: dict[str, Any], node: Any) -> set[str]:
+    """The properties of a (possibly $ref'd) served schema, less this server's listed extensions,
+    which must not be required."""
+    name = node.get("$ref", "").rsplit("/", 1)[-1] if isinstance(node, dict) else ""
+    schema = resolve(doc, node)
+    extensions = EXTENSION_PROPERTIES.get(name, set())
+    assert not extensions & set(schema.get("required", [])), f"{name}: an extension is required"
+    return set(schema.get("properties", {})) - extensions
 
 
 def resolve(doc: dict[str, Any], node: Any) -> Any:
@@ -93,7 +109,8 @@ def test_request_body(served, path, method):
         assert actual is None, "the reference has no request body here"
         return
     assert actual is not None
-    assert set(actual.get("properties", {})) == set(expected.get("properties", {}))
+    served_node = resolve(served, mine["requestBody"])["content"]["application/json"]["schema"]
+    assert contract_properties(served, served_node) == set(expected.get("properties", {}))
     assert set(actual.get("required", [])) == set(expected.get("required", []))
     ref_required = bool(resolve(ref, ref["paths"][path][method]["requestBody"]).get("required"))
     assert bool(resolve(served, mine["requestBody"]).get("required")) == ref_required
@@ -118,9 +135,7 @@ def test_success_response_properties(served, path, method):
             continue
         actual = resolve(served, mine[status]).get("content", {}).get("application/json", {}).get("schema")
         assert actual is not None, f"{status} has no JSON schema"
-        assert set(resolve(served, actual).get("properties", {})) == set(
-            resolve(ref, expected).get("properties", {})
-        )
+        assert contract_properties(served, actual) == set(resolve(ref, expected).get("properties", {}))
 
 
 @pytest.mark.parametrize(("path", "method"), reference_operations())
@@ -153,7 +168,9 @@ def test_component_schema(served, name):
     expected = ref["components"]["schemas"][name]
     assert name in served["components"]["schemas"], f"component {name} is missing"
     actual = served["components"]["schemas"][name]
-    assert set(actual.get("properties", {})) == set(expected.get("properties", {}))
+    assert contract_properties(served, {"$ref": f"#/components/schemas/{name}"}) == set(
+        expected.get("properties", {})
+    )
     assert set(actual.get("required", [])) == set(expected.get("required", []))
     assert actual.get("enum") == expected.get("enum")
     for prop, schema in expected.get("properties", {}).items():

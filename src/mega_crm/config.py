@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Finished deliveries are deleted this long after they finished (0: kept forever)",
     )
+    webhook_disable_after_failures: int = Field(
+        default=15,
+        ge=0,
+        description="A webhook is disabled after this many deliveries in a row ended failed (0: never)",
+    )
     webhook_ca_file: str | None = Field(
         default=None, description="Extra CA bundle (PEM) trusted for HTTPS deliveries, beside certifi's"
     )

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import certifi
@@ -27,6 +28,7 @@ from mega_crm.webhooks.urls import Resolver, Target, UrlRefused, check_literal_w
 
 USER_AGENT = f"MEGA-CRM-Webhooks/{server_version} (lead webhooks)"
 MAX_BACKOFF_SECONDS = 30.0
+MAX_RETRY_AFTER_SECONDS = 600.0  # a receiver's Retry-After is honoured up to this long
 RESPONSE_BYTES_READ = 64 * 1024  # of an answer's body: enough to keep the connection reusable
 
 
@@ -63,6 +65,27 @@ class AttemptResult:
     error: str | None
     latency_ms: int | None
     refused: bool = False  # by the address rules: fail at once, no retries
+    gone: bool = False  # 410 Gone: the receiver asks never to be called again
+    retry_after: float | None = None  # seconds, from a 429/503's Retry-After (capped)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (RFC 9110 10.2.3: delay-seconds or an
+    HTTP-date), capped at MAX_RETRY_AFTER_SECONDS; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(MAX_RETRY_AFTER_SECONDS, max(0.0, seconds))
 
 
 def ssl_context(extra_ca_file: str | None) -> ssl.SSLContext:
@@ -174,7 +197,12 @@ async def attempt_delivery(
     if 300 <= status < 400:
         location = response.headers.get("location", "")
         return AttemptResult(False, status, f"redirect to {location[:200]!r} not followed", latency)
-    return AttemptResult(False, status, f"HTTP {status}", latency)
+    if status == 410:
+        return AttemptResult(False, status, "HTTP 410 Gone: webhook disabled", latency, gone=True)
+    retry_after = None
+    if status in (429, 503):
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+    return AttemptResult(False, status, f"HTTP {status}", latency, retry_after=retry_after)
 
 
 def _ms(started: float) -> int:

@@ -14,6 +14,10 @@ from mega_crm.db import Base, UTCDateTime, new_id
 LEAD_CREATED = "lead.created"
 EVENT_TYPES = (LEAD_CREATED,)
 
+# Why a webhook was disabled by the server (a deactivation through the API has no reason).
+DISABLED_GONE = "gone"  # the endpoint answered 410 Gone
+DISABLED_FAILING = "failing"  # MEGA_WEBHOOK_DISABLE_AFTER_FAILURES deliveries failed in a row
+
 # Delivery statuses. `pending` covers "waiting for its next attempt" and "in flight" (leased).
 PENDING = "pending"
 SUCCEEDED = "succeeded"
@@ -48,6 +52,11 @@ class Webhook(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Endpoint health (written by the worker with the attempts' outcomes; see repository).
+    disabled_reason: Mapped[str | None] = mapped_column(String(16))
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class WebhookEvent(Base):

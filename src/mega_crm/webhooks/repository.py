@@ -10,9 +10,11 @@ from typing import Any, cast
 from sqlalchemy import Integer, Table, and_, bindparam, delete, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from mega_crm.db import Query, RawConnection, as_json, as_uuid, per_transaction
+from mega_crm.db import Query, RawConnection, as_json, as_uuid, per_transaction, utcnow
 from mega_crm.webhooks.models import (
     CANCELLED,
+    DISABLED_FAILING,
+    DISABLED_GONE,
     FAILED,
     PENDING,
     SUCCEEDED,
@@ -392,33 +394,110 @@ class AttemptRecord:
     status_code: int | None
     error: str | None
     latency_ms: int | None
+    webhook_id: uuid.UUID | None = None  # for the endpoint's health (None: not tracked)
+    gone: bool = False  # the endpoint answered 410 Gone
 
 
-def record_attempts(session: Session, records: list[AttemptRecord]) -> int:
-    """Write attempt outcomes, all in one statement (executemany); a record whose lease was lost
-    (taken over) changes nothing."""
+@dataclass(frozen=True)
+class Disabled:
+    """A webhook the server disabled while recording attempts."""
+
+    webhook_id: uuid.UUID
+    reason: str  # models.DISABLED_GONE | DISABLED_FAILING
+    consecutive_failures: int
+
+
+def _record_params(r: AttemptRecord) -> dict[str, Any]:
+    return {
+        "b_id": r.delivery_id,
+        "b_token": r.lease_token,
+        "b_succeeded": 1 if r.status == SUCCEEDED else 0,
+        "b_status": r.status,
+        "b_attempts": r.attempts,
+        "b_next": r.next_attempt_at,
+        "b_code": r.status_code,
+        "b_error": r.error,
+        "b_latency": r.latency_ms,
+        "b_at": r.at,
+        "b_completed": r.at if r.status in (SUCCEEDED, FAILED) else None,
+    }
+
+
+def record_attempts(
+    session: Session, records: list[AttemptRecord], *, disable_after: int = 0
+) -> list[Disabled]:
+    """Write attempt outcomes and the endpoints' health, in the caller's transaction.
+
+    A record whose lease was lost (taken over) changes nothing. Outcomes that do not end a
+    delivery as failed go in one statement (executemany); each failed one alone, so that only
+    a failure actually recorded counts towards its webhook's `consecutive_failures` (a retried
+    or taken-over attempt never counts twice). Any 2xx resets the count. A 410 disables the
+    webhook at once (reason "gone"); `disable_after` (> 0) failures in a row disable it
+    ("failing"); either way its pending deliveries are cancelled. -> the webhooks disabled.
+    """
     if not records:
-        return 0
-    result = session.connection().execute(
-        _RECORD,
-        [
-            {
-                "b_id": r.delivery_id,
-                "b_token": r.lease_token,
-                "b_succeeded": 1 if r.status == SUCCEEDED else 0,
-                "b_status": r.status,
-                "b_attempts": r.attempts,
-                "b_next": r.next_attempt_at,
-                "b_code": r.status_code,
-                "b_error": r.error,
-                "b_latency": r.latency_ms,
-                "b_at": r.at,
-                "b_completed": r.at if r.status in (SUCCEEDED, FAILED) else None,
-            }
-            for r in records
-        ],
+        return []
+    conn = session.connection()
+    failed = [r for r in records if r.status == FAILED]
+    others = [r for r in records if r.status != FAILED]
+    if others:
+        conn.execute(_RECORD, [_record_params(r) for r in others])
+    counted = [r for r in failed if conn.execute(_RECORD, _record_params(r)).rowcount == 1]
+    return _track_health(session, records, counted, disable_after)
+
+
+def _track_health(
+    session: Session, records: list[AttemptRecord], counted_failures: list[AttemptRecord], disable_after: int
+) -> list[Disabled]:
+    conn = session.connection()
+    # Per webhook, in the order they happened: True = a success, False = a counted failure.
+    outcomes: dict[uuid.UUID, list[tuple[datetime, bool]]] = {}
+    for r in records:
+        if r.webhook_id is not None and r.status == SUCCEEDED:
+            outcomes.setdefault(r.webhook_id, []).append((r.at, True))
+    for r in counted_failures:
+        if r.webhook_id is not None:
+            outcomes.setdefault(r.webhook_id, []).append((r.at, False))
+    failing: list[uuid.UUID] = []
+    for webhook_id in sorted(outcomes):  # one lock order for every worker: no deadlocks
+        seq = sorted(outcomes[webhook_id], key=lambda o: o[0])
+        last_success = max((i for i, (_, ok) in enumerate(seq) if ok), default=None)
+        if last_success is None:
+            failures = len(seq)
+            conn.execute(_ADD_FAILURES, {"b_wid": webhook_id, "b_n": failures})
+        else:
+            failures = len(seq) - last_success - 1
+            conn.execute(_SET_HEALTH, {"b_wid": webhook_id, "b_n": failures, "b_at": seq[last_success][0]})
+        if failures:
+            failing.append(webhook_id)
+    disabled: list[Disabled] = []
+    gone = sorted({r.webhook_id for r in records if r.gone and r.webhook_id is not None})
+    for webhook_id in gone:
+        disabled += _disable(session, webhook_id, DISABLED_GONE, None)
+    if disable_after > 0:
+        for webhook_id in failing:
+            if webhook_id not in gone:
+                disabled += _disable(session, webhook_id, DISABLED_FAILING, disable_after)
+    return disabled
+
+
+def _disable(session: Session, webhook_id: uuid.UUID, reason: str, threshold: int | None) -> list[Disabled]:
+    """Disable a live, active webhook (when `threshold`: only at that many failures in a row)
+    and cancel its pending deliveries. -> [the disabling] or [] when it did not apply."""
+    now = utcnow()
+    query = (
+        update(_webhooks)
+        .where(_wcol.id == webhook_id, _wcol.is_active.is_(True), _wcol.deleted_at.is_(None))
+        .values(is_active=False, disabled_reason=reason, disabled_at=now, updated_at=now)
+        .returning(_wcol.consecutive_failures)
     )
-    return int(result.rowcount)
+    if threshold is not None:
+        query = query.where(_wcol.consecutive_failures >= threshold)
+    row = session.connection().execute(query).first()
+    if row is None:
+        return []
+    cancel_pending_deliveries(session, webhook_id, now)
+    return [Disabled(webhook_id, reason, int(row[0]))]
 
 
 _deliveries = cast(Table, WebhookDelivery.__table__)
@@ -457,6 +536,24 @@ _RECORD = (
         last_attempt_at=_at,
         updated_at=_at,
         completed_at=bindparam("b_completed", type_=_col.completed_at.type),
+    )
+)
+
+
+_webhooks = cast(Table, Webhook.__table__)
+_wcol = _webhooks.c
+_wid = bindparam("b_wid", type_=_wcol.id.type)
+_ADD_FAILURES = (
+    update(_webhooks)
+    .where(_wcol.id == _wid)
+    .values(consecutive_failures=_wcol.consecutive_failures + bindparam("b_n", type_=Integer()))
+)
+_SET_HEALTH = (
+    update(_webhooks)
+    .where(_wcol.id == _wid)
+    .values(
+        consecutive_failures=bindparam("b_n", type_=Integer()),
+        last_success_at=bindparam("b_at", type_=_wcol.last_success_at.type),
     )
 )
 

@@ -66,6 +66,18 @@ class Webhook(BaseModel):
     description: str | None = None  # always sent; optional in the contract's schema
     created_at: datetime
     updated_at: datetime
+    # Extensions (not in the contract; always sent): the endpoint's health.
+    disabled_reason: Literal["gone", "failing"] | None = Field(
+        default=None,
+        description="Why the server disabled this webhook: `gone` (the endpoint answered 410), "
+        "`failing` (MEGA_WEBHOOK_DISABLE_AFTER_FAILURES deliveries in a row failed); null when "
+        'active or deactivated through the API. `PATCH {"is_active": true}` clears it.',
+    )
+    disabled_at: datetime | None = Field(default=None, description="When it last became inactive.")
+    consecutive_failures: int = Field(
+        default=0, description="Deliveries that ended failed since the last success (or re-enabling)."
+    )
+    last_success_at: datetime | None = Field(default=None, description="When an attempt last got a 2xx.")
 
 
 class WebhookListResponse(BaseModel):

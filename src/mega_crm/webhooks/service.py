@@ -30,7 +30,8 @@ def iso(value: datetime | None) -> str | None:
 
 
 def webhook_body(webhook: Webhook) -> dict[str, Any]:
-    """The contract's `Webhook`: never the secret."""
+    """The contract's `Webhook` (never the secret), plus this server's extensions after the
+    contract's fields: the endpoint's health."""
     return {
         "id": str(webhook.id),
         "url": webhook.url,
@@ -41,6 +42,10 @@ def webhook_body(webhook: Webhook) -> dict[str, Any]:
         "description": webhook.description,
         "created_at": iso(webhook.created_at),
         "updated_at": iso(webhook.updated_at),
+        "disabled_reason": webhook.disabled_reason,
+        "disabled_at": iso(webhook.disabled_at),
+        "consecutive_failures": webhook.consecutive_failures or 0,
+        "last_success_at": iso(webhook.last_success_at),
     }
 
 
@@ -114,6 +119,8 @@ def create_webhook(
         timeout_seconds=request.timeout_seconds,
         retry_attempts=request.retry_attempts,
         description=request.description or None,
+        consecutive_failures=0,
+        disabled_at=None if request.is_active else now,
         created_at=now,
         updated_at=now,
     )
@@ -166,6 +173,12 @@ def update_webhook(
         if webhook.is_active and not request.is_active:
             # Deactivation stops deliveries now, including those waiting for a retry.
             repo.cancel_pending_deliveries(session, webhook.id, now)
+            webhook.disabled_at = now
+        elif request.is_active and not webhook.is_active:
+            # Re-enabling starts the endpoint's health afresh.
+            webhook.disabled_reason = None
+            webhook.disabled_at = None
+            webhook.consecutive_failures = 0
         webhook.is_active = request.is_active
     body: dict[str, Any] = {}
     if request.rotate_secret:

@@ -75,6 +75,7 @@ class DeliveryWorker:
         self._records: list[repo.AttemptRecord] = []
         self._listen_stop = threading.Event()
         self._closing = False
+        self._disable_after = max(0, settings.webhook_disable_after_failures)
 
     # --- waking ---------------------------------------------------------------------------
 
@@ -251,7 +252,7 @@ class DeliveryWorker:
                     return []
         with self.db.write_session() as session:
             if records:
-                repo.record_attempts(session, records)
+                self._log_disabled(repo.record_attempts(session, records, disable_after=self._disable_after))
             if not limit:
                 return []
             claims = repo.claim_due_deliveries(
@@ -341,11 +342,13 @@ class DeliveryWorker:
         next_attempt_at = None
         if result.succeeded:
             status = SUCCEEDED
-        elif result.refused or attempts > claim.retry_attempts:
+        elif result.refused or result.gone or attempts > claim.retry_attempts:
             status = FAILED
         else:
             status = PENDING
             delay = retry_delay(attempts, self.settings.webhook_retry_base_seconds)
+            if result.retry_after is not None:  # the receiver's 429/503 Retry-After, capped
+                delay = max(delay, result.retry_after)
             next_attempt_at = now + timedelta(seconds=delay)
         if not result.succeeded:
             log.info("webhook delivery %s attempt %d failed: %s", claim.id, attempts, result.error)
@@ -359,6 +362,8 @@ class DeliveryWorker:
             status_code=result.status_code,
             error=result.error,
             latency_ms=result.latency_ms,
+            webhook_id=claim.webhook_id,
+            gone=result.gone,
         )
 
     # --- recording ------------------------------------------------------------------------
@@ -377,7 +382,19 @@ class DeliveryWorker:
 
     def _write(self, records: list[repo.AttemptRecord]) -> None:
         with self.db.write_session() as session:
-            repo.record_attempts(session, records)
+            disabled = repo.record_attempts(session, records, disable_after=self._disable_after)
+        self._log_disabled(disabled)
+
+    @staticmethod
+    def _log_disabled(disabled: list[repo.Disabled]) -> None:
+        for d in disabled:
+            log.warning(
+                "webhook %s disabled (%s) after %d failed delivery(ies) in a row; its pending deliveries "
+                "are cancelled",
+                d.webhook_id,
+                d.reason,
+                d.consecutive_failures,
+            )
 
     async def _drain(self) -> None:
         """Shutdown: give in-flight attempts the grace period, then release what is left."""

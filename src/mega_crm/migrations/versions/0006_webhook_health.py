@@ -1,0 +1,34 @@
+"""webhooks: endpoint health
+
+Revision ID: 0006
+Revises: 0004
+Create Date: 2026-11-30 00:00:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0004"  # 0005 (search) is added beside this; the two are chained at merge
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("webhooks", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("disabled_reason", sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("consecutive_failures", sa.Integer(), server_default="0", nullable=False)
+        )
+        batch_op.add_column(sa.Column("last_success_at", sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("webhooks", schema=None) as batch_op:
+        batch_op.drop_column("last_success_at")
+        batch_op.drop_column("consecutive_failures")
+        batch_op.drop_column("disabled_at")
+        batch_op.drop_column("disabled_reason")
