@@ -20,6 +20,7 @@ METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 # contract client neither sends nor needs them. Listed so that an accidental addition still fails.
 EXTENSION_PROPERTIES: dict[str, set[str]] = {
     "Webhook": {"disabled_reason", "disabled_at", "consecutive_failures", "last_success_at"},
+    "WebhookUpdateRequest": {"secret_overlap_seconds"},
 }
 
 

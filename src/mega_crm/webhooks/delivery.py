@@ -46,13 +46,22 @@ def build_body(event_type: str, lead: dict[str, Any], delivered_at: datetime) ->
 
 
 def signed_headers(
-    secret: str, delivery_id: str, event_type: str, body: bytes, timestamp: int
+    secret: str,
+    delivery_id: str,
+    event_type: str,
+    body: bytes,
+    timestamp: int,
+    previous_secret: str | None = None,
 ) -> dict[str, str]:
+    """During a rotation's overlap `previous_secret` signs too: "sha256=<new>,sha256=<previous>"."""
+    signature = compute_signature(secret, timestamp, body)
+    if previous_secret is not None:
+        signature += "," + compute_signature(previous_secret, timestamp, body)
     return {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: compute_signature(secret, timestamp, body),
+        SIGNATURE_HEADER: signature,
         DELIVERY_HEADER: delivery_id,
         "X-Mega-Event": event_type,
     }
@@ -149,6 +158,7 @@ async def attempt_delivery(
     timeout_seconds: float,
     allow_private: bool,
     resolver: Resolver | None = None,
+    previous_secret: str | None = None,
 ) -> AttemptResult:
     started = time.monotonic()
     try:
@@ -158,7 +168,7 @@ async def attempt_delivery(
 
     now = datetime.now(UTC)
     body = build_body(event_type, lead, now)
-    headers = signed_headers(secret, delivery_id, event_type, body, int(now.timestamp()))
+    headers = signed_headers(secret, delivery_id, event_type, body, int(now.timestamp()), previous_secret)
     headers["Host"] = target.host_header
     extensions: dict[str, Any] = {}
     if target.scheme == "https" and not target.is_ip_literal:

@@ -49,6 +49,10 @@ class Webhook(Base):
     description: Mapped[str | None] = mapped_column(Text)
     # The signing secret, AES-GCM encrypted under a key derived from MEGA_SECRET_KEY.
     secret_encrypted: Mapped[str] = mapped_column(Text)
+    # After a rotation with an overlap, the secret before it (encrypted alike) and until when
+    # attempts are signed with it too; at most two secrets are live.
+    previous_secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

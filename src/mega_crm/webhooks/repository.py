@@ -244,6 +244,9 @@ class ClaimedDelivery:
     event_type: str
     lead: dict[str, Any]
     secret: str | None = None  # decrypted once per webhook and batch by the claimer, when it could
+    # During a rotation's overlap: the previous secret (encrypted) and until when it signs too.
+    previous_secret_encrypted: str | None = None
+    previous_secret_expires_at: datetime | None = None
 
 
 def _due(now: datetime) -> Any:
@@ -270,6 +273,8 @@ _CLAIM_DETAILS = (
         WebhookEvent.id,
         WebhookEvent.event_type,
         WebhookEvent.lead,
+        Webhook.previous_secret_encrypted,
+        Webhook.previous_secret_expires_at,
     )
     .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
     .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
@@ -344,6 +349,8 @@ def claim_due_deliveries(
             event_id=r[7],
             event_type=r[8],
             lead=r[9],
+            previous_secret_encrypted=r[10],
+            previous_secret_expires_at=r[11],
         )
         for r in rows
     ]

@@ -54,6 +54,17 @@ class WebhookUpdateRequest(_Input):
         StrictBool | SkipJsonSchema[None],
         Field(description="When true, a fresh signing secret is minted and returned once."),
     ] = None
+    secret_overlap_seconds: Annotated[
+        StrictInt | SkipJsonSchema[None],
+        Field(
+            ge=0,
+            le=86_400,
+            description="Extension, with `rotate_secret: true`: for this many seconds every attempt "
+            "is signed with the new and the previous secret (`X-Mega-Signature: "
+            "sha256=<new>,sha256=<previous>`), so receivers holding either verify it. "
+            "0 (the default): the new secret alone at once.",
+        ),
+    ] = None
 
 
 class Webhook(BaseModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -181,10 +181,20 @@ def update_webhook(
             webhook.consecutive_failures = 0
         webhook.is_active = request.is_active
     body: dict[str, Any] = {}
+    overlap = request.secret_overlap_seconds
+    if overlap is not None and not request.rotate_secret:
+        raise InvalidRequestError("secret_overlap_seconds applies only with rotate_secret: true.")
     if request.rotate_secret:
-        # The worker reads the secret when it claims each attempt: every attempt claimed after
-        # this commit is signed with the new secret.
+        # The worker reads the secrets when it claims each attempt: every attempt claimed after
+        # this commit is signed with the new secret (and, during an overlap, the one before it;
+        # an earlier previous secret is dropped: at most two are live).
         secret = new_webhook_secret()
+        if overlap:
+            webhook.previous_secret_encrypted = webhook.secret_encrypted  # sealed for this id
+            webhook.previous_secret_expires_at = now + timedelta(seconds=overlap)
+        else:
+            webhook.previous_secret_encrypted = None
+            webhook.previous_secret_expires_at = None
         webhook.secret_encrypted = box.seal(webhook.id, secret)
         body["secret"] = secret
     if session.is_modified(webhook):  # a PATCH that changes nothing leaves updated_at alone

@@ -4,6 +4,8 @@ A delivery attempt carries
   X-Mega-Timestamp: Unix seconds of this attempt
   X-Mega-Signature: "sha256=" + hex(HMAC-SHA256(key=secret as UTF-8, msg=timestamp + "." + raw body))
 so a receiver can check both who sent the body and that it is fresh (no replays of old captures).
+During a rotation's overlap the signature header lists one signature per live secret, comma
+separated, the new secret's first: "sha256=<new>,sha256=<previous>".
 """
 
 from __future__ import annotations
@@ -47,19 +49,25 @@ def verify_signature(
     """True when `raw_body` was signed with `secret` less than `tolerance` seconds ago.
 
     `headers` is the request's header mapping (any letter case); `raw_body` the bytes exactly as
-    received, before any JSON parsing. `tolerance=None` skips the freshness check.
+    received, before any JSON parsing. `tolerance=None` skips the freshness check. The signature
+    header may list several signatures, comma separated (during a secret rotation's overlap):
+    any one made with `secret` verifies.
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     timestamp = lowered.get(TIMESTAMP_HEADER.lower(), "").strip()
-    signature = lowered.get(SIGNATURE_HEADER.lower(), "").strip()
-    if not timestamp.isdigit() or not signature.startswith(SIGNATURE_SCHEME):
+    signatures = [s.strip() for s in lowered.get(SIGNATURE_HEADER.lower(), "").split(",")]
+    if not timestamp.isdigit():
         return False
     if tolerance is not None:
         current = time.time() if now is None else now
         if abs(current - int(timestamp)) > tolerance:
             return False
-    expected = compute_signature(secret, timestamp, raw_body)
-    return hmac.compare_digest(expected.encode(), signature.encode())
+    expected = compute_signature(secret, timestamp, raw_body).encode()
+    # Compare with every listed signature (constant time each; no early exit on a match).
+    matches = [
+        hmac.compare_digest(expected, s.encode()) for s in signatures if s.startswith(SIGNATURE_SCHEME)
+    ]
+    return any(matches)
 
 
 class SecretBox:

@@ -322,6 +322,7 @@ class DeliveryWorker:
                 pool,
                 url=claim.url,
                 secret=secret,
+                previous_secret=self._previous_secret(claim),
                 delivery_id=str(claim.id),
                 event_type=claim.event_type,
                 lead=claim.lead,
@@ -335,6 +336,16 @@ class DeliveryWorker:
             log.exception("webhook delivery %s: unexpected error", claim.id)
             result = AttemptResult(False, None, f"internal error: {type(exc).__name__}", None)
         self._records.append(self._judge(claim, result))  # _attempt_done wakes the pump
+
+    def _previous_secret(self, claim: repo.ClaimedDelivery) -> str | None:
+        """The secret before the last rotation while its overlap lasts (then it signs too)."""
+        until = claim.previous_secret_expires_at
+        if claim.previous_secret_encrypted is None or until is None or until <= utcnow():
+            return None
+        try:
+            return self.box.open(claim.webhook_id, claim.previous_secret_encrypted)
+        except ValueError:
+            return None  # the current secret still signs
 
     def _judge(self, claim: repo.ClaimedDelivery, result: AttemptResult) -> repo.AttemptRecord:
         now = utcnow()

@@ -1,4 +1,4 @@
-"""webhooks: endpoint health
+"""webhooks: endpoint health, secret rotation with an overlap
 
 Revision ID: 0006
 Revises: 0004
@@ -24,10 +24,16 @@ def upgrade() -> None:
             sa.Column("consecutive_failures", sa.Integer(), server_default="0", nullable=False)
         )
         batch_op.add_column(sa.Column("last_success_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("previous_secret_encrypted", sa.Text(), nullable=True))
+        batch_op.add_column(
+            sa.Column("previous_secret_expires_at", sa.DateTime(timezone=True), nullable=True)
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("webhooks", schema=None) as batch_op:
+        batch_op.drop_column("previous_secret_expires_at")
+        batch_op.drop_column("previous_secret_encrypted")
         batch_op.drop_column("last_success_at")
         batch_op.drop_column("consecutive_failures")
         batch_op.drop_column("disabled_at")
