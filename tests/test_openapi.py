@@ -19,8 +19,15 @@ METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 # responses, which the reference's schemas allow (none forbids additional properties), so a
 # contract client neither sends nor needs them. Listed so that an accidental addition still fails.
 EXTENSION_PROPERTIES: dict[str, set[str]] = {
-    "Webhook": {"disabled_reason", "disabled_at", "consecutive_failures", "last_success_at"},
-    "WebhookUpdateRequest": {"secret_overlap_seconds"},
+    "Webhook": {
+        "disabled_reason",
+        "disabled_at",
+        "consecutive_failures",
+        "last_success_at",
+        "signature_scheme",
+    },
+    "WebhookCreateRequest": {"signature_scheme"},
+    "WebhookUpdateRequest": {"secret_overlap_seconds", "signature_scheme"},
 }
 
 

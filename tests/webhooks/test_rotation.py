@@ -39,7 +39,8 @@ def test_during_the_overlap_both_secrets_sign_then_only_the_new_one(wh_client, t
     create_lead(wh_client, tenant)
     [during] = endpoint.wait_for(1)
     # Exactly as documented: the new secret's signature first, then the previous one's.
-    assert during.headers["x-mega-signature"] == f"sha256={hex_mac(new, during)},sha256={hex_mac(old, during)}"
+    expected = f"sha256={hex_mac(new, during)},sha256={hex_mac(old, during)}"
+    assert during.headers["x-mega-signature"] == expected
     assert verify_signature(new, during.headers, during.body)
     assert verify_signature(old, during.headers, during.body)
     assert not verify_signature("mega_whsec_" + "0" * 64, during.headers, during.body)

@@ -23,7 +23,13 @@ import httpx
 import orjson
 
 from mega_crm import __version__ as server_version
-from mega_crm.webhooks.signing import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, compute_signature
+from mega_crm.webhooks.signing import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    compute_signature,
+    standard_webhooks_headers,
+)
 from mega_crm.webhooks.urls import Resolver, Target, UrlRefused, check_literal_webhook_url, check_webhook_url
 
 USER_AGENT = f"MEGA-CRM-Webhooks/{server_version} (lead webhooks)"
@@ -52,12 +58,19 @@ def signed_headers(
     body: bytes,
     timestamp: int,
     previous_secret: str | None = None,
+    signature_scheme: str = "mega",
 ) -> dict[str, str]:
-    """During a rotation's overlap `previous_secret` signs too: "sha256=<new>,sha256=<previous>"."""
+    """During a rotation's overlap `previous_secret` signs too: "sha256=<new>,sha256=<previous>".
+    The "standard-webhooks" scheme adds webhook-id/-timestamp/-signature (same id and time)."""
     signature = compute_signature(secret, timestamp, body)
     if previous_secret is not None:
         signature += "," + compute_signature(previous_secret, timestamp, body)
+    extra: dict[str, str] = {}
+    if signature_scheme == "standard-webhooks":
+        live = [secret] if previous_secret is None else [secret, previous_secret]
+        extra = standard_webhooks_headers(live, delivery_id, timestamp, body)
     return {
+        **extra,
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         TIMESTAMP_HEADER: str(timestamp),
@@ -159,6 +172,7 @@ async def attempt_delivery(
     allow_private: bool,
     resolver: Resolver | None = None,
     previous_secret: str | None = None,
+    signature_scheme: str = "mega",
 ) -> AttemptResult:
     started = time.monotonic()
     try:
@@ -168,7 +182,9 @@ async def attempt_delivery(
 
     now = datetime.now(UTC)
     body = build_body(event_type, lead, now)
-    headers = signed_headers(secret, delivery_id, event_type, body, int(now.timestamp()), previous_secret)
+    headers = signed_headers(
+        secret, delivery_id, event_type, body, int(now.timestamp()), previous_secret, signature_scheme
+    )
     headers["Host"] = target.host_header
     extensions: dict[str, Any] = {}
     if target.scheme == "https" and not target.is_ip_literal:

@@ -18,6 +18,11 @@ EVENT_TYPES = (LEAD_CREATED,)
 DISABLED_GONE = "gone"  # the endpoint answered 410 Gone
 DISABLED_FAILING = "failing"  # MEGA_WEBHOOK_DISABLE_AFTER_FAILURES deliveries failed in a row
 
+# How attempts are signed: X-Mega-* headers always; "standard-webhooks" adds the Standard
+# Webhooks headers (webhook-id, webhook-timestamp, webhook-signature).
+SCHEME_MEGA = "mega"
+SCHEME_STANDARD_WEBHOOKS = "standard-webhooks"
+
 # Delivery statuses. `pending` covers "waiting for its next attempt" and "in flight" (leased).
 PENDING = "pending"
 SUCCEEDED = "succeeded"
@@ -53,6 +58,7 @@ class Webhook(Base):
     # attempts are signed with it too; at most two secrets are live.
     previous_secret_encrypted: Mapped[str | None] = mapped_column(Text)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    signature_scheme: Mapped[str] = mapped_column(String(32), default=SCHEME_MEGA, server_default=SCHEME_MEGA)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

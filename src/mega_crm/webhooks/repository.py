@@ -247,6 +247,7 @@ class ClaimedDelivery:
     # During a rotation's overlap: the previous secret (encrypted) and until when it signs too.
     previous_secret_encrypted: str | None = None
     previous_secret_expires_at: datetime | None = None
+    signature_scheme: str = "mega"
 
 
 def _due(now: datetime) -> Any:
@@ -275,6 +276,7 @@ _CLAIM_DETAILS = (
         WebhookEvent.lead,
         Webhook.previous_secret_encrypted,
         Webhook.previous_secret_expires_at,
+        Webhook.signature_scheme,
     )
     .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
     .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
@@ -351,6 +353,7 @@ def claim_due_deliveries(
             lead=r[9],
             previous_secret_encrypted=r[10],
             previous_secret_expires_at=r[11],
+            signature_scheme=r[12],
         )
         for r in rows
     ]

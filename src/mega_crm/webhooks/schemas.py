@@ -26,6 +26,14 @@ EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=10)]
 TimeoutSeconds = Annotated[StrictInt, Field(ge=1, le=60)]
 RetryAttempts = Annotated[StrictInt, Field(ge=0, le=10)]
 Description = Annotated[StrictStr | None, Field(max_length=500)]
+SignatureScheme = Annotated[
+    Literal["mega", "standard-webhooks"],
+    Field(
+        description="Extension. `mega`: X-Mega-Signature only. `standard-webhooks`: also the Standard "
+        "Webhooks headers `webhook-id`, `webhook-timestamp`, `webhook-signature` (see the README for "
+        "the key)."
+    ),
+]
 
 
 class _Input(BaseModel):
@@ -39,6 +47,7 @@ class WebhookCreateRequest(_Input):
     retry_attempts: RetryAttempts = 5
     description: Description = None
     is_active: StrictBool = True
+    signature_scheme: SignatureScheme = "mega"
 
 
 class WebhookUpdateRequest(_Input):
@@ -50,6 +59,7 @@ class WebhookUpdateRequest(_Input):
     retry_attempts: RetryAttempts | SkipJsonSchema[None] = None
     description: Description = None
     is_active: StrictBool | SkipJsonSchema[None] = None
+    signature_scheme: SignatureScheme | SkipJsonSchema[None] = None
     rotate_secret: Annotated[
         StrictBool | SkipJsonSchema[None],
         Field(description="When true, a fresh signing secret is minted and returned once."),
@@ -89,6 +99,9 @@ class Webhook(BaseModel):
         default=0, description="Deliveries that ended failed since the last success (or re-enabling)."
     )
     last_success_at: datetime | None = Field(default=None, description="When an attempt last got a 2xx.")
+    signature_scheme: Literal["mega", "standard-webhooks"] = Field(
+        default="mega", description="How attempts are signed (an extension; see the README)."
+    )
 
 
 class WebhookListResponse(BaseModel):

@@ -46,6 +46,7 @@ def webhook_body(webhook: Webhook) -> dict[str, Any]:
         "disabled_at": iso(webhook.disabled_at),
         "consecutive_failures": webhook.consecutive_failures or 0,
         "last_success_at": iso(webhook.last_success_at),
+        "signature_scheme": webhook.signature_scheme,
     }
 
 
@@ -120,6 +121,7 @@ def create_webhook(
         retry_attempts=request.retry_attempts,
         description=request.description or None,
         consecutive_failures=0,
+        signature_scheme=request.signature_scheme,
         disabled_at=None if request.is_active else now,
         created_at=now,
         updated_at=now,
@@ -169,6 +171,8 @@ def update_webhook(
         webhook.retry_attempts = request.retry_attempts
     if "description" in sent:
         webhook.description = request.description or None
+    if "signature_scheme" in sent and request.signature_scheme is not None:
+        webhook.signature_scheme = request.signature_scheme
     if "is_active" in sent and request.is_active is not None:
         if webhook.is_active and not request.is_active:
             # Deactivation stops deliveries now, including those waiting for a retry.

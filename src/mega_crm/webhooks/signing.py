@@ -29,6 +29,46 @@ DELIVERY_HEADER = "X-Mega-Delivery"
 SIGNATURE_SCHEME = "sha256="
 
 
+# Standard Webhooks (https://www.standardwebhooks.com/, spec "Signature scheme").
+STANDARD_ID_HEADER = "webhook-id"
+STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
+STANDARD_SIGNATURE_HEADER = "webhook-signature"
+
+
+def standard_webhooks_key(secret: str) -> bytes:
+    """The HMAC key of the Standard Webhooks signature: the 32 random bytes the `mega_whsec_…`
+    secret spells in hex (the specification asks for 24-64 random bytes). A receiver gives the
+    `standardwebhooks` library `"whsec_" + base64(these bytes)`.
+
+    Raises ValueError for a secret not of this server's form."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError("not a mega_whsec_ secret")
+    return bytes.fromhex(secret[len(SECRET_PREFIX) :])
+
+
+def standard_webhooks_secret(secret: str) -> str:
+    """`mega_whsec_<hex>` -> `whsec_<base64>`, the form Standard Webhooks libraries take."""
+    return "whsec_" + base64.b64encode(standard_webhooks_key(secret)).decode()
+
+
+def standard_webhooks_headers(
+    secrets_: list[str], message_id: str, timestamp: int, raw_body: bytes
+) -> dict[str, str]:
+    """webhook-id, webhook-timestamp and webhook-signature: "v1," + base64(HMAC-SHA256(key,
+    id + "." + timestamp + "." + body)) per live secret, space separated (new secret first)."""
+    message = f"{message_id}.{timestamp}.".encode() + raw_body
+    signatures = [
+        "v1,"
+        + base64.b64encode(hmac.new(standard_webhooks_key(s), message, hashlib.sha256).digest()).decode()
+        for s in secrets_
+    ]
+    return {
+        STANDARD_ID_HEADER: message_id,
+        STANDARD_TIMESTAMP_HEADER: str(timestamp),
+        STANDARD_SIGNATURE_HEADER: " ".join(signatures),
+    }
+
+
 def new_webhook_secret() -> str:
     return SECRET_PREFIX + secrets.token_hex(32)
 

@@ -323,6 +323,7 @@ class DeliveryWorker:
                 url=claim.url,
                 secret=secret,
                 previous_secret=self._previous_secret(claim),
+                signature_scheme=claim.signature_scheme,
                 delivery_id=str(claim.id),
                 event_type=claim.event_type,
                 lead=claim.lead,

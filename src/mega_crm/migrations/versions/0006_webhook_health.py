@@ -1,4 +1,4 @@
-"""webhooks: endpoint health, secret rotation with an overlap
+"""webhooks: endpoint health, secret rotation with an overlap, signature scheme
 
 Revision ID: 0006
 Revises: 0004
@@ -28,10 +28,14 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("previous_secret_expires_at", sa.DateTime(timezone=True), nullable=True)
         )
+        batch_op.add_column(
+            sa.Column("signature_scheme", sa.String(length=32), server_default="mega", nullable=False)
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("webhooks", schema=None) as batch_op:
+        batch_op.drop_column("signature_scheme")
         batch_op.drop_column("previous_secret_expires_at")
         batch_op.drop_column("previous_secret_encrypted")
         batch_op.drop_column("last_success_at")
