@@ -24,7 +24,7 @@ from mega_crm.leads.documents import LEAD_LINE, lead_body, render_document
 from mega_crm.leads.normalize import ContactError, digits_of, normalize_email, normalize_phone
 from mega_crm.leads.schemas import BulkLeadRow, LeadCreateRequest, ListLeadsQuery
 from mega_crm.validation import describe_errors
-from mega_crm.webhooks.outbox import record_lead_created
+from mega_crm.webhooks.outbox import record_lead_created, record_lead_updated
 
 LEAD_STATUSES = ("active", "won", "lost", "nurture", "archived")
 LEAD_LINES = ("buyer", "seller")
@@ -186,6 +186,10 @@ def create_lead(
         counts_as_interaction=True,
     )
     before = {rec["id"]: repo.bucket_of(rec) for rec in existing}
+    # The matched lead as it was, for lead.updated (the merge changes the records in place).
+    originals = {
+        rec["id"]: {**rec, "custom_fields": dict(rec.get("custom_fields") or {})} for rec in existing
+    }
     plan = plan_merge([(lead_input, RowOutcome(row_ref=None, status="failed"))], existing, defaults)
     _apply_plan(session, customer_id, plan, before, config)
     outcome = plan.outcomes[0]
@@ -194,6 +198,9 @@ def create_lead(
     body = lead_body(rec, config.stage(rec["stage_id"]), config.owners.get(rec["owner_id"]))
     if outcome.status == "created":
         record_lead_created(session, customer_id, body)
+    elif outcome.lead_id in plan.changed_columns:
+        was = originals[outcome.lead_id]
+        record_lead_updated(session, customer_id, body, lead_body(was, config.stage(was["stage_id"]), None))
     return 201, {"lead": body}
 
 

@@ -46,9 +46,12 @@ def retry_delay(retry_number: int, base_seconds: float, cap: float = MAX_BACKOFF
     return random.uniform(step / 2, step)
 
 
-def build_body(event_type: str, lead: dict[str, Any], delivered_at: datetime) -> bytes:
+def build_body(
+    event_type: str, lead: dict[str, Any], delivered_at: datetime, details: dict[str, Any] | None = None
+) -> bytes:
+    """`details`: the event's other payload members (lead.updated: changed_fields, previous)."""
     stamp = delivered_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return orjson.dumps({"event": event_type, "delivered_at": stamp, "lead": lead})
+    return orjson.dumps({"event": event_type, "delivered_at": stamp, "lead": lead, **(details or {})})
 
 
 def signed_headers(
@@ -173,6 +176,7 @@ async def attempt_delivery(
     resolver: Resolver | None = None,
     previous_secret: str | None = None,
     signature_scheme: str = "mega",
+    details: dict[str, Any] | None = None,
 ) -> AttemptResult:
     started = time.monotonic()
     try:
@@ -181,7 +185,7 @@ async def attempt_delivery(
         return AttemptResult(False, None, f"refused: {exc}", None, refused=True)
 
     now = datetime.now(UTC)
-    body = build_body(event_type, lead, now)
+    body = build_body(event_type, lead, now, details)
     headers = signed_headers(
         secret, delivery_id, event_type, body, int(now.timestamp()), previous_secret, signature_scheme
     )

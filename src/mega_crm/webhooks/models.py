@@ -12,7 +12,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from mega_crm.db import Base, UTCDateTime, new_id
 
 LEAD_CREATED = "lead.created"
-EVENT_TYPES = (LEAD_CREATED,)
+LEAD_UPDATED = "lead.updated"  # a single createLead merged into a lead and changed it
+EVENT_TYPES = (LEAD_CREATED, LEAD_UPDATED)  # what a webhook can subscribe to
 
 # Why a webhook was disabled by the server (a deactivation through the API has no reason).
 DISABLED_GONE = "gone"  # the endpoint answered 410 Gone
@@ -80,6 +81,9 @@ class WebhookEvent(Base):
     lead_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     # The `lead` object of the payload, frozen at the moment of the event.
     lead: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The payload's other members beside event/delivered_at/lead (lead.updated: changed_fields
+    # and previous); None for lead.created.
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from mega_crm.db import utcnow
 from mega_crm.webhooks import repository as repo
-from mega_crm.webhooks.models import LEAD_CREATED
+from mega_crm.webhooks.models import LEAD_CREATED, LEAD_UPDATED
 
 _wake_listeners: list[Callable[[], None]] = []
 _listeners_lock = threading.Lock()
@@ -82,5 +82,44 @@ def record_lead_created(session: Session, customer_id: uuid.UUID, lead: dict[str
         lead=webhook_lead(lead),
         webhook_ids=webhook_ids,
         now=utcnow(),
+    )
+    wake_workers_on_commit(session)
+
+
+# The payload's fields a merge can change (id, source and created_at never change; updated_at
+# always does, so it is not news by itself).
+_MERGEABLE = (
+    "contact_name",
+    "contact_phone",
+    "contact_email",
+    "lead_line",
+    "current_stage",
+    "custom_fields",
+)
+
+
+def record_lead_updated(
+    session: Session, customer_id: uuid.UUID, lead: dict[str, Any], before: dict[str, Any]
+) -> None:
+    """Called by createLead in the transaction that merged into an existing lead: when that
+    changed at least one of the payload's fields, one lead.updated event (the lead after, the
+    names of the fields that changed and their values before) and a pending delivery per active
+    webhook subscribed to lead.updated. `lead`, `before`: the contract's Lead after and before."""
+    after, previous = webhook_lead(lead), webhook_lead(before)
+    changed = [name for name in _MERGEABLE if after[name] != previous[name]]
+    if not changed:
+        return
+    webhook_ids = repo.subscribed_webhook_ids(session, customer_id, LEAD_UPDATED)
+    if not webhook_ids:
+        return
+    repo.insert_event_with_deliveries(
+        session,
+        customer_id=customer_id,
+        event_type=LEAD_UPDATED,
+        lead_id=uuid.UUID(lead["id"]),
+        lead=after,
+        webhook_ids=webhook_ids,
+        now=utcnow(),
+        details={"changed_fields": changed, "previous": {name: previous[name] for name in changed}},
     )
     wake_workers_on_commit(session)

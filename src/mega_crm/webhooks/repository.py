@@ -113,6 +113,7 @@ def insert_event_with_deliveries(
     lead: dict[str, Any],
     webhook_ids: list[uuid.UUID],
     now: datetime,
+    details: dict[str, Any] | None = None,
 ) -> list[uuid.UUID]:
     event = WebhookEvent(
         id=uuid.uuid4(),
@@ -120,6 +121,7 @@ def insert_event_with_deliveries(
         event_type=event_type,
         lead_id=lead_id,
         lead=lead,
+        details=details,
         created_at=now,
     )
     session.add(event)
@@ -248,6 +250,7 @@ class ClaimedDelivery:
     previous_secret_encrypted: str | None = None
     previous_secret_expires_at: datetime | None = None
     signature_scheme: str = "mega"
+    details: dict[str, Any] | None = None  # the event's payload members beside `lead`
 
 
 def _due(now: datetime) -> Any:
@@ -277,6 +280,7 @@ _CLAIM_DETAILS = (
         Webhook.previous_secret_encrypted,
         Webhook.previous_secret_expires_at,
         Webhook.signature_scheme,
+        WebhookEvent.details,
     )
     .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
     .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
@@ -354,6 +358,7 @@ def claim_due_deliveries(
             previous_secret_encrypted=r[10],
             previous_secret_expires_at=r[11],
             signature_scheme=r[12],
+            details=r[13],
         )
         for r in rows
     ]

@@ -11,7 +11,8 @@ from pydantic.json_schema import SkipJsonSchema
 from mega_crm.leads.schemas import FIELDS_OPTIONAL_IN_SCHEMA, CustomFieldMap
 from mega_crm.openapi import component
 
-EventType = Literal["lead.created"]
+# What a webhook subscribes to; "lead.updated" is an extension (the contract has lead.created).
+EventType = Literal["lead.created", "lead.updated"]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
 
 Url = Annotated[
@@ -183,3 +184,33 @@ class LeadCreatedWebhookPayload(BaseModel):
     event: Literal["lead.created"]
     delivered_at: datetime
     lead: WebhookLead
+
+
+ChangedField = Literal[
+    "contact_name", "contact_phone", "contact_email", "lead_line", "current_stage", "custom_fields"
+]
+
+
+class WebhookLeadPrevious(BaseModel):
+    """The changed fields' values before the change (only those named in `changed_fields`)."""
+
+    contact_name: str | None = None
+    contact_phone: str | None = None
+    contact_email: str | None = None
+    lead_line: str | None = None
+    current_stage: WebhookLeadStage | None = None
+    custom_fields: CustomFieldMap | None = None
+
+
+# Built by webhooks/outbox.py; tests/webhooks/test_lead_updated.py checks a delivered body against it.
+@component
+class LeadUpdatedWebhookPayload(BaseModel):
+    """Body POSTed for a `lead.updated` event (an extension): a single createLead merged into an
+    existing lead and changed at least one of these fields. Never for bulk imports, idempotent
+    replays, or merges that changed nothing."""
+
+    event: Literal["lead.updated"]
+    delivered_at: datetime
+    lead: WebhookLead = Field(description="The lead after the change.")
+    changed_fields: list[ChangedField] = Field(min_length=1)
+    previous: WebhookLeadPrevious

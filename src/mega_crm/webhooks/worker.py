@@ -324,6 +324,7 @@ class DeliveryWorker:
                 secret=secret,
                 previous_secret=self._previous_secret(claim),
                 signature_scheme=claim.signature_scheme,
+                details=claim.details,
                 delivery_id=str(claim.id),
                 event_type=claim.event_type,
                 lead=claim.lead,

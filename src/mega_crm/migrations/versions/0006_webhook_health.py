@@ -1,4 +1,4 @@
-"""webhooks: endpoint health, secret rotation with an overlap, signature scheme
+"""webhooks: endpoint health, secret rotation with an overlap, signature scheme, event details
 
 Revision ID: 0006
 Revises: 0004
@@ -32,8 +32,13 @@ def upgrade() -> None:
             sa.Column("signature_scheme", sa.String(length=32), server_default="mega", nullable=False)
         )
 
+    with op.batch_alter_table("webhook_events", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("details", sa.JSON(), nullable=True))
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("webhook_events", schema=None) as batch_op:
+        batch_op.drop_column("details")
     with op.batch_alter_table("webhooks", schema=None) as batch_op:
         batch_op.drop_column("signature_scheme")
         batch_op.drop_column("previous_secret_expires_at")
