@@ -88,7 +88,8 @@ def test_no_op_merges_replays_and_bulk_fire_no_lead_updated(wh_client, tenant, r
         json={"leads": [{"contact_email": body["contact_email"], "contact_name": "Bulk Name"}]},
         headers=tenant.headers,
     )
-    assert bulk.status_code == 200 and bulk.json()["summary"]["updated"] == 1
+    assert bulk.status_code == 200
+    assert bulk.json()["summary"]["updated"] == 1
     arrivals = endpoint.quiet_for(0.8)
     assert [a.json["event"] for a in arrivals] == ["lead.created", "lead.updated"]  # the keyed one, once
     assert arrivals[1].json["changed_fields"] == ["contact_name"]

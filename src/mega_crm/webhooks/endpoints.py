@@ -1,5 +1,6 @@
 """HTTP surface of the webhook operations: the contract's four, plus one webhook, its delivery
-log, and redelivery. Every route needs `public_api:webhooks:manage` (default rate-limit bucket)."""
+log, redelivery, recovery and the test event. Every route needs `public_api:webhooks:manage`
+(default rate-limit bucket)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from mega_crm.webhooks.schemas import (
     WebhookDeliveryListResponse,
     WebhookDeliveryResponse,
     WebhookListResponse,
+    WebhookRecoverRequest,
+    WebhookRecoverResponse,
     WebhookResponse,
     WebhookUpdateRequest,
     WebhookUpdateResponse,
@@ -192,5 +195,31 @@ async def redeliver_webhook_delivery(request: Request, id: WebhookId, delivery_i
         with call.state.db.write_session() as session:
             created = service.redeliver(session, call.customer_id, webhook_id, delivery_uuid)
         return json_response(created, 201)
+
+    return await serve(request, WEBHOOKS_MANAGE, work, lane="write")
+
+
+@router.post(
+    "/{id}/recover",
+    operation_id="recoverWebhookDeliveries",
+    summary="Resend what failed in a window",
+    description="Queues a fresh delivery of every event whose delivery to this webhook ended `failed` or "
+    "`cancelled` between `since` (inclusive) and `until` (exclusive, default now), once per event and "
+    "leaving out events that already have a pending or succeeded delivery to it: for the day an endpoint "
+    "was down, or after re-enabling it. At most 10,000 deliveries; more is a 400 asking for a narrower "
+    "window. The webhook must be active (409). Answers 202 with the count. Requires the "
+    "`public_api:webhooks:manage` scope.",
+    status_code=202,
+    response_model=WebhookRecoverResponse,
+    responses=error_responses(400, 401, 403, 404, 409, 429),
+    openapi_extra=request_body(WebhookRecoverRequest),
+)
+async def recover_webhook_deliveries(request: Request, id: WebhookId) -> Response:
+    def work(call: Call) -> Response:
+        body = call.body(WebhookRecoverRequest)
+        webhook_id = service.parse_id(id)
+        with call.state.db.write_session() as session:
+            queued = service.recover(session, call.customer_id, webhook_id, body)
+        return json_response(queued, 202)
 
     return await serve(request, WEBHOOKS_MANAGE, work, lane="write")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, and_, bindparam, delete, or_, select, text, update
+from sqlalchemy import Integer, Table, and_, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from mega_crm.db import Query, RawConnection, as_json, as_uuid, per_transaction, utcnow
@@ -199,6 +199,69 @@ def delivery_of(
     )
     row = session.execute(query.with_for_update(of=WebhookDelivery) if lock else query).first()
     return (row[0], row[1], row[2]) if row else None
+
+
+def events_to_recover(
+    session: Session, webhook_id: uuid.UUID, since: datetime, until: datetime, limit: int
+) -> tuple[list[uuid.UUID], int]:
+    """The events of the webhook's deliveries that ended failed or cancelled in [since, until),
+    oldest first, once each, leaving out events that meanwhile have a pending or succeeded
+    delivery to it (already resent, or delivered after all). -> (those events, how many
+    deliveries were read: at most `limit`; ask its maximum + 1 to tell "too many"). The deliveries read are
+    locked until commit (PostgreSQL), so the log's purge cannot remove their events meanwhile."""
+    candidates = list(
+        session.scalars(
+            select(WebhookDelivery.event_id)
+            .where(
+                WebhookDelivery.webhook_id == webhook_id,
+                WebhookDelivery.status.in_((FAILED, CANCELLED)),
+                WebhookDelivery.completed_at >= since,
+                WebhookDelivery.completed_at < until,
+            )
+            .order_by(WebhookDelivery.completed_at, WebhookDelivery.id)
+            .limit(limit)
+            .with_for_update(of=WebhookDelivery)
+        )
+    )
+    # A second query by event id rather than a correlated NOT EXISTS, which SQLite would run
+    # along the (webhook_id, created_at) index: quadratic in the webhook's log.
+    settled: set[uuid.UUID] = set()
+    unique = list(dict.fromkeys(candidates))
+    for start in range(0, len(unique), 500):
+        settled.update(
+            session.scalars(
+                select(WebhookDelivery.event_id).where(
+                    WebhookDelivery.event_id.in_(unique[start : start + 500]),
+                    WebhookDelivery.webhook_id == webhook_id,
+                    WebhookDelivery.status.in_((PENDING, SUCCEEDED)),
+                )
+            )
+        )
+    return [event_id for event_id in candidates if event_id not in settled], len(candidates)
+
+
+def insert_recoveries(
+    session: Session, webhook_id: uuid.UUID, event_ids: list[uuid.UUID], now: datetime
+) -> int:
+    """A fresh pending delivery (new id, full retry budget) of each event to the webhook."""
+    if event_ids:
+        session.execute(
+            insert(WebhookDelivery),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "webhook_id": webhook_id,
+                    "event_id": event_id,
+                    "status": PENDING,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for event_id in event_ids
+            ],
+        )
+    return len(event_ids)
 
 
 def purge_delivery_log(session: Session, finished_before: datetime, limit: int) -> int:

@@ -153,6 +153,17 @@ class WebhookDeliveryResponse(BaseModel):
     delivery: WebhookDelivery
 
 
+class WebhookRecoverRequest(_Input):
+    since: datetime = Field(description="Start of the window (inclusive); without an offset, UTC.")
+    until: datetime | SkipJsonSchema[None] = Field(
+        default=None, description="End of the window (exclusive); default now."
+    )
+
+
+class WebhookRecoverResponse(BaseModel):
+    count: int = Field(description="Fresh deliveries queued.")
+
+
 class WebhookLeadStage(BaseModel):
     model_config = FIELDS_OPTIONAL_IN_SCHEMA
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +20,7 @@ from mega_crm.security import Signer
 from mega_crm.webhooks import repository as repo
 from mega_crm.webhooks.models import EVENT_TYPES, PENDING, Webhook, WebhookDelivery
 from mega_crm.webhooks.outbox import wake_workers_on_commit
-from mega_crm.webhooks.schemas import WebhookCreateRequest, WebhookUpdateRequest
+from mega_crm.webhooks.schemas import WebhookCreateRequest, WebhookRecoverRequest, WebhookUpdateRequest
 from mega_crm.webhooks.signing import SecretBox, new_webhook_secret
 from mega_crm.webhooks.urls import Resolver, Target, UrlRefused, check_webhook_url
 
@@ -267,6 +267,43 @@ def list_deliveries(
         last = page[-1][0]
         next_cursor = codec.encode(webhook_id, last.created_at, last.id)
     return {"deliveries": [delivery_body(*row) for row in page], "next_cursor": next_cursor}
+
+
+MAX_RECOVER = 10_000
+
+
+def _utc(value: datetime, name: str) -> datetime:
+    """A time without an offset is read as UTC (as in listLeads' filters)."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequestError(f"{name} is out of range once converted to UTC.") from None
+
+
+def recover(
+    session: Session, customer_id: uuid.UUID, webhook_id: uuid.UUID, request: WebhookRecoverRequest
+) -> dict[str, Any]:
+    """A fresh delivery of every event whose delivery to this webhook ended failed or cancelled
+    in [since, until) (default until: now), for the day an endpoint was down; at most
+    MAX_RECOVER, else 400 (narrow the window). -> {"count": how many were queued}."""
+    since = _utc(request.since, "since")
+    until = _utc(request.until, "until") if request.until is not None else utcnow()
+    if since >= until:
+        raise InvalidRequestError("since must be before until.")
+    webhook = _webhook_or_404(session, customer_id, webhook_id)
+    if not webhook.is_active:
+        raise ConflictError("This webhook is inactive; activate it before recovering.")
+    events, read = repo.events_to_recover(session, webhook.id, since, until, MAX_RECOVER + 1)
+    if read > MAX_RECOVER:
+        raise InvalidRequestError(
+            f"More than {MAX_RECOVER:,} deliveries failed or were cancelled in this window; "
+            "recover a narrower one (since/until)."
+        )
+    unique = list(dict.fromkeys(events))  # an event failed twice is sent once
+    count = repo.insert_recoveries(session, webhook.id, unique, utcnow())
+    if count:
+        wake_workers_on_commit(session)
+    return {"count": count}
 
 
 def redeliver(
