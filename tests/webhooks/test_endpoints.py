@@ -1,4 +1,4 @@
-"""The management routes through HTTP: the contract's four, and the extra three."""
+"""The management routes through HTTP: the contract's four, and the extra five."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_fields_and_bounds(wh_client, tenant, receiver):
         {"url": url, "timeout_seconds": 61},
         {"url": url, "retry_attempts": -1},
         {"url": url, "retry_attempts": 11},
-        {"url": url, "event_types": ["lead.updated"]},
+        {"url": url, "event_types": ["lead.deleted"]},
         {"url": url, "event_types": []},
         {"url": url, "is_active": "yes"},
         {"url": url, "unknown": 1},
@@ -175,6 +175,8 @@ def test_another_customers_webhook_is_404_on_every_route(wh_client, tenant, rece
         ("DELETE", path, None),
         ("GET", f"{path}/deliveries", None),
         ("POST", f"{path}/deliveries/{delivery_id}/redeliver", None),
+        ("POST", f"{path}/recover", {"since": "2026-01-01T00:00:00Z"}),
+        ("POST", f"{path}/test", None),
         ("GET", f"{WEBHOOKS}/not-a-uuid", None),
     ]:
         r = wh_client.request(method, url, json=body, headers=tenant.headers)
@@ -220,4 +222,6 @@ def test_served_openapi_lists_the_webhook_operations(wh_client):
         "deleteWebhook",
         "listWebhookDeliveries",
         "redeliverWebhookDelivery",
+        "recoverWebhookDeliveries",
+        "sendWebhookTestEvent",
     }

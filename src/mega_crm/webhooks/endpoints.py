@@ -223,3 +223,25 @@ async def recover_webhook_deliveries(request: Request, id: WebhookId) -> Respons
         return json_response(queued, 202)
 
     return await serve(request, WEBHOOKS_MANAGE, work, lane="write")
+
+
+@router.post(
+    "/{id}/test",
+    operation_id="sendWebhookTestEvent",
+    summary="Send a test event",
+    description="Sends a signed `webhook.test` event (a fixed example lead; body `WebhookTestPayload`) to "
+    "this webhook now, so a receiver can be checked before real leads flow. It is a delivery like any "
+    "other (signed, retried, in the log); answers 201 with it as queued. The webhook must be active "
+    "(409). Requires the `public_api:webhooks:manage` scope.",
+    status_code=201,
+    response_model=WebhookDeliveryResponse,
+    responses=error_responses(401, 403, 404, 409, 429),
+)
+async def send_webhook_test_event(request: Request, id: WebhookId) -> Response:
+    def work(call: Call) -> Response:
+        webhook_id = service.parse_id(id)
+        with call.state.db.write_session() as session:
+            created = service.send_test_event(session, call.customer_id, webhook_id)
+        return json_response(created, 201)
+
+    return await serve(request, WEBHOOKS_MANAGE, work, lane="write")

@@ -14,6 +14,7 @@ from mega_crm.db import Base, UTCDateTime, new_id
 LEAD_CREATED = "lead.created"
 LEAD_UPDATED = "lead.updated"  # a single createLead merged into a lead and changed it
 EVENT_TYPES = (LEAD_CREATED, LEAD_UPDATED)  # what a webhook can subscribe to
+WEBHOOK_TEST = "webhook.test"  # sent on request (POST …/{id}/test) to one webhook, unsubscribed
 
 # Why a webhook was disabled by the server (a deactivation through the API has no reason).
 DISABLED_GONE = "gone"  # the endpoint answered 410 Gone

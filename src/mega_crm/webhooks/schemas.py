@@ -14,6 +14,7 @@ from mega_crm.openapi import component
 # What a webhook subscribes to; "lead.updated" is an extension (the contract has lead.created).
 EventType = Literal["lead.created", "lead.updated"]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
+DeliveryEvent = Literal["lead.created", "lead.updated", "webhook.test"]
 
 Url = Annotated[
     StrictStr,
@@ -130,7 +131,7 @@ class WebhookDeleteResponse(BaseModel):
 class WebhookDelivery(BaseModel):
     id: str = Field(description="The X-Mega-Delivery header of every attempt of this delivery.")
     webhook_id: str
-    event: EventType
+    event: DeliveryEvent
     event_id: str
     lead_id: str | None
     status: DeliveryStatus
@@ -225,3 +226,13 @@ class LeadUpdatedWebhookPayload(BaseModel):
     lead: WebhookLead = Field(description="The lead after the change.")
     changed_fields: list[ChangedField] = Field(min_length=1)
     previous: WebhookLeadPrevious
+
+
+@component
+class WebhookTestPayload(BaseModel):
+    """Body POSTed by `POST /api/agents/crm/lead-webhooks/{id}/test` (an extension): a fixed
+    example lead (always the same id, no real lead), signed and delivered like any event."""
+
+    event: Literal["webhook.test"]
+    delivered_at: datetime
+    lead: WebhookLead

@@ -18,7 +18,7 @@ from mega_crm.db import utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError, NotFoundError
 from mega_crm.security import Signer
 from mega_crm.webhooks import repository as repo
-from mega_crm.webhooks.models import EVENT_TYPES, PENDING, Webhook, WebhookDelivery
+from mega_crm.webhooks.models import EVENT_TYPES, PENDING, WEBHOOK_TEST, Webhook, WebhookDelivery
 from mega_crm.webhooks.outbox import wake_workers_on_commit
 from mega_crm.webhooks.schemas import WebhookCreateRequest, WebhookRecoverRequest, WebhookUpdateRequest
 from mega_crm.webhooks.signing import SecretBox, new_webhook_secret
@@ -267,6 +267,43 @@ def list_deliveries(
         last = page[-1][0]
         next_cursor = codec.encode(webhook_id, last.created_at, last.id)
     return {"deliveries": [delivery_body(*row) for row in page], "next_cursor": next_cursor}
+
+
+# The example lead of the webhook.test event: the same every time, names no real lead.
+EXAMPLE_LEAD: dict[str, Any] = {
+    "id": "00000000-0000-4000-8000-000000000000",
+    "contact_name": "Ada Lovelace",
+    "contact_phone": "+12065550100",
+    "contact_email": "ada@example.com",
+    "source_platform": "direct",
+    "source_type": "manual",
+    "lead_line": "buyer",
+    "current_stage": {"slug": "new", "name": "New"},
+    "custom_fields": {"lead_line": "buyer"},
+    "created_at": "2026-01-01T00:00:00.000Z",
+    "updated_at": "2026-01-01T00:00:00.000Z",
+}
+
+
+def send_test_event(session: Session, customer_id: uuid.UUID, webhook_id: uuid.UUID) -> dict[str, Any]:
+    """A webhook.test event with EXAMPLE_LEAD, one delivery to this webhook only, due now (the
+    worker is woken on commit). -> {"delivery": …} as it is queued. 409 when inactive."""
+    webhook = _webhook_or_404(session, customer_id, webhook_id)
+    if not webhook.is_active:
+        raise ConflictError("This webhook is inactive; activate it before sending a test event.")
+    [delivery_id] = repo.insert_event_with_deliveries(
+        session,
+        customer_id=customer_id,
+        event_type=WEBHOOK_TEST,
+        lead_id=None,
+        lead=EXAMPLE_LEAD,
+        webhook_ids=[webhook.id],
+        now=utcnow(),
+    )
+    wake_workers_on_commit(session)
+    created = repo.delivery_of(session, webhook.id, delivery_id)
+    assert created is not None
+    return {"delivery": delivery_body(*created)}
 
 
 MAX_RECOVER = 10_000
