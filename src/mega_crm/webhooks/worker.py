@@ -35,7 +35,7 @@ from mega_crm.config import Settings
 from mega_crm.db import Database, utcnow
 from mega_crm.webhooks import repository as repo
 from mega_crm.webhooks.delivery import AttemptResult, ClientPool, attempt_delivery, retry_delay, ssl_context
-from mega_crm.webhooks.models import FAILED, PENDING, SUCCEEDED
+from mega_crm.webhooks.models import DISABLED_GONE, FAILED, PENDING, SUCCEEDED
 from mega_crm.webhooks.outbox import add_wake_listener, remove_wake_listener
 from mega_crm.webhooks.signing import SecretBox
 from mega_crm.webhooks.urls import Resolver
@@ -250,19 +250,21 @@ class DeliveryWorker:
             with self.db.read_session() as session:
                 if not repo.any_due(session, now):
                     return []
+        disabled: list[repo.Disabled] = []
+        claims: list[repo.ClaimedDelivery] = []
         with self.db.write_session() as session:
             if records:
-                self._log_disabled(repo.record_attempts(session, records, disable_after=self._disable_after))
-            if not limit:
-                return []
-            claims = repo.claim_due_deliveries(
-                session,
-                now,
-                limit=limit,
-                lease_seconds=self.settings.webhook_lease_seconds,
-                per_webhook=self.per_webhook,
-                busy=busy,
-            )
+                disabled = repo.record_attempts(session, records, disable_after=self._disable_after)
+            if limit:
+                claims = repo.claim_due_deliveries(
+                    session,
+                    now,
+                    limit=limit,
+                    lease_seconds=self.settings.webhook_lease_seconds,
+                    per_webhook=self.per_webhook,
+                    busy=busy,
+                )
+        self._log_disabled(disabled)  # committed
         return self._with_secrets(claims)
 
     def _with_secrets(
@@ -401,11 +403,12 @@ class DeliveryWorker:
     @staticmethod
     def _log_disabled(disabled: list[repo.Disabled]) -> None:
         for d in disabled:
+            why = "its endpoint answered 410 Gone" if d.reason == DISABLED_GONE else "deliveries kept failing"
             log.warning(
-                "webhook %s disabled (%s) after %d failed delivery(ies) in a row; its pending deliveries "
-                "are cancelled",
+                "webhook %s disabled (%s): %s; %d failed delivery(ies) in a row; pending ones cancelled",
                 d.webhook_id,
                 d.reason,
+                why,
                 d.consecutive_failures,
             )
 
