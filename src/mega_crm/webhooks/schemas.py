@@ -5,19 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from pydantic.json_schema import SkipJsonSchema
 
 from mega_crm.leads.schemas import FIELDS_OPTIONAL_IN_SCHEMA, CustomFieldMap
 from mega_crm.openapi import component
+from mega_crm.validation import Text
+from mega_crm.webhooks.urls import MAX_URL_LENGTH
 
 EventType = Literal["lead.created"]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
 
+# Characters here; webhooks.urls holds the URL to MAX_URL_BYTES of UTF-8 (what the index counts).
 Url = Annotated[
-    StrictStr,
+    Text,
     Field(
-        max_length=2048,
+        max_length=MAX_URL_LENGTH,
         json_schema_extra={"format": "uri"},
         description="Public HTTPS URL. Validated against SSRF before it is stored.",
     ),
@@ -25,7 +28,7 @@ Url = Annotated[
 EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=10)]
 TimeoutSeconds = Annotated[StrictInt, Field(ge=1, le=60)]
 RetryAttempts = Annotated[StrictInt, Field(ge=0, le=10)]
-Description = Annotated[StrictStr | None, Field(max_length=500)]
+Description = Annotated[Text | None, Field(max_length=500)]
 
 
 class _Input(BaseModel):
