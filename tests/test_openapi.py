@@ -9,11 +9,9 @@ from fastapi import FastAPI
 
 from mega_crm.app import create_app
 from tests.conftest import make_settings
-from tests.fixtures.contract import REFERENCE_OPENAPI, reference_available, reference_document
+from tests.fixtures.contract import needs_reference, reference_available, reference_document
 
-pytestmark = pytest.mark.skipif(
-    not reference_available(), reason=f"reference OpenAPI document not found at {REFERENCE_OPENAPI}"
-)
+pytestmark = needs_reference
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
 
