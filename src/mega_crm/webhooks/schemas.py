@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from mega_crm.leads.schemas import FIELDS_OPTIONAL_IN_SCHEMA, CustomFieldMap
@@ -57,6 +57,17 @@ class WebhookUpdateRequest(_Input):
         StrictBool | SkipJsonSchema[None],
         Field(description="When true, a fresh signing secret is minted and returned once."),
     ] = None
+
+    # Absent means "unchanged"; null is not a value of these (the published schema says so), and
+    # reading it as "unchanged" would hide a client's mistake. Defaults are not validated.
+    @field_validator(
+        "url", "event_types", "timeout_seconds", "retry_attempts", "is_active", "rotate_secret", mode="before"
+    )
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("must not be null (leave the field out to keep its value)")
+        return value
 
 
 class Webhook(BaseModel):
