@@ -58,6 +58,8 @@ def _text(value: str | None, what: str, column: Any, *, required: bool = False) 
         raise AdminError(f"{what} must not be empty")
     reason = text_refusal(value)
     if reason is not None:
+        if "\x00" not in value:  # a command line's bytes that are not UTF-8 arrive as lone surrogates
+            reason = "must be UTF-8 text (it has bytes that are not UTF-8)"
         raise AdminError(f"{what} {reason}")
     limit = column.type.length
     if limit is not None and len(value) > limit:
