@@ -8,7 +8,10 @@ nothing about the input, and a request costs one thread hop, not one per depende
 
 Query strings and bodies are parsed here, by the pydantic models the routes declare in their
 OpenAPI (`openapi.query_parameters` / `openapi.request_body`), not by FastAPI's per-parameter
-machinery, which cost more CPU than a page of leads.
+machinery, which cost more CPU than a page of leads. A query string is held to its model as a
+body is: an unknown parameter (a typo such as `stage_id` for `stageId` would otherwise widen a
+filter to every lead), a repeated one, or text no store can hold is a 400 naming the parameter;
+a route without a query model takes no parameters at all.
 """
 
 from __future__ import annotations
@@ -26,9 +29,13 @@ from mega_crm.auth.access import Principal, authorize
 from mega_crm.db import Lane, RawConnection, per_transaction
 from mega_crm.errors import InvalidRequestError
 from mega_crm.ratelimit.limiter import DEFAULT_BUCKET
-from mega_crm.validation import describe_errors
+from mega_crm.validation import describe_errors, text_refusal
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class NoQuery(BaseModel):
+    """The query string of a route that takes no parameters."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class Call:
     principal: Principal
     raw_body: bytes
     reader: RawConnection  # the read transaction the key was checked in (see Database.raw_read)
+    params: BaseModel  # the query string, parsed by the model the route declared
 
     @property
     def customer_id(self) -> uuid.UUID:
@@ -52,11 +60,10 @@ class Call:
         return self.request.headers.get(name)
 
     def query(self, model: type[M]) -> M:
-        """The query string as `model` (unknown parameters are ignored, repeated ones: the last)."""
-        try:
-            return model.model_validate(self.request.query_params)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
+        """The query string, as the `model` the route passed to `serve(query=...)`."""
+        if not isinstance(self.params, model):
+            raise TypeError(f"the route's query model is {type(self.params).__name__}, not {model.__name__}")
+        return self.params
 
     def body(self, model: type[M]) -> M:
         """The JSON body as `model` (no Content-Type is taken as JSON; any other type than JSON is 400)."""
@@ -74,6 +81,35 @@ class Call:
             raise _invalid(exc) from None
 
 
+_MAX_NAME_ECHO = 64  # an unknown parameter's name is quoted back up to this many characters
+
+
+def parse_query(request: Request, model: type[M]) -> M:
+    """The query string as `model`: every parameter known to it (by alias), given at most once,
+    with text any store can hold. InvalidRequestError (400) naming each offending parameter."""
+    params = request.query_params
+    known = {field.alias or name for name, field in model.model_fields.items()}
+    problems: list[str] = []
+    values: dict[str, str] = {}
+    for name in dict.fromkeys(params.keys()):
+        given = params.getlist(name)
+        shown = name if len(name) <= _MAX_NAME_ECHO else name[:_MAX_NAME_ECHO] + "…"
+        if name not in known:
+            problems.append(f"{shown}: is not a known query parameter")
+        elif len(given) > 1:
+            problems.append(f"{name}: must be given once, not {len(given)} times")
+        elif (reason := text_refusal(given[0])) is not None:
+            problems.append(f"{name}: {reason}")
+        else:
+            values[name] = given[0]
+    if problems:
+        raise InvalidRequestError("; ".join(problems) + ".")
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
 def _invalid(exc: ValidationError) -> InvalidRequestError:
     return InvalidRequestError("; ".join(describe_errors(exc.errors())) or "Invalid request.")
 
@@ -85,23 +121,30 @@ async def serve(
     *,
     lane: Lane = "read",
     bucket: str = DEFAULT_BUCKET,
+    query: type[BaseModel] = NoQuery,
 ) -> Response:
     """Run `work` for a caller holding `scope`, counted against the key's `bucket`, on a thread
     of `lane`: "write" for writes, "slow" for work that may take long (a read that may not be
-    served by an index range, a DNS lookup), "read" for the rest (see mega_crm.db)."""
+    served by an index range, a DNS lookup), "read" for the rest (see mega_crm.db). `query`: the
+    model of the route's query string (`Call.query`); by default the route takes none."""
     raw = await request.body() if request.method in ("POST", "PUT", "PATCH") else b""
-    return await request.app.state.db.run(lane, _authorized, request, scope, bucket, raw, work)
+    return await request.app.state.db.run(lane, _authorized, request, scope, bucket, raw, work, query)
 
 
 def _authorized(
-    request: Request, scope: str, bucket: str, raw: bytes, work: Callable[[Call], Response]
+    request: Request,
+    scope: str,
+    bucket: str,
+    raw: bytes,
+    work: Callable[[Call], Response],
+    query: type[BaseModel],
 ) -> Response:
     db = request.app.state.db
     group = db.group_session()
     if group is not None:  # in a group commit: check the key inside its transaction, once per key
         reader = RawConnection.of(group)
         principal = authorize(request, scope, bucket, reader, per_transaction(group, "api_keys"))
-        return work(Call(request, principal, raw, reader))
+        return work(Call(request, principal, raw, reader, parse_query(request, query)))
     with db.raw_read() as reader:
         principal = authorize(request, scope, bucket, reader)
-        return work(Call(request, principal, raw, reader))
+        return work(Call(request, principal, raw, reader, parse_query(request, query)))

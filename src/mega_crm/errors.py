@@ -85,7 +85,7 @@ class Error(BaseModel):
 
 
 _DESCRIPTIONS = {
-    400: "Invalid request.",
+    400: "Invalid request (also: an unknown or repeated query parameter, on every operation).",
     401: "Missing or invalid token / `x-customer-id`.",
     403: "Key lacks the required scope, or is locked to a different customer.",
     404: "Resource not found.",

@@ -53,12 +53,23 @@ def query_parameters(model: type[BaseModel]) -> dict[str, Any]:
             "name": alias,
             "in": "query",
             "required": field.is_required(),
-            "schema": properties[alias],
+            "schema": _without_null(properties[alias]),
         }
         if field.description:
             parameter["description"] = field.description
         parameters.append(parameter)
     return {"parameters": parameters}
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is absent or has a value: `X | None` is published as X (a query string
+    cannot say null, and generators would otherwise try)."""
+    branches = schema.get("anyOf")
+    if not branches or {"type": "null"} not in branches or len(branches) != 2:
+        return schema
+    [kept] = [b for b in branches if b != {"type": "null"}]
+    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+    return {**kept, **rest}
 
 
 def request_body(model: type[BaseModel]) -> dict[str, Any]:

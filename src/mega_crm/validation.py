@@ -1,9 +1,95 @@
-"""Pydantic validation errors as short, field-named messages for the 400 envelope."""
+"""What every input must be before it is stored, and validation errors as short, field-named
+messages for the 400 envelope.
+
+One seam for text: `text_refusal` says why a string cannot be stored (the `Text` type of the
+request schemas, the query string in endpoint.Call, the operator commands in admin.service all
+use it). One parser for dates: `parse_rfc3339`.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Any
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, StrictStr
+
+# Code points no store can hold: PostgreSQL text refuses NUL (SQLite would keep it, so the two
+# databases would disagree), and a lone surrogate (U+D800-U+DFFF; argv and file names smuggle
+# them in as surrogate escapes) has no UTF-8 form at all, so neither database, nor the JSON
+# encoder, can write it.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def text_refusal(value: str) -> str | None:
+    """Why `value` cannot be stored ("must not contain NUL characters", ...), or None."""
+    found = _UNSTORABLE.search(value)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "must not contain NUL characters"
+    return "must not contain unpaired surrogates (U+D800-U+DFFF)"
+
+
+def storable(value: str) -> str:
+    """`value` unchanged; ValueError (with `text_refusal`'s reason) when no store can hold it."""
+    reason = text_refusal(value)
+    if reason is not None:
+        raise ValueError(reason)
+    return value
+
+
+def utf8_length(value: str) -> int:
+    """Bytes of `value` in UTF-8: what PostgreSQL's index row limit (2704 bytes) counts."""
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
+# A request string any store can hold. A validator only, so published schemas stay the contract's.
+Text = Annotated[StrictStr, AfterValidator(storable)]
+
+
+# RFC 3339 section 5.6 `date-time` (what OpenAPI's `format: date-time` means): a full date, "T",
+# a full time with seconds and an offset ("Z" or +hh:mm). Letters are case-insensitive (5.6,
+# note). Dates alone, missing offsets, week dates, ordinals and numbers (Unix times) are not it.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,
+)
+
+
+def parse_rfc3339(value: object) -> datetime:
+    """An RFC 3339 date-time string -> an aware datetime in UTC. ValueError for anything else,
+    including instants outside years 1-9999 once in UTC. A leap second (:60) is read as the
+    last microsecond of its minute; fractions beyond microseconds are truncated."""
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2024-05-01T12:00:00Z")
+    year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
+    fraction, zulu, sign, off_h, off_m = match.group(7, 8, 9, 10, 11)
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    if second == 60:
+        second, micro = 59, 999_999
+    try:
+        offset = timedelta(0)
+        if zulu is None:
+            if int(off_h) > 23 or int(off_m) > 59:
+                raise ValueError
+            offset = int(sign + "1") * timedelta(hours=int(off_h), minutes=int(off_m))
+        local = datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(offset))
+        return local.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError("must be an RFC 3339 date-time of a real instant in years 1-9999 (UTC)") from None
+
+
+def rfc3339_or_none(value: object) -> object:
+    """A pydantic before-validator: None as it is, anything else through `parse_rfc3339`."""
+    return None if value is None else parse_rfc3339(value)
+
+
+# An RFC 3339 date-time in a query or a body (numbers, dates alone and missing offsets are refused).
+Rfc3339 = Annotated[datetime, BeforeValidator(rfc3339_or_none)]
+
 
 # Pydantic inserts the tag of each union branch into an error's location; they are not fields.
 _BRANCH_MARKERS = ("[", "-")
@@ -56,6 +142,8 @@ def _one_message(path: str, errors: list[dict[str, Any]]) -> str:
     elif len(errors) > 1 and all(k in _TYPE_NOUNS for k in kinds):  # the branches of a union
         nouns = list(dict.fromkeys(_TYPE_NOUNS[str(k)] for k in kinds))
         msg = "Input should be " + (", ".join(nouns[:-1]) + " or " + nouns[-1])
+    elif first.get("type") == "value_error" and first.get("ctx", {}).get("error"):
+        msg = str(first["ctx"]["error"])  # our validators' reasons, without pydantic's "Value error, "
     else:
         msg = first.get("msg", "is invalid")
     return f"{path}: {msg}" if path else msg

@@ -300,8 +300,8 @@ def test_created_since_is_at_or_after(client: TestClient, tenant: Tenant) -> Non
     assert since is not None
     for spelled in (
         second["created_at"],  # exactly the second lead's timestamp: included
-        since.astimezone(UTC).replace(tzinfo=None).isoformat(),  # no offset: read as UTC
         since.astimezone(timezone(timedelta(hours=2))).isoformat(),  # another offset, same instant
+        since.astimezone(UTC).isoformat().replace("+00:00", "z").replace("T", "t"),  # RFC 3339: any case
     ):
         page = listing(client, tenant, created_since=spelled)
         assert ids(page["leads"]) == [second["id"], third["id"]], spelled

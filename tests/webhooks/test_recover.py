@@ -88,9 +88,10 @@ def test_the_window_bounds_what_is_recovered(wh_client, tenant, receiver):
     assert recover(wh_client, tenant, path, since=iso(before), until=failed["completed_at"]).json() == {
         "count": 0
     }
-    # A time without an offset is UTC.
+    # RFC 3339 only, as every date of the API: a time without an offset is refused, changing nothing.
     naive = before.replace(tzinfo=None).isoformat()
-    assert recover(wh_client, tenant, path, since=naive).json() == {"count": 1}
+    assert recover(wh_client, tenant, path, since=naive).status_code == 400
+    assert recover(wh_client, tenant, path, since=iso(before)).json() == {"count": 1}
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from mega_crm.auth.scopes import ALL_SCOPES
 from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
 from mega_crm.db import Database, utcnow
 from mega_crm.security import hash_api_token, new_api_token
+from mega_crm.validation import text_refusal
 
 DEFAULT_PIPELINE = [
     ("new", "New", "#3b82f6"),
@@ -46,6 +47,26 @@ class IssuedKey:
         }
 
 
+def _text(value: str | None, what: str, column: Any, *, required: bool = False) -> str | None:
+    """`value` stripped, checked as the API checks text (validation.text_refusal) and against the
+    length of the `column` it is stored in: PostgreSQL refuses a longer VARCHAR, SQLite would
+    keep it, so the check makes both databases agree. AdminError naming `what` otherwise."""
+    if value is None:
+        return None
+    value = value.strip()
+    if required and not value:
+        raise AdminError(f"{what} must not be empty")
+    reason = text_refusal(value)
+    if reason is not None:
+        if "\x00" not in value:  # a command line's bytes that are not UTF-8 arrive as lone surrogates
+            reason = "must be UTF-8 text (it has bytes that are not UTF-8)"
+        raise AdminError(f"{what} {reason}")
+    limit = column.type.length
+    if limit is not None and len(value) > limit:
+        raise AdminError(f"{what} must be at most {limit} characters (got {len(value)})")
+    return value
+
+
 def parse_uuid(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -61,9 +82,7 @@ def _customer(session: Session, customer_id: uuid.UUID) -> Customer:
 
 
 def create_customer(db: Database, name: str, customer_id: uuid.UUID | None = None) -> Customer:
-    name = name.strip()
-    if not name:
-        raise AdminError("customer name must not be empty")
+    name = _text(name, "customer name (--name)", Customer.name, required=True) or ""
     with db.write_session() as session:
         if customer_id and session.get(Customer, customer_id) is not None:
             raise AdminError(f"customer {customer_id} already exists")
@@ -82,6 +101,7 @@ def issue_key(db: Database, customer_id: uuid.UUID, scopes: list[str], name: str
     if unknown or not scopes:
         raise AdminError(f"scopes must be among {', '.join(ALL_SCOPES)}; got {', '.join(unknown) or 'none'}")
     scopes = sorted(set(scopes), key=ALL_SCOPES.index)
+    name = _text(name, "key name (--name)", ApiKey.name)
     token = new_api_token()
     with db.write_session() as session:
         _customer(session, customer_id)
@@ -118,9 +138,9 @@ def list_keys(db: Database, customer_id: uuid.UUID) -> list[ApiKey]:
 
 
 def add_stage(db: Database, customer_id: uuid.UUID, slug: str, name: str, color: str | None) -> Stage:
-    slug = slug.strip()
-    if not slug or not name.strip():
-        raise AdminError("stage slug and name must not be empty")
+    slug = _text(slug, "stage slug (--slug)", Stage.slug, required=True) or ""
+    name = _text(name, "stage name (--name)", Stage.name, required=True) or ""
+    color = _text(color, "stage color (--color)", Stage.color)
     with db.write_session() as session:
         _customer(session, customer_id)
         exists = session.scalar(select(Stage.id).where(Stage.customer_id == customer_id, Stage.slug == slug))
@@ -129,27 +149,26 @@ def add_stage(db: Database, customer_id: uuid.UUID, slug: str, name: str, color:
         position = session.scalar(
             select(func.coalesce(func.max(Stage.position), -1) + 1).where(Stage.customer_id == customer_id)
         )
-        stage = Stage(customer_id=customer_id, slug=slug, name=name.strip(), color=color, position=position)
+        stage = Stage(customer_id=customer_id, slug=slug, name=name, color=color, position=position)
         session.add(stage)
         session.flush()
         return stage
 
 
 def add_owner(db: Database, customer_id: uuid.UUID, name: str, role: str | None) -> Owner:
-    if not name.strip():
-        raise AdminError("owner name must not be empty")
+    name = _text(name, "owner name (--name)", Owner.name, required=True) or ""
+    role = _text(role, "owner role (--role)", Owner.role_name)
     with db.write_session() as session:
         _customer(session, customer_id)
-        owner = Owner(customer_id=customer_id, name=name.strip(), role_name=role)
+        owner = Owner(customer_id=customer_id, name=name, role_name=role)
         session.add(owner)
         session.flush()
         return owner
 
 
 def add_field(db: Database, customer_id: uuid.UUID, slug: str, label: str | None) -> CustomFieldDefinition:
-    slug = slug.strip()
-    if not slug:
-        raise AdminError("field slug must not be empty")
+    slug = _text(slug, "field slug (--slug)", CustomFieldDefinition.slug, required=True) or ""
+    label = _text(label, "field label (--label)", CustomFieldDefinition.label)
     with db.write_session() as session:
         _customer(session, customer_id)
         exists = session.scalar(
@@ -168,6 +187,8 @@ def add_field(db: Database, customer_id: uuid.UUID, slug: str, label: str | None
 def set_limits(db: Database, customer_id: uuid.UUID, default: str | None, bulk: str | None) -> Customer:
     from mega_crm.ratelimit.limiter import parse_limits  # the limits library: only when needed
 
+    default = _text(default, "default limit (--default)", Customer.rate_limit_default)
+    bulk = _text(bulk, "bulk limit (--bulk)", Customer.rate_limit_bulk)
     for spec in (default, bulk):
         if spec:
             try:

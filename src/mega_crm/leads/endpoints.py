@@ -46,7 +46,7 @@ def _reply(result: StoredResponse) -> Response:
     openapi_extra=query_parameters(ListLeadsQuery),
 )
 async def list_leads(request: Request) -> Response:
-    return await serve(request, LEADS_READ, _list_leads, lane=_list_lane(request))
+    return await serve(request, LEADS_READ, _list_leads, lane=_list_lane(request), query=ListLeadsQuery)
 
 
 # Beyond this, an OFFSET walks that many index entries: a scan, not a page read.

@@ -16,10 +16,11 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
-    StrictStr,
 )
 from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 from typing_extensions import TypeAliasType
+
+from mega_crm.validation import Text, rfc3339_or_none
 
 # Named aliases: the published schema refers to them as components, as the contract's does.
 SourcePlatform = TypeAliasType("SourcePlatform", Literal[
@@ -35,15 +36,9 @@ SortBy = Literal["created_at", "updated_at", "last_interaction_at"]
 SortDir = Literal["asc", "desc"]
 
 
-# Values every store and the JSON encoder can hold: PostgreSQL text refuses NUL, JSON has no
-# NaN/Infinity, and the response encoder (like most JSON readers) stops at 64-bit integers.
+# Values every store and the JSON encoder can hold: text any store can hold (validation.Text), JSON
+# has no NaN/Infinity, and the response encoder (like most JSON readers) stops at 64-bit integers.
 # Validators only, so the published schema stays the contract's.
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
 def _not_an_int(value: object) -> object:
     if isinstance(value, int):  # an integer too large for the int branch: refuse, don't round
         raise ValueError("must fit in a signed 64-bit integer")
@@ -62,7 +57,6 @@ def _int64(value: int) -> int:
     return value
 
 
-Text = Annotated[StrictStr, AfterValidator(_no_nul)]
 CustomFieldValue = (
     Text
     | Annotated[StrictInt, AfterValidator(_int64)]
@@ -121,6 +115,10 @@ class BulkLeadRow(LeadCreateRequest):
     lead_line: LeadLine | SkipJsonSchema[None] = None
 
 
+# Absent, or an RFC 3339 date-time (numbers, dates alone and missing offsets are refused).
+DateTimeParam = Annotated[datetime | None, BeforeValidator(rfc3339_or_none)]
+
+
 class ListLeadsQuery(BaseModel):
     """listLeads' query string."""
 
@@ -135,10 +133,10 @@ class ListLeadsQuery(BaseModel):
     search: str | None = Field(
         None, description="Free-text match on name / email / phone (phone-format-agnostic)."
     )
-    created_since: datetime | None = Field(
+    created_since: DateTimeParam = Field(
         None, description="Only leads created at/after this ISO-8601 timestamp."
     )
-    updated_since: datetime | None = Field(
+    updated_since: DateTimeParam = Field(
         None, description="Only leads updated at/after this ISO-8601 timestamp."
     )
     sort_by: SortBy = "updated_at"

@@ -58,7 +58,7 @@ def _allow_private(call: Call) -> bool:
     description="Lists the caller's registered lead webhooks. Signing secrets are never returned. "
     "Requires the `public_api:webhooks:manage` scope.",
     response_model=WebhookListResponse,
-    responses=error_responses(401, 403, 429),
+    responses=error_responses(400, 401, 403, 429),
 )
 async def list_webhooks(request: Request) -> Response:
     return await serve(request, WEBHOOKS_MANAGE, _list_webhooks)
@@ -100,7 +100,7 @@ def _create_webhook(call: Call) -> Response:
     description="One of the caller's webhooks (never its secret). Requires the "
     "`public_api:webhooks:manage` scope.",
     response_model=WebhookResponse,
-    responses=error_responses(401, 403, 404, 429),
+    responses=error_responses(400, 401, 403, 404, 429),
 )
 async def get_webhook(request: Request, id: WebhookId) -> Response:
     def work(call: Call) -> Response:
@@ -142,7 +142,7 @@ async def update_webhook(request: Request, id: WebhookId) -> Response:
     description="Soft-deletes a webhook and cancels its pending deliveries. Requires the "
     "`public_api:webhooks:manage` scope.",
     response_model=WebhookDeleteResponse,
-    responses=error_responses(401, 403, 404, 429),
+    responses=error_responses(400, 401, 403, 404, 429),
 )
 async def delete_webhook(request: Request, id: WebhookId) -> Response:
     def work(call: Call) -> Response:
@@ -175,7 +175,7 @@ async def list_webhook_deliveries(request: Request, id: WebhookId) -> Response:
             )
         return json_response(page)
 
-    return await serve(request, WEBHOOKS_MANAGE, work)
+    return await serve(request, WEBHOOKS_MANAGE, work, query=DeliveryListQuery)
 
 
 @router.post(
@@ -186,7 +186,7 @@ async def list_webhook_deliveries(request: Request, id: WebhookId) -> Response:
     "event to this webhook. Requires the `public_api:webhooks:manage` scope.",
     status_code=201,
     response_model=WebhookDeliveryResponse,
-    responses=error_responses(401, 403, 404, 409, 429),
+    responses=error_responses(400, 401, 403, 404, 409, 429),
 )
 async def redeliver_webhook_delivery(request: Request, id: WebhookId, delivery_id: DeliveryId) -> Response:
     def work(call: Call) -> Response:
@@ -235,7 +235,7 @@ async def recover_webhook_deliveries(request: Request, id: WebhookId) -> Respons
     "(409). Requires the `public_api:webhooks:manage` scope.",
     status_code=201,
     response_model=WebhookDeliveryResponse,
-    responses=error_responses(401, 403, 404, 409, 429),
+    responses=error_responses(400, 401, 403, 404, 409, 429),
 )
 async def send_webhook_test_event(request: Request, id: WebhookId) -> Response:
     def work(call: Call) -> Response:

@@ -5,21 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from mega_crm.leads.schemas import FIELDS_OPTIONAL_IN_SCHEMA, CustomFieldMap
 from mega_crm.openapi import component
+from mega_crm.validation import Rfc3339, Text
+from mega_crm.webhooks.urls import MAX_URL_LENGTH
 
 # What a webhook subscribes to; "lead.updated" is an extension (the contract has lead.created).
 EventType = Literal["lead.created", "lead.updated"]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
 DeliveryEvent = Literal["lead.created", "lead.updated", "webhook.test"]
 
+# Characters here; webhooks.urls holds the URL to MAX_URL_BYTES of UTF-8 (what the index counts).
 Url = Annotated[
-    StrictStr,
+    Text,
     Field(
-        max_length=2048,
+        max_length=MAX_URL_LENGTH,
         json_schema_extra={"format": "uri"},
         description="Public HTTPS URL. Validated against SSRF before it is stored.",
     ),
@@ -27,7 +30,7 @@ Url = Annotated[
 EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=10)]
 TimeoutSeconds = Annotated[StrictInt, Field(ge=1, le=60)]
 RetryAttempts = Annotated[StrictInt, Field(ge=0, le=10)]
-Description = Annotated[StrictStr | None, Field(max_length=500)]
+Description = Annotated[Text | None, Field(max_length=500)]
 SignatureScheme = Annotated[
     Literal["mega", "standard-webhooks"],
     Field(
@@ -77,6 +80,25 @@ class WebhookUpdateRequest(_Input):
             "0 (the default): the new secret alone at once.",
         ),
     ] = None
+
+    # Absent means "unchanged"; null is not a value of these (the published schema says so), and
+    # reading it as "unchanged" would hide a client's mistake. Defaults are not validated.
+    @field_validator(
+        "url",
+        "event_types",
+        "timeout_seconds",
+        "retry_attempts",
+        "is_active",
+        "signature_scheme",
+        "rotate_secret",
+        "secret_overlap_seconds",
+        mode="before",
+    )
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("must not be null (leave the field out to keep its value)")
+        return value
 
 
 class Webhook(BaseModel):
@@ -155,10 +177,18 @@ class WebhookDeliveryResponse(BaseModel):
 
 
 class WebhookRecoverRequest(_Input):
-    since: datetime = Field(description="Start of the window (inclusive); without an offset, UTC.")
-    until: datetime | SkipJsonSchema[None] = Field(
+    since: Rfc3339 = Field(description="Start of the window (inclusive), an RFC 3339 date-time.")
+    until: Rfc3339 | SkipJsonSchema[None] = Field(
         default=None, description="End of the window (exclusive); default now."
     )
+
+
+    @field_validator("until", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("must not be null (leave it out for now)")
+        return value
 
 
 class WebhookRecoverResponse(BaseModel):

@@ -18,10 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from mega_crm.validation import text_refusal, utf8_length
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
-MAX_URL_LENGTH = 2048
+MAX_URL_LENGTH = 2048  # characters, as published
+# Bytes of UTF-8, as stored: (customer, url) is a unique btree index, and PostgreSQL refuses an
+# index row over 2704 bytes. 2,000 CJK characters are ~6 KB.
+MAX_URL_BYTES = 2048
 
 
 class UrlRefused(ValueError):
@@ -141,8 +146,10 @@ def parse_webhook_url(raw: str, *, allow_private: bool = False) -> tuple[str, st
     """Syntax rules only (no DNS) -> (normalised url, host, port, path+query)."""
     if not isinstance(raw, str) or not raw.strip():
         raise UrlRefused("url is required.")
-    if len(raw) > MAX_URL_LENGTH:
-        raise UrlRefused(f"url must be at most {MAX_URL_LENGTH} characters.")
+    if len(raw) > MAX_URL_LENGTH or utf8_length(raw) > MAX_URL_BYTES:
+        raise UrlRefused(_TOO_LONG)
+    if (reason := text_refusal(raw)) is not None:
+        raise UrlRefused(f"url {reason}.")
     if any(c.isspace() or ord(c) < 0x20 or c == "\\" for c in raw):
         raise UrlRefused("url must not contain whitespace, control characters or backslashes.")
     parts = urlsplit(raw)
@@ -175,7 +182,13 @@ def parse_webhook_url(raw: str, *, allow_private: bool = False) -> tuple[str, st
         path += "?" + parts.query
     host_part = f"[{host}]" if ":" in host else host
     netloc = host_part if port == default else f"{host_part}:{port}"
-    return f"{scheme}://{netloc}{path}", host, port, path
+    url = f"{scheme}://{netloc}{path}"
+    if utf8_length(url) > MAX_URL_BYTES:  # an IDNA host may be longer than it was written
+        raise UrlRefused(_TOO_LONG)
+    return url, host, port, path
+
+
+_TOO_LONG = f"url must be at most {MAX_URL_LENGTH} characters and {MAX_URL_BYTES} bytes of UTF-8."
 
 
 def _normalise_host_name(hostname: str) -> str:
