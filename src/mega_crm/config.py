@@ -28,6 +28,15 @@ class Settings(BaseSettings):
     default_phone_region: str = "US"
     idempotency_ttl_hours: float = 24.0
     db_pool_size: int = 10
+    db_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest a request waits for the database (queue, pool checkout, connect, "
+        "statements) before a 503; also PostgreSQL's connect timeout and SQLite's busy timeout",
+    )
+    db_statement_timeout_seconds: float = Field(
+        default=30.0, ge=0, description="PostgreSQL statement_timeout of the server's connections (0: none)"
+    )
     log_level: str = "info"
     max_body_bytes: int = Field(
         default=5 * 1024 * 1024, description="Largest request body accepted (413 above)"
