@@ -128,7 +128,7 @@ def test_two_workers_on_postgres_deliver_each_exactly_once(backend, fault_env, r
     assert all(w.proc.poll() is None for w in worker_processes)
 
 
-def test_sqlite_restart_releases_the_dead_workers_claims_at_once(backend, fault_env, receiver, worker_processes):
+def test_sqlite_restart_releases_the_dead_workers_claims(backend, fault_env, receiver, worker_processes):
     """Issue 8, item 10: on SQLite no other worker can own a claim once its worker died, so the
     next one takes it at start instead of waiting out the lease (60 s + the timeout here)."""
     if backend != "sqlite":
