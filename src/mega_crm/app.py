@@ -140,7 +140,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.settings = settings
     app.state.db = db
     check_server_limits(settings.rate_limit_default, settings.rate_limit_bulk)
-    app.state.limiter = RateLimiter(settings.redis_url)
+    app.state.limiter = RateLimiter(
+        settings.redis_url,
+        timeout=settings.redis_timeout_seconds,
+        breaker_seconds=settings.redis_breaker_seconds,
+    )
     app.state.cursor_codec = CursorCodec(secret_key)
     app.state.totals = TotalsCache()
     app.state.secret_key = secret_key

@@ -23,6 +23,14 @@ class Settings(BaseSettings):
         description="Key for cursor signing and webhook-secret encryption; "
         "generated beside the SQLite file when unset, required on PostgreSQL",
     )
+    redis_timeout_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        description="Longest wait for Redis (connect, each answer) before serving unlimited",
+    )
+    redis_breaker_seconds: float = Field(
+        default=10.0, ge=0, description="After a Redis failure, how long requests skip it (served unlimited)"
+    )
     rate_limit_default: str = "60/minute;1000/hour"
     rate_limit_bulk: str = "10/minute"
     default_phone_region: str = "US"
