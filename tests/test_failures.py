@@ -137,3 +137,24 @@ def test_a_locked_sqlite_database_is_503_and_recovers(
     outage = [r for r in caplog.records if "database unavailable" in r.getMessage()]
     assert len(outage) == 1, [r.getMessage() for r in outage]
     assert any("database available again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("exc", "unavailable"),
+    [
+        (sqlite3.OperationalError("database is locked"), True),
+        (sqlite3.OperationalError("database or disk is full"), True),
+        (sqlite3.OperationalError("disk I/O error"), True),
+        (sqlite3.OperationalError("no such table: leads"), False),  # a bug: 500, with its traceback
+        (sqlite3.OperationalError("no such column: x"), False),
+        (RuntimeError("database is locked"), False),
+    ],
+)
+def test_which_sqlite_errors_are_the_database_being_unavailable(exc, unavailable):
+    from sqlalchemy.exc import OperationalError
+
+    from mega_crm.failures import database_unavailable
+
+    assert database_unavailable(exc) is unavailable
+    if isinstance(exc, sqlite3.OperationalError):
+        assert database_unavailable(OperationalError("SELECT 1", {}, exc)) is unavailable

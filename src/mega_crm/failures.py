@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 
+import psycopg
 from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,11 +67,26 @@ database_outage = OutageLog("database", "requests are answered 503")
 def database_unavailable(exc: BaseException) -> bool:
     """True for the failures of the database rather than of the request: a timeout (ours, the
     pool's checkout, the connect timeout, PostgreSQL's statement_timeout), a lost connection, a
-    locked or full SQLite file. DB-API's OperationalError is exactly "errors related to the
-    database's operation and not necessarily under the control of the programmer" (PEP 249)."""
-    return isinstance(exc, ServiceUnavailableError | sa_exc.TimeoutError | sa_exc.OperationalError) or (
+    locked, full or unreadable SQLite file. PostgreSQL's OperationalError is exactly that class
+    of errors ("related to the database's operation and not necessarily under the control of the
+    programmer", PEP 249); SQLite's also covers a mistyped table or column, which stays a 500."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    if isinstance(orig, sqlite3.OperationalError):
+        return any(sign in str(orig).lower() for sign in _SQLITE_UNAVAILABLE)
+    return isinstance(exc, _UNAVAILABLE) or (
         isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
     )
+
+
+# The drivers' own classes too: the hot paths use raw DBAPI connections (Database.raw_read),
+# whose errors SQLAlchemy does not wrap.
+_UNAVAILABLE = (
+    ServiceUnavailableError,
+    sa_exc.TimeoutError,
+    sa_exc.OperationalError,
+    psycopg.OperationalError,
+)
+_SQLITE_UNAVAILABLE = ("locked", "busy", "disk", "full", "unable to open", "i/o error", "readonly")
 
 
 def _short(exc: BaseException) -> str:
