@@ -168,17 +168,30 @@ class Database:
             yield
             return
         stop = threading.Event()
+        failing: str | None = None  # the error of the last round, logged once when it started
 
         def loop() -> None:
+            nonlocal failing
             while not stop.wait(every):
+                # After a failure (a full disk, typically), TRUNCATE: once space is back, it
+                # empties the write-ahead log file, which a passive checkpoint never shrinks,
+                # and which otherwise kept the disk full and every write failing.
+                mode = "TRUNCATE" if failing else "PASSIVE"
                 try:
                     connection = self.engine.raw_connection()
                     try:
-                        connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        connection.cursor().execute(f"PRAGMA wal_checkpoint({mode})")
                     finally:
                         connection.close()
-                except Exception:  # a busy or vanished database: the next round retries
-                    log.warning("WAL checkpoint failed", exc_info=True)
+                except Exception as exc:  # a full disk, a busy or vanished file: retried next round
+                    error = f"{type(exc).__name__}: {exc}"
+                    if error != failing:
+                        log.error("SQLite WAL checkpoint failing (retried every %gs): %s", every, error)
+                    failing = error
+                    continue
+                if failing:
+                    log.warning("SQLite WAL checkpoint working again")
+                    failing = None
 
         thread = threading.Thread(target=loop, name="mega-db-checkpoint", daemon=True)
         thread.start()
@@ -515,6 +528,7 @@ def as_json(value: Any) -> Any:
 
 
 WAL_AUTOCHECKPOINT_PAGES = 10_000
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def _sqlite_engine(url: str, *, busy_timeout: float) -> Engine:
@@ -545,6 +559,9 @@ def _sqlite_engine(url: str, *, busy_timeout: float) -> Engine:
         # A serving process checkpoints in the background (Database.checkpoints); this is the
         # backstop for any other writer: a checkpoint inside a commit at most every ~40 MB.
         cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        # When a checkpoint lets the log start over, the file is cut back to this size: it is
+        # otherwise never smaller than its largest burst, space a full disk needs back.
+        cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         # Temporary storage in memory, not in temp files. Every UPDATE of a lead runs its trigger
         # (migration 0003), and each such statement needs some: a 500-lead merge's UPDATEs took
         # 15 ms with it on disk, 8.5 ms in memory. The largest scratch data a request makes is
