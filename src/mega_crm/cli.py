@@ -303,6 +303,9 @@ def serve(
             application = "mega_crm.asgi:app"
     except ConfigurationError as exc:
         fail(str(exc))
+    from mega_crm.connections import raise_fd_limit, uvicorn_options
+
+    raise_fd_limit()  # before uvicorn_options(), which sizes the backlog from it
     uvicorn.run(
         application,
         host=host,
@@ -310,6 +313,7 @@ def serve(
         workers=workers,
         log_level=settings.log_level.lower(),
         proxy_headers=False,
+        **uvicorn_options(),  # header timeout, connection cap (mega_crm.connections)
     )
 
 

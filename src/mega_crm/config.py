@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=5 * 1024 * 1024, description="Largest request body accepted (413 above)"
     )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A connection's request head must arrive within this (else closed)"
+    )
+    max_connections: int = Field(
+        default=10000,
+        ge=16,
+        description="Open connections before the oldest idle one is closed for each new one "
+        "(at most what the file-descriptor limit allows)",
+    )
     # Webhooks
     webhook_allow_private_targets: bool = False
     webhook_retry_base_seconds: float = 1.0
