@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi import FastAPI
 
 from mega_crm.app import create_app
 from mega_crm.db import Database
 from mega_crm.migrate import upgrade
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import POSTGRES_URL, LiveServer, make_settings
 from tests.fixtures.factories import lead, make_tenant
 
 LEADS = "/api/agents/crm/leads"
@@ -158,3 +159,23 @@ def test_which_sqlite_errors_are_the_database_being_unavailable(exc, unavailable
     assert database_unavailable(exc) is unavailable
     if isinstance(exc, sqlite3.OperationalError):
         assert database_unavailable(OperationalError("SELECT 1", {}, exc)) is unavailable
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="MEGA_TEST_POSTGRES_URL is not set")
+def test_postgres_statement_timeout_keeps_the_urls_options_and_is_503():
+    from sqlalchemy import text
+
+    from mega_crm.failures import database_unavailable
+
+    assert POSTGRES_URL
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    db = Database(f"{POSTGRES_URL}{separator}options=-csearch_path%3Dmy_schema", statement_timeout=0.5)
+    try:
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SHOW statement_timeout")).scalar() == "500ms"
+            assert conn.execute(text("SHOW search_path")).scalar() == "my_schema"
+        with db.raw_read() as raw, pytest.raises(psycopg.errors.QueryCanceled) as caught:
+            raw.execute("SELECT pg_sleep(3)")
+        assert database_unavailable(caught.value)  # QueryCanceled: 503, not 500
+    finally:
+        db.dispose()

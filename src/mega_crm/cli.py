@@ -60,7 +60,11 @@ def operator_db() -> Iterator[Database]:
     from mega_crm.migrate import upgrade
 
     try:
-        db = Database(settings.resolved_database_url)
+        db = Database(
+            settings.resolved_database_url,
+            timeout=settings.db_timeout_seconds,
+            statement_timeout=settings.db_statement_timeout_seconds,
+        )
         upgrade(db.url)
     except Exception as exc:  # noqa: BLE001 - the operator needs one line, not a traceback
         fail(f"cannot open the database: {type(exc).__name__}: {str(exc).splitlines()[0]}")

@@ -142,7 +142,11 @@ class Database:
                 "connect_timeout": max(2, math.ceil(timeout)),
             }
             if statement_timeout > 0:
-                connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+                # Beside any `options` of the URL (e.g. a search_path), which this would replace.
+                given = make_url(self.url).query.get("options")
+                given = given if isinstance(given, str) else " ".join(given or ())
+                setting = f"-c statement_timeout={int(statement_timeout * 1000)}"
+                connect_args["options"] = f"{given} {setting}".strip()
             self.engine = create_engine(
                 self.url,
                 pool_size=pool_size,

@@ -17,6 +17,7 @@ import threading
 
 import psycopg
 from sqlalchemy import exc as sa_exc
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mega_crm.errors import ServiceUnavailableError, error_response
@@ -128,6 +129,8 @@ class UnexpectedErrorMiddleware:
         except Exception as exc:
             if exc in from_receive:
                 raise
+            if isinstance(exc, ClientDisconnect):  # nobody to answer, nothing wrong here
+                return
             where = f"{scope.get('method')} {scope.get('path')}"
             if database_unavailable(exc):
                 database_outage.down(_short(exc))  # logs once per outage (Database.run ends it)

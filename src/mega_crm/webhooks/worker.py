@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import signal
 import threading
 import uuid
@@ -93,7 +94,8 @@ class DeliveryWorker:
         conninfo = make_url(self.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
         while not self._listen_stop.is_set():
             try:
-                with psycopg.connect(conninfo, autocommit=True) as conn:
+                timeout = max(2, math.ceil(self.db.timeout))  # a silent server: retry, not hang
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=timeout) as conn:
                     conn.execute(f"LISTEN {repo.NOTIFY_CHANNEL}")
                     self.wake()  # anything committed while we were not listening
                     while not self._listen_stop.is_set():
