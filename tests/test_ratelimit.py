@@ -391,3 +391,34 @@ def test_counting_resumes_when_redis_answers_again(db_url, db, caplog):
     assert "unavailable" in logs[0]
     assert "available again" in logs[1]
     assert app.state.limiter.breaker.state == "closed"
+
+
+def test_half_open_lets_exactly_one_probe_through():
+    """Many request threads at the end of the open period: one tries Redis, the rest skip it."""
+    import threading
+
+    from mega_crm.failures import OutageLog
+    from mega_crm.ratelimit.limiter import CircuitBreaker
+
+    breaker = CircuitBreaker(0.05, OutageLog("test dependency", "nothing happens"))
+    breaker.failed("down")
+    assert breaker.state == "open"
+    assert not breaker.allow()
+    time.sleep(0.06)
+    start = threading.Barrier(16)
+    allowed: list[bool] = []
+
+    def request() -> None:
+        start.wait()
+        allowed.append(breaker.allow())
+
+    threads = [threading.Thread(target=request) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert allowed.count(True) == 1
+    assert breaker.state == "half_open"
+    breaker.succeeded()
+    assert breaker.state == "closed"
+    assert all(breaker.allow() for _ in range(3))
