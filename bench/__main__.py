@@ -1,4 +1,5 @@
-"""`python -m bench`: the lead benchmark, then the webhook benchmark when bench/webhooks.py exists."""
+"""`python -m bench`: the lead benchmark, then the webhook and fault benchmarks when their modules
+exist. `python -m bench faults` (or `leads`, `webhooks`) runs only the suites named."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import traceback
 def main() -> int:
     failed = False
     suites = ["bench.leads"]
-    if importlib.util.find_spec("bench.webhooks") is not None:
-        suites.append("bench.webhooks")
+    for name in ("bench.webhooks", "bench.faults"):
+        if importlib.util.find_spec(name) is not None:
+            suites.append(name)
+    if len(sys.argv) > 1:
+        suites = [f"bench.{name}" for name in sys.argv[1:]]
+        sys.argv = sys.argv[:1]  # the suites parse their own arguments
     for name in suites:
         try:
             importlib.import_module(name).main()

@@ -234,7 +234,13 @@ def _run(app: Any, port: int) -> None:
     import uvicorn
 
     # What `mega-crm serve` runs, minus the per-request access log (it is off at log level warning).
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+    try:
+        from mega_crm.connections import uvicorn_options
+
+        options = uvicorn_options()  # header timeout and connection cap, as `mega-crm serve`
+    except ImportError:  # pragma: no cover - an older server
+        options = {}
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False, **options)
 
 
 class Server:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from fastapi import FastAPI
@@ -22,6 +23,7 @@ from mega_crm.config import Settings
 from mega_crm.security import ConfigurationError
 from tests.conftest import REDIS_URL, TEST_SECRET, ContractClient, make_settings
 from tests.fixtures.factories import Tenant, issue_token, lead, make_tenant
+from tests.fixtures.hung import SilentListener, StallingProxy
 
 LEADS = "/api/agents/crm/leads"
 BULK = "/api/agents/crm/leads/bulk"
@@ -305,3 +307,118 @@ def test_an_unreachable_redis_lets_requests_through_unlimited(db_url, db, caplog
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert not any(name in responses[0].headers for name in HEADERS)
     assert "rate-limit storage unavailable" in caplog.text
+
+
+# --- a Redis that accepts connections and never answers (issue 8, item 7) -----------------------
+
+
+def outage_logs(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "rate-limit storage" in r.getMessage()]
+
+
+def test_a_redis_that_never_answers_is_skipped_by_the_breaker(db_url, db, caplog):
+    """One request waits for the timeout; the breaker then skips Redis: no request waits on it,
+    and the outage is logged once, not per request."""
+    tenant = make_tenant(db, limits=("1/hour", None))
+    with SilentListener() as hung:
+        app = quiet_app(
+            db_url,
+            db,
+            redis_url=f"redis://127.0.0.1:{hung.port}/0",
+            redis_timeout_seconds=0.2,
+            redis_breaker_seconds=60,
+        )
+        with TestClient(app) as c:
+            responses = [get(c, tenant) for _ in range(20)]
+        assert [r.status_code for r in responses] == [200] * 20  # served, unlimited
+        assert not any(name in responses[-1].headers for name in HEADERS)
+        assert hung.accepted == 1, "only the first request went to Redis"
+    assert app.state.limiter.breaker.state == "open"
+    assert len(outage_logs(caplog)) == 1, outage_logs(caplog)
+
+
+def test_the_breaker_probes_redis_again_after_its_period(db_url, db, caplog):
+    tenant = make_tenant(db, limits=("1/hour", None))
+    with SilentListener() as hung:
+        app = quiet_app(
+            db_url,
+            db,
+            redis_url=f"redis://127.0.0.1:{hung.port}/0",
+            redis_timeout_seconds=0.2,
+            redis_breaker_seconds=0.5,
+        )
+        with TestClient(app) as c:
+            assert get(c, tenant).status_code == 200
+            assert get(c, tenant).status_code == 200
+            assert hung.accepted == 1
+            time.sleep(0.6)
+            assert app.state.limiter.breaker.state == "half_open"
+            assert get(c, tenant).status_code == 200  # the probe: it times out too
+            assert get(c, tenant).status_code == 200  # skipped again
+            assert hung.accepted == 2
+    assert len(outage_logs(caplog)) == 1, outage_logs(caplog)
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="MEGA_TEST_REDIS_URL is not set")
+def test_counting_resumes_when_redis_answers_again(db_url, db, caplog):
+    """A real Redis behind a proxy that stops forwarding, then forwards again."""
+    assert REDIS_URL
+    target = urlsplit(REDIS_URL)
+    tenant = make_tenant(db, limits=("1000/hour", None))
+    with StallingProxy(target.port or 6379, target.hostname or "127.0.0.1") as proxy:
+        app = quiet_app(
+            db_url,
+            db,
+            redis_url=f"redis://127.0.0.1:{proxy.port}{target.path}",
+            redis_timeout_seconds=0.2,
+            redis_breaker_seconds=0.3,
+        )
+        with TestClient(app) as c:
+            assert quota(get(c, tenant))[0] == 1000
+            proxy.stall()
+            stalled = [get(c, tenant) for _ in range(5)]
+            assert [r.status_code for r in stalled] == [200] * 5
+            assert not any(name in stalled[-1].headers for name in HEADERS)
+            proxy.resume()
+            time.sleep(0.4)
+            deadline = time.monotonic() + 10
+            while "ratelimit-limit" not in (r := get(c, tenant)).headers and time.monotonic() < deadline:
+                time.sleep(0.1)
+            limit, remaining, _ = quota(r)
+            assert (limit, remaining < 999) == (1000, True)
+    logs = outage_logs(caplog)
+    assert len(logs) == 2, logs
+    assert "unavailable" in logs[0]
+    assert "available again" in logs[1]
+    assert app.state.limiter.breaker.state == "closed"
+
+
+def test_half_open_lets_exactly_one_probe_through():
+    """Many request threads at the end of the open period: one tries Redis, the rest skip it."""
+    import threading
+
+    from mega_crm.failures import OutageLog
+    from mega_crm.ratelimit.limiter import CircuitBreaker
+
+    breaker = CircuitBreaker(0.05, OutageLog("test dependency", "nothing happens"))
+    breaker.failed("down")
+    assert breaker.state == "open"
+    assert not breaker.allow()
+    time.sleep(0.06)
+    start = threading.Barrier(16)
+    allowed: list[bool] = []
+
+    def request() -> None:
+        start.wait()
+        allowed.append(breaker.allow())
+
+    threads = [threading.Thread(target=request) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert allowed.count(True) == 1
+    assert breaker.state == "half_open"
+    breaker.succeeded()
+    assert breaker.state == "closed"
+    assert all(breaker.allow() for _ in range(3))

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mega_crm.config import Settings, get_settings
 from mega_crm.db import Database
 from mega_crm.errors import ApiError, error_response
+from mega_crm.failures import UnexpectedErrorMiddleware
 from mega_crm.leads import endpoints as lead_endpoints
 from mega_crm.leads.cursor import CursorCodec
 from mega_crm.leads.service import TotalsCache
@@ -118,7 +119,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
-    db = db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
+    db = db or Database(
+        settings.resolved_database_url,
+        pool_size=settings.db_pool_size,
+        timeout=settings.db_timeout_seconds,
+        statement_timeout=settings.db_statement_timeout_seconds,
+    )
     secret_key = load_secret_key(settings)
 
     app = FastAPI(
@@ -134,7 +140,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.settings = settings
     app.state.db = db
     check_server_limits(settings.rate_limit_default, settings.rate_limit_bulk)
-    app.state.limiter = RateLimiter(settings.redis_url)
+    app.state.limiter = RateLimiter(
+        settings.redis_url,
+        timeout=settings.redis_timeout_seconds,
+        breaker_seconds=settings.redis_breaker_seconds,
+    )
     app.state.cursor_codec = CursorCodec(secret_key)
     app.state.totals = TotalsCache()
     app.state.secret_key = secret_key
@@ -146,6 +156,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             "MEGA_WEBHOOK_ALLOW_PRIVATE_TARGETS is set: webhooks may target http:// and private "
             "addresses. For development and tests only; never in production."
         )
+    app.add_middleware(UnexpectedErrorMiddleware)  # innermost: the others see a response
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
@@ -189,7 +200,5 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = "api_error" if exc.status_code >= 500 else "invalid_request_error"
         return error_response(exc.status_code, kind, str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "api_error", "Internal server error.")
+    # Any other exception: UnexpectedErrorMiddleware (not an Exception handler: Starlette re-raises
+    # after those, which closed the connection).

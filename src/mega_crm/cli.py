@@ -60,7 +60,11 @@ def operator_db() -> Iterator[Database]:
     from mega_crm.migrate import upgrade
 
     try:
-        db = Database(settings.resolved_database_url)
+        db = Database(
+            settings.resolved_database_url,
+            timeout=settings.db_timeout_seconds,
+            statement_timeout=settings.db_statement_timeout_seconds,
+        )
         upgrade(db.url)
     except Exception as exc:  # noqa: BLE001 - the operator needs one line, not a traceback
         fail(f"cannot open the database: {type(exc).__name__}: {str(exc).splitlines()[0]}")
@@ -303,6 +307,9 @@ def serve(
             application = "mega_crm.asgi:app"
     except ConfigurationError as exc:
         fail(str(exc))
+    from mega_crm.connections import raise_fd_limit, uvicorn_options
+
+    raise_fd_limit()  # before uvicorn_options(), which sizes the backlog from it
     uvicorn.run(
         application,
         host=host,
@@ -310,6 +317,7 @@ def serve(
         workers=workers,
         log_level=settings.log_level.lower(),
         proxy_headers=False,
+        **uvicorn_options(),  # header timeout, connection cap (mega_crm.connections)
     )
 
 

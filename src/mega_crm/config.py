@@ -23,14 +23,40 @@ class Settings(BaseSettings):
         description="Key for cursor signing and webhook-secret encryption; "
         "generated beside the SQLite file when unset, required on PostgreSQL",
     )
+    redis_timeout_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        description="Longest wait for Redis (connect, each answer) before serving unlimited",
+    )
+    redis_breaker_seconds: float = Field(
+        default=10.0, ge=0, description="After a Redis failure, how long requests skip it (served unlimited)"
+    )
     rate_limit_default: str = "60/minute;1000/hour"
     rate_limit_bulk: str = "10/minute"
     default_phone_region: str = "US"
     idempotency_ttl_hours: float = 24.0
     db_pool_size: int = 10
+    db_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest a request waits for the database (queue, pool checkout, connect, "
+        "statements) before a 503; also PostgreSQL's connect timeout and SQLite's busy timeout",
+    )
+    db_statement_timeout_seconds: float = Field(
+        default=30.0, ge=0, description="PostgreSQL statement_timeout of the server's connections (0: none)"
+    )
     log_level: str = "info"
     max_body_bytes: int = Field(
         default=5 * 1024 * 1024, description="Largest request body accepted (413 above)"
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A connection's request head must arrive within this (else closed)"
+    )
+    max_connections: int = Field(
+        default=10000,
+        ge=16,
+        description="Open connections before the oldest idle one is closed for each new one "
+        "(at most what the file-descriptor limit allows)",
     )
     # Webhooks
     webhook_allow_private_targets: bool = False

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import queue
 import threading
 import uuid
@@ -37,6 +38,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from mega_crm import failures
+from mega_crm.errors import ServiceUnavailableError
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -47,8 +51,13 @@ NAMING_CONVENTION = {
 
 
 T = TypeVar("T")
+DEFAULT_TIMEOUT_SECONDS = 5.0  # MEGA_DB_TIMEOUT_SECONDS
 Lane = Literal["read", "write", "slow"]  # see the module docstring
 log = logging.getLogger("mega_crm")
+
+
+class DatabaseTimeout(ServiceUnavailableError):
+    """The database did not answer a request's work within its deadline (503 api_error)."""
 
 
 class Base(DeclarativeBase):
@@ -102,8 +111,21 @@ class Database:
     """The engine, its read and write sessions, raw reads for the hot paths, and the lanes of
     threads request work runs on."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        statement_timeout: float = 0.0,
+    ) -> None:
+        """`timeout` (seconds) bounds the waits of a connection that does not answer: PostgreSQL's
+        connect timeout and the pool's checkout, SQLite's busy timeout (a lock held by another
+        process). `statement_timeout` (seconds, 0 = none) is PostgreSQL's, for every statement
+        of this engine. Each fails with an OperationalError or sqlalchemy.exc.TimeoutError, which
+        the API answers 503 (mega_crm.failures)."""
         self.url = normalize_database_url(url)
+        self.timeout = timeout
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.Lock() if self.is_sqlite else None
         self._pool_size = pool_size
@@ -112,13 +134,26 @@ class Database:
         self._write_lane = _WriteLane(self) if self.is_sqlite else None
         self._batch = threading.local()  # the write lane's group transaction, on its thread
         if self.is_sqlite:
-            self.engine = _sqlite_engine(self.url)
+            self.engine = _sqlite_engine(self.url, busy_timeout=timeout)
         else:
+            connect_args: dict[str, Any] = {
+                # libpq counts whole seconds, at least 2; psycopg enforces it client-side, so it
+                # also bounds a server that accepted the TCP connection and then went silent.
+                "connect_timeout": max(2, math.ceil(timeout)),
+            }
+            if statement_timeout > 0:
+                # Beside any `options` of the URL (e.g. a search_path), which this would replace.
+                given = make_url(self.url).query.get("options")
+                given = given if isinstance(given, str) else " ".join(given or ())
+                setting = f"-c statement_timeout={int(statement_timeout * 1000)}"
+                connect_args["options"] = f"{given} {setting}".strip()
             self.engine = create_engine(
                 self.url,
                 pool_size=pool_size,
                 max_overflow=pool_size * 2,
                 pool_pre_ping=True,
+                pool_timeout=timeout,
+                connect_args=connect_args,
                 future=True,
             )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
@@ -137,17 +172,30 @@ class Database:
             yield
             return
         stop = threading.Event()
+        failing: str | None = None  # the error of the last round, logged once when it started
 
         def loop() -> None:
+            nonlocal failing
             while not stop.wait(every):
+                # After a failure (a full disk, typically), TRUNCATE: once space is back, it
+                # empties the write-ahead log file, which a passive checkpoint never shrinks,
+                # and which otherwise kept the disk full and every write failing.
+                mode = "TRUNCATE" if failing else "PASSIVE"
                 try:
                     connection = self.engine.raw_connection()
                     try:
-                        connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        connection.cursor().execute(f"PRAGMA wal_checkpoint({mode})")
                     finally:
                         connection.close()
-                except Exception:  # a busy or vanished database: the next round retries
-                    log.warning("WAL checkpoint failed", exc_info=True)
+                except Exception as exc:  # a full disk, a busy or vanished file: retried next round
+                    error = f"{type(exc).__name__}: {exc}"
+                    if error != failing:
+                        log.error("SQLite WAL checkpoint failing (retried every %gs): %s", every, error)
+                    failing = error
+                    continue
+                if failing:
+                    log.warning("SQLite WAL checkpoint working again")
+                    failing = None
 
         thread = threading.Thread(target=loop, name="mega-db-checkpoint", daemon=True)
         thread.start()
@@ -157,14 +205,30 @@ class Database:
             stop.set()
             thread.join()
 
-    async def run(self, lane: Lane, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` on a thread of `lane` (see the module docstring)."""
+    async def run(self, lane: Lane, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
+        """`fn(*args)` on a thread of `lane` (see the module docstring).
+
+        With `deadline` (seconds), raises DatabaseTimeout (503) when the answer takes longer,
+        queueing included. A statement cannot be interrupted on a server that stopped answering
+        (a stopped or partitioned PostgreSQL: the socket just waits), so the thread is left to
+        finish when the server comes back; work still queued is cancelled and never runs."""
+        job = functools.partial(fn, *args)
         if lane == "write" and self._write_lane is not None:
-            return await asyncio.wrap_future(self._write_lane.submit(functools.partial(fn, *args)))
-        key: Lane = lane if self.is_sqlite else "read"  # PostgreSQL: one pool for every lane
-        executor = self._executors.get(key) or self._new_executor(key)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, functools.partial(fn, *args))
+            future = self._write_lane.submit(job)
+        else:
+            key: Lane = lane if self.is_sqlite else "read"  # PostgreSQL: one pool for every lane
+            executor = self._executors.get(key) or self._new_executor(key)
+            future = executor.submit(job)
+        if deadline is None or deadline <= 0:
+            return await asyncio.wrap_future(future)
+        try:
+            async with asyncio.timeout(deadline):
+                result = await asyncio.wrap_future(future)  # cancelled (if still queued) on timeout
+        except TimeoutError:
+            failures.database_outage.down(f"no answer within {deadline:g} s")
+            raise DatabaseTimeout(failures.DATABASE_UNAVAILABLE, headers={"Retry-After": "1"}) from None
+        failures.database_outage.up()
+        return result
 
     def _new_executor(self, key: Lane) -> ThreadPoolExecutor:
         with self._executor_lock:
@@ -468,12 +532,13 @@ def as_json(value: Any) -> Any:
 
 
 WAL_AUTOCHECKPOINT_PAGES = 10_000
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, *, busy_timeout: float) -> Engine:
     engine = create_engine(
         url,
-        connect_args={"check_same_thread": False, "timeout": 30},
+        connect_args={"check_same_thread": False, "timeout": busy_timeout},
         pool_size=20,
         # The connection used last is the one used next: each keeps its own page cache, and
         # rotating through them (the pool's default) met cold caches at a million leads.
@@ -490,7 +555,7 @@ def _sqlite_engine(url: str) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         # 32 MB of page cache per connection (SQLite's default is 2 MB): a write touches a dozen
         # B-trees, and at a million leads their upper levels no longer fitted. Filled only as
         # pages are read; a server keeps a handful of connections busy.
@@ -498,6 +563,9 @@ def _sqlite_engine(url: str) -> Engine:
         # A serving process checkpoints in the background (Database.checkpoints); this is the
         # backstop for any other writer: a checkpoint inside a commit at most every ~40 MB.
         cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        # When a checkpoint lets the log start over, the file is cut back to this size: it is
+        # otherwise never smaller than its largest burst, space a full disk needs back.
+        cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         # Temporary storage in memory, not in temp files. Every UPDATE of a lead runs its trigger
         # (migration 0003), and each such statement needs some: a 500-lead merge's UPDATEs took
         # 15 ms with it on disk, 8.5 ms in memory. The largest scratch data a request makes is

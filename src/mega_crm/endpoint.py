@@ -126,9 +126,12 @@ async def serve(
     """Run `work` for a caller holding `scope`, counted against the key's `bucket`, on a thread
     of `lane`: "write" for writes, "slow" for work that may take long (a read that may not be
     served by an index range, a DNS lookup), "read" for the rest (see mega_crm.db). `query`: the
-    model of the route's query string (`Call.query`); by default the route takes none."""
+    model of the route's query string (`Call.query`); by default the route takes none. Raises
+    DatabaseTimeout (503) after MEGA_DB_TIMEOUT_SECONDS without an answer."""
     raw = await request.body() if request.method in ("POST", "PUT", "PATCH") else b""
-    return await request.app.state.db.run(lane, _authorized, request, scope, bucket, raw, work, query)
+    state = request.app.state
+    deadline = state.settings.db_timeout_seconds  # then 503 (DatabaseTimeout)
+    return await state.db.run(lane, _authorized, request, scope, bucket, raw, work, query, deadline=deadline)
 
 
 def _authorized(

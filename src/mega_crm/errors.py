@@ -6,7 +6,8 @@ ApiError                      -> {"error": {"type", "code", "message"}}
 ├── InvalidRequestError       400 invalid_request_error
 ├── NotFoundError             404 not_found_error
 ├── RateLimitError            429 rate_limit_error
-└── ConflictError             409 api_error
+├── ConflictError             409 api_error
+└── ServiceUnavailableError   503 api_error (a dependency is not answering; see failures.py)
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class RateLimitError(ApiError):
 
 class ConflictError(ApiError):
     status_code = 409
+    error_type = "api_error"
+
+
+class ServiceUnavailableError(ApiError):
+    status_code = 503
     error_type = "api_error"
 
 

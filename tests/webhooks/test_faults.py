@@ -126,3 +126,35 @@ def test_two_workers_on_postgres_deliver_each_exactly_once(backend, fault_env, r
         assert sorted(a.json["lead"]["id"] for a in arrivals) == sorted(leads)
         settled(fault_env.client, fault_env.tenant, hook["id"], count=len(leads))
     assert all(w.proc.poll() is None for w in worker_processes)
+
+
+def test_sqlite_restart_releases_the_dead_workers_claims(backend, fault_env, receiver, worker_processes):
+    """Issue 8, item 10: on SQLite no other worker can own a claim once its worker died, so the
+    next one takes it at start instead of waiting out the lease (60 s + the timeout here)."""
+    if backend != "sqlite":
+        pytest.skip("on PostgreSQL another worker may be alive and own the claim: the lease decides")
+    endpoint = receiver.endpoint(Reply(200, delay=30), 200)
+    hook, _ = register(fault_env.client, fault_env.tenant, endpoint.url, timeout_seconds=10)
+    first = WorkerProcess(fault_env.url, MEGA_WEBHOOK_LEASE_SECONDS="60")
+    worker_processes.append(first)
+    first.wait_started()
+    fault_env.create_lead()
+    [hung] = endpoint.wait_for(1, timeout=30)
+    # While it is alive, a second worker on the same file leaves its claims alone.
+    meanwhile = WorkerProcess(fault_env.url, MEGA_WEBHOOK_LEASE_SECONDS="60")
+    worker_processes.append(meanwhile)
+    meanwhile.wait_started()
+    assert len(endpoint.quiet_for(1.5)) == 1  # every arrival so far: only the hung one
+    assert any("another webhook worker is running" in line for line in meanwhile.log), "".join(meanwhile.log)
+    meanwhile.stop()
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+
+    second = WorkerProcess(fault_env.url, MEGA_WEBHOOK_LEASE_SECONDS="60")
+    worker_processes.append(second)
+    second.wait_started()
+    _, again = endpoint.wait_for(2, timeout=20)  # not after the 70 s lease
+    assert again.delivery_id == hung.delivery_id
+    [delivery] = settled(fault_env.client, fault_env.tenant, hook["id"])
+    assert delivery["status"] == "succeeded"
+    assert any("due again" in line for line in second.log), "".join(second.log)

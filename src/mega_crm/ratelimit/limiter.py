@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,6 +21,7 @@ from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from mega_crm.errors import RateLimitError
+from mega_crm.failures import OutageLog
 from mega_crm.security import ConfigurationError
 
 log = logging.getLogger("mega_crm")
@@ -61,33 +63,95 @@ def check_server_limits(default: str, bulk: str) -> None:
             raise ConfigurationError(message) from None
 
 
+class CircuitBreaker:
+    """Skips a failing dependency for a while instead of waiting on it in every request.
+
+    closed: calls go through. After a failure: open, every call is skipped for `open_seconds`;
+    then half-open: one call (the probe) goes through while the others are still skipped; its
+    success closes the breaker, its failure opens it again. Thread-safe. `state` is for a
+    metrics gauge (`STATES` gives its numeric value). Rule: Nygard, *Release It!*, "Circuit
+    Breaker"."""
+
+    STATES = {"closed": 0, "open": 1, "half_open": 2}
+
+    def __init__(self, open_seconds: float, outage: OutageLog) -> None:
+        self.open_seconds = open_seconds
+        self.outage = outage
+        self._open_until: float | None = None  # None: closed
+        self._probing = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        if self._open_until is None:
+            return "closed"
+        return "half_open" if self._probing or time.monotonic() >= self._open_until else "open"
+
+    def allow(self) -> bool:
+        """True when the call should be made (closed, or this call is the half-open probe)."""
+        if self._open_until is None:  # the common case: no lock
+            return True
+        with self._lock:
+            if self._open_until is None:
+                return True
+            if self._probing or time.monotonic() < self._open_until:
+                return False
+            self._probing = True
+            return True
+
+    def succeeded(self) -> None:
+        if self._open_until is None:
+            return
+        with self._lock:
+            self._open_until = None
+            self._probing = False
+        self.outage.up()
+
+    def failed(self, detail: str) -> None:
+        with self._lock:
+            self._open_until = time.monotonic() + self.open_seconds
+            self._probing = False
+        self.outage.down(detail)
+
+
 class RateLimiter:
-    def __init__(self, redis_url: str | None = None) -> None:
+    def __init__(
+        self, redis_url: str | None = None, *, timeout: float = 0.25, breaker_seconds: float = 10.0
+    ) -> None:
+        """`timeout` (seconds) bounds each Redis call (connect and answer); after a failed one the
+        breaker skips Redis for `breaker_seconds` (requests are served without limits)."""
         if redis_url:
             self.storage = storage_from_string(
-                redis_url, wrap_exceptions=True, socket_connect_timeout=2, socket_timeout=2
+                redis_url, wrap_exceptions=True, socket_connect_timeout=timeout, socket_timeout=timeout
             )
         else:
             self.storage = storage_from_string("memory://", wrap_exceptions=True)
         self._limiter = FixedWindowRateLimiter(self.storage)
-        self._last_outage_log = 0.0
+        outage = OutageLog("rate-limit storage", "requests are not being limited")
+        self.breaker = CircuitBreaker(breaker_seconds, outage)
 
     def hit(self, key_id: str, bucket: str, spec: str) -> RateLimitState | None:
         """Count one request against every window of the bucket; 429 if any is exhausted.
 
         A refused request is counted against no window, so a client held back by the minute
         window does not burn its hourly budget. The reported window is the most constraining
-        one (fewest remaining, then longest wait). None when the counters cannot be reached:
-        a Redis outage lets requests through uncounted (logged) rather than failing them all.
+        one (fewest remaining, then longest wait). None when the counters cannot be reached
+        (an error, no answer within the timeout, or the breaker open after one): a Redis outage
+        lets requests through uncounted rather than failing or holding up all of them; it is
+        logged when it starts and when it ends.
         """
-        try:
-            return self._hit(key_id, bucket, spec)
-        except StorageError as exc:
-            now = time.monotonic()
-            if now - self._last_outage_log > 60:
-                self._last_outage_log = now
-                log.error("rate-limit storage unavailable, requests are not being limited: %s", exc)
+        if not self.breaker.allow():
             return None
+        try:
+            state = self._hit(key_id, bucket, spec)
+        except StorageError as exc:
+            self.breaker.failed(f"{type(exc.storage_error).__name__}: {str(exc.storage_error)[:200]}")
+            return None
+        except RateLimitError:
+            self.breaker.succeeded()
+            raise
+        self.breaker.succeeded()
+        return state
 
     def _hit(self, key_id: str, bucket: str, spec: str) -> RateLimitState:
         items = parse_limits(spec)

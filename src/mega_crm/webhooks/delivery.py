@@ -9,6 +9,7 @@ the host name its certificate was verified for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import ssl
 import time
@@ -194,7 +195,8 @@ async def attempt_delivery(
     if target.scheme == "https" and not target.is_ip_literal:
         extensions["sni_hostname"] = target.host
     client = pool.client_for(target)
-    remaining = max(0.1, timeout_seconds - (time.monotonic() - started))
+    deadline = started + timeout_seconds
+    remaining = max(0.1, deadline - time.monotonic())
     try:
         async with asyncio.timeout(remaining):
             request = client.build_request(
@@ -205,15 +207,7 @@ async def attempt_delivery(
                 extensions=extensions,
                 timeout=httpx.Timeout(remaining),
             )
-            response = await client.send(request, stream=True)
-            try:
-                read = 0
-                async for chunk in response.aiter_raw():
-                    read += len(chunk)
-                    if read >= RESPONSE_BYTES_READ:
-                        break
-            finally:
-                await response.aclose()
+            response = await client.send(request, stream=True)  # returns once the headers are in
     except TimeoutError:
         return AttemptResult(False, None, f"timed out after {timeout_seconds:g} s", _ms(started))
     except httpx.TimeoutException:
@@ -221,6 +215,10 @@ async def attempt_delivery(
     except httpx.HTTPError as exc:
         return AttemptResult(False, None, _describe(exc), _ms(started))
     latency = _ms(started)
+    # The status line is the answer. The body is read (so that the connection can be reused) only
+    # for the time left and up to RESPONSE_BYTES_READ: a 2xx whose body is slow, cut short or
+    # broken is still a 2xx that arrived in time.
+    await _drain_body(response, deadline)
     status = response.status_code
     if 200 <= status < 300:
         return AttemptResult(True, status, None, latency)
@@ -233,6 +231,25 @@ async def attempt_delivery(
     if status in (429, 503):
         retry_after = parse_retry_after(response.headers.get("retry-after"))
     return AttemptResult(False, status, f"HTTP {status}", latency, retry_after=retry_after)
+
+
+async def _drain_body(response: httpx.Response, deadline: float) -> None:
+    """Reads at most RESPONSE_BYTES_READ of the body until `deadline` (monotonic), then closes
+    the response (an unfinished body closes its connection instead of returning it to the pool)."""
+    try:
+        left = deadline - time.monotonic()
+        if left > 0:
+            async with asyncio.timeout(left):
+                read = 0
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read >= RESPONSE_BYTES_READ:
+                        break
+    except (TimeoutError, httpx.HTTPError):
+        pass
+    finally:
+        with contextlib.suppress(httpx.HTTPError):
+            await response.aclose()
 
 
 def _ms(started: float) -> int:

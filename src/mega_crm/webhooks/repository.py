@@ -644,3 +644,14 @@ def release_claims(session: Session, claims: list[tuple[uuid.UUID, uuid.UUID]]) 
             .where(WebhookDelivery.id == delivery_id, WebhookDelivery.lease_token == lease_token)
             .values(leased_until=None, lease_token=None)
         )
+
+
+def release_every_claim(session: Session) -> int:
+    """Hand back every leased pending delivery: for a worker that knows no other one is alive
+    (SQLite, under the worker lock), the claims of a process that died. -> how many."""
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.status == PENDING, WebhookDelivery.lease_token.is_not(None))
+        .values(leased_until=None, lease_token=None)
+    )
+    return int(cast(Any, result).rowcount or 0)

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import math
 import signal
 import threading
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import IO, Any
 
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
@@ -93,7 +95,8 @@ class DeliveryWorker:
         conninfo = make_url(self.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
         while not self._listen_stop.is_set():
             try:
-                with psycopg.connect(conninfo, autocommit=True) as conn:
+                timeout = max(2, math.ceil(self.db.timeout))  # a silent server: retry, not hang
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=timeout) as conn:
                     conn.execute(f"LISTEN {repo.NOTIFY_CHANNEL}")
                     self.wake()  # anything committed while we were not listening
                     while not self._listen_stop.is_set():
@@ -118,6 +121,7 @@ class DeliveryWorker:
                 target=self._listen_for_notifications, name="webhook-listen", daemon=True
             )
             listener.start()
+        owner_lock = await asyncio.to_thread(self._take_over_sqlite)
         pump = asyncio.create_task(self._pump(stop, pool))
         purger = asyncio.create_task(self._purge_periodically(stop))
         log.info(
@@ -143,9 +147,48 @@ class DeliveryWorker:
                 log.exception("webhook worker: the delivery pump failed")
             await self._write_records()
             await pool.aclose()
+            if owner_lock is not None:
+                owner_lock.close()  # releases the flock
             if listener is not None:
                 await asyncio.to_thread(listener.join, 5.0)
             log.info("webhook worker stopped")
+
+    def _take_over_sqlite(self) -> IO[bytes] | None:
+        """On SQLite, the worker lock (`<db file>.worker.lock`, an flock held while the worker
+        runs, dropped by the kernel when its process dies) and, once held, the claims of the
+        worker that died before this one: with no other worker alive they are nobody's, and
+        would otherwise wait out their lease (~70 s) after a restart. -> the lock's file, or None
+        (PostgreSQL, an in-memory database, or another worker alive: its claims are kept)."""
+        path = make_url(self.db.url).database if self.db.is_sqlite else None
+        if not path or path == ":memory:":
+            return None
+        try:
+            lock = open(f"{path}.worker.lock", "ab")  # noqa: SIM115 - held for the worker's lifetime
+        except OSError as exc:
+            log.warning(
+                "webhook worker: no worker lock beside %s (%s); claims wait out their lease", path, exc
+            )
+            return None
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            log.warning(
+                "another webhook worker is running on %s; one is enough on SQLite (claims are kept)", path
+            )
+            return None
+        try:
+            with self.db.write_session() as session:
+                released = repo.release_every_claim(session)
+        except Exception:  # noqa: BLE001 - they come back when their lease ends instead
+            log.exception("webhook worker: handing back earlier claims failed")
+            return lock
+        if released:
+            log.info(
+                "webhook worker: %d delivery(ies) in flight when the last worker stopped are due again",
+                released,
+            )
+        return lock
 
     async def _pump(self, stop: asyncio.Event, pool: ClientPool) -> None:
         """All of the worker's database writes: each transaction records the attempts that have
