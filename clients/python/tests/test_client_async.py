@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, Tenant
 
+from conftest import Server, Tenant
 from mega_crm_client import AsyncMegaClient, InvalidRequestError, MemorySyncState, NotFoundError
 
 
@@ -18,7 +18,9 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 @pytest.fixture(params=["asgi", "loopback"])
-def make_async(request: pytest.FixtureRequest, server: Server, tenant: Tenant) -> Callable[[], AsyncMegaClient]:
+def make_async(
+    request: pytest.FixtureRequest, server: Server, tenant: Tenant
+) -> Callable[[], AsyncMegaClient]:
     def make() -> AsyncMegaClient:
         if request.param == "asgi":
             transport = httpx.ASGITransport(app=server.asgi_app)

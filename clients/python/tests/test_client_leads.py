@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server, Tenant, make_tenant
 
+from conftest import Server, Tenant, make_tenant
 from mega_crm_client import (
     AuthenticationError,
     AuthorizationError,
@@ -90,11 +90,15 @@ def test_filters_are_passed_as_the_contract_names_them(client: MegaClient) -> No
     stage_id = seller["current_stage"]["id"] if seller["current_stage"] else None
     assert [lead["id"] for lead in client.leads.iter(lead_line="seller")] == [seller["id"]]
     assert client.leads.list(stage_id=stage_id).total == 2
-    assert client.leads.list(status="active", include_custom_fields=False).leads[0].get("custom_fields") is None
+    assert (
+        client.leads.list(status="active", include_custom_fields=False).leads[0].get("custom_fields") is None
+    )
 
 
 @pytest.mark.parametrize("store", ["file", "memory"])
-def test_sync_returns_what_changed_since_the_last_call(client: MegaClient, tmp_path: Path, store: str) -> None:
+def test_sync_returns_what_changed_since_the_last_call(
+    client: MegaClient, tmp_path: Path, store: str
+) -> None:
     state = tmp_path / "sync.json" if store == "file" else MemorySyncState()
     a = client.leads.create(contact_email="a@example.com", contact_name="A")
     b = client.leads.create(contact_email="b@example.com")

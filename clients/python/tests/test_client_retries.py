@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import free_port
 
+from conftest import free_port
 from mega_crm_client import (
     APIConnectionError,
     APIError,

@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Tenant, free_port
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import Tenant, free_port
 from mega_crm_client import MegaClient, NotFoundError
 from mega_crm_client.webhooks import compute_signature, parse_event, verify_signature
 
@@ -101,7 +101,9 @@ def test_every_webhook_method_and_a_verified_delivery(client: MegaClient, receiv
         client.webhooks.get(hook_id)
 
 
-def test_listen_verifies_prints_and_acknowledges(client: MegaClient, tenant: Tenant, receiver: Captured) -> None:
+def test_listen_verifies_prints_and_acknowledges(
+    client: MegaClient, tenant: Tenant, receiver: Captured
+) -> None:
     port = free_port()
     created = client.webhooks.create(f"http://127.0.0.1:{port}/", retry_attempts=0)
     assert created.secret
@@ -177,7 +179,10 @@ def test_malformed_headers_do_not_verify(headers: dict[str, str]) -> None:
 
 @given(body=st.binary(max_size=512), timestamp=st.integers(0, 2**40), flip=st.integers(0, 511))
 def test_a_signature_verifies_its_body_and_no_other(body: bytes, timestamp: int, flip: int) -> None:
-    headers = {"X-Mega-Timestamp": str(timestamp), "X-Mega-Signature": compute_signature(SECRET, timestamp, body)}
+    headers = {
+        "X-Mega-Timestamp": str(timestamp),
+        "X-Mega-Signature": compute_signature(SECRET, timestamp, body),
+    }
     assert verify_signature(SECRET, headers, body, tolerance=None)
     assert not verify_signature(SECRET + "x", headers, body, tolerance=None)
     if body:
