@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import Server, make_tenant
 from mega_crm_client import MegaClient
-from mega_crm_client.csv_import import ImportState, detect_format, map_headers
+from mega_crm_client.csv_import import ImportState, detect_format, map_headers, read_rows
 from messy_csv import UNKNOWN_COLUMNS, generate
 
 CLI = [sys.executable, "-m", "mega_crm_client.cli"]
@@ -59,6 +61,11 @@ def test_maps_common_header_names() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match="no column"):
         map_headers(["Name"], {"Nope": "contact_name"})
+    with pytest.raises(ValueError, match="same field"):
+        map_headers(["A", "B"], {"A": "contact_name", "B": "contact_name"})
+    twice = map_headers(["Email", "E-mail", "Budget", "budget "])
+    assert twice.describe() == [("Email", "contact_email"), ("Budget", "custom:budget")]
+    assert twice.unmapped == ["E-mail", "budget "]
 
 
 def test_dry_run_previews_and_writes_nothing(
@@ -155,6 +162,9 @@ def test_resume_after_kill_creates_nothing_twice_and_skips_nothing(tmp_path: Pat
     assert not killed.finished
     assert 0 < killed.rows_done < expected.records
 
+    restart = run_cli(env, "import", str(path))  # without --resume: refused, it would duplicate
+    assert restart.returncode == 2
+    assert "--resume" in restart.stderr
     done = run_cli(env, "import", str(path), "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_results(results)
@@ -174,3 +184,41 @@ def _chunks_done(state_path: Path) -> int:
     except (ValueError, OSError):
         return 0
     return int(data.get("chunks_done", 0))
+
+
+# --- properties of the reading side -------------------------------------------------------------
+
+CELL = st.text(alphabet="ab Zé,;|\t\"'\n0-9", max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    width=st.integers(2, 5),
+    rows=st.lists(st.lists(CELL, min_size=5, max_size=5), max_size=12),
+    delimiter=st.sampled_from(",;\t|"),
+    encoding=st.sampled_from(["utf-8", "utf-8-sig", "cp1252"]),
+    newline=st.sampled_from(["\n", "\r\n"]),
+)
+def test_any_written_csv_reads_back_the_same(
+    tmp_path: Path, width: int, rows: list[list[str]], delimiter: str, encoding: str, newline: str
+) -> None:
+    header = [f"col{i}" for i in range(width)]
+    records = [row[:width] for row in rows]
+    path = tmp_path / "prop.csv"
+    with path.open("w", encoding=encoding, newline="") as f:
+        csv.writer(f, delimiter=delimiter, lineterminator=newline).writerows([header, *records])
+    fmt = detect_format(path)
+    assert fmt.delimiter == delimiter
+    with path.open(encoding=fmt.encoding, newline="") as f:
+        got_header, got = read_rows(f, fmt.delimiter)
+        got_rows = [r.values for r in got]
+    assert got_header == header
+    assert got_rows == [r for r in records if any(v.strip() for v in r)]
+
+
+@given(st.lists(st.text(max_size=15), max_size=12))
+def test_every_column_is_mapped_once_or_listed(header: list[str]) -> None:
+    mapping = map_headers(header)
+    assert len(mapping.fields) + len(mapping.unmapped) == len(header)
+    targets = list(mapping.fields.values())
+    assert len(targets) == len(set(targets))  # no field fed by two columns

@@ -153,3 +153,13 @@ def test_async_client_retries_alike(stub: Scripted) -> None:
     assert asyncio.run(scenario())["id"] == "l1"
     assert [key for _, _, key, _ in stub.seen] == ["k-1", "k-1", "k-1"]
     assert stub.seen[1][3] - stub.seen[0][3] >= 1.0
+
+
+def test_an_unusable_url_fails_at_once() -> None:
+    events: list[RetryEvent] = []
+    with (
+        MegaClient("ftp://127.0.0.1", "t", "c", on_retry=events.append) as c,
+        pytest.raises(APIConnectionError),
+    ):
+        c.leads.list()
+    assert events == []

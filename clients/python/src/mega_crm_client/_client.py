@@ -69,8 +69,10 @@ def _query(filters: Mapping[str, Any]) -> dict[str, Any]:
             name = "stageId"
         if isinstance(value, bool):
             value = "true" if value else "false"
-        elif hasattr(value, "isoformat"):
+        elif hasattr(value, "isoformat"):  # datetime, date
             value = value.isoformat()
+        elif not isinstance(value, str | int | float):  # UUID, enums…
+            value = str(value)
         params[name] = value
     return params
 
@@ -148,7 +150,7 @@ class _Config:
     ) -> float | None:
         if attempt > self.max_retries or not safe_to_retry(request.method, request.headers):
             return None
-        delay = retry_delay(attempt, response)
+        delay = retry_delay(attempt, response, error)
         if delay is not None and self.on_retry is not None:
             reason = str(response.status_code) if response is not None else type(error).__name__
             self.on_retry(RetryEvent(attempt, delay, reason, request.method, request.url.path))

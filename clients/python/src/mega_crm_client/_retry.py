@@ -44,13 +44,22 @@ def backoff(attempt: int, *, base: float = BACKOFF_BASE_SECONDS, cap: float = BA
     return random.uniform(ceiling / 2, ceiling)
 
 
+# No answer, but the request may succeed if sent again: the network, a timeout, or a server that
+# closed the connection. Not an unsupported URL scheme or a bad proxy setting.
+RETRYABLE_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
+
+
 def retry_delay(
-    attempt: int, response: httpx.Response | None, *, base: float = BACKOFF_BASE_SECONDS
+    attempt: int,
+    response: httpx.Response | None,
+    error: Exception | None = None,
+    *,
+    base: float = BACKOFF_BASE_SECONDS,
 ) -> float | None:
-    """Seconds to wait before retrying after `attempt` failed with `response` (None: no response,
-    a connection error), or None when that outcome is not worth retrying."""
+    """Seconds to wait before retrying after `attempt` (1 = the first) failed with `response`, or
+    with `error` when there was no response; None when that outcome is not worth retrying."""
     if response is None:
-        return backoff(attempt, base=base)
+        return backoff(attempt, base=base) if isinstance(error, RETRYABLE_ERRORS) else None
     status = response.status_code
     if status == 429:
         retry_after = parse_retry_after(response.headers.get("retry-after"))

@@ -147,6 +147,8 @@ def import_csv(
         console.print(f"[bold]{file}[/]: encoding {fmt.encoding}, delimiter {delimiter}")
         if not resume:
             try:
+                if not dry_run:
+                    job.refuse_if_interrupted()
                 preview = job.preview()
             except CsvImportError as exc:
                 fail(str(exc))

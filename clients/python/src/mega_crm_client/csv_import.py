@@ -19,6 +19,8 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import io
+import itertools
 import json
 import os
 import re
@@ -75,13 +77,20 @@ def detect_encoding(path: Path) -> str:
 
 
 def detect_delimiter(sample: str) -> str:
-    """The delimiter of a CSV sample: csv.Sniffer among , ; tab |, else the most frequent of them on
-    the header line."""
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
-    except csv.Error:
-        header = sample.splitlines()[0] if sample else ""
-        return max(DELIMITERS, key=header.count) if any(d in header for d in DELIMITERS) else ","
+    """The delimiter of a CSV sample: among , ; tab |, the one that splits the header into two or
+    more fields and the most of the following records into as many; ties go to more fields.
+    A single-column file, or one no candidate splits, is taken as comma-separated."""
+    best, best_score = ",", (-1, 0)
+    for delimiter in DELIMITERS:
+        reader = csv.reader(io.StringIO(sample), delimiter=delimiter)
+        records = [r for r in itertools.islice(reader, 100) if any(v.strip() for v in r)]
+        if not records or len(records[0]) < 2:
+            continue
+        width = len(records[0])
+        score = (sum(1 for r in records[1:] if len(r) == width), width)
+        if score > best_score:
+            best, best_score = delimiter, score
+    return best
 
 
 def detect_format(path: str | os.PathLike[str]) -> CsvFormat:
@@ -202,18 +211,21 @@ def map_headers(header: Sequence[str], overrides: Mapping[str, str] | None = Non
             chosen[index] = target
         else:
             chosen[index] = CUSTOM_PREFIX + slugify(target)
-    taken = set(chosen.values())
+    targets = [t for t in chosen.values() if t != IGNORE]
+    if len(targets) != len(set(targets)):
+        raise ValueError("--map: two columns are mapped to the same field")
+    taken = set(targets)
     fields: dict[int, str] = {}
     unmapped: list[str] = []
     for index, name in enumerate(header):
         slug = slugify(name)
         if index in chosen:
             target = chosen[index]
-        elif SYNONYMS.get(slug) and SYNONYMS[slug] not in taken:
-            target = SYNONYMS[slug]
-        elif slug:
+        elif slug in SYNONYMS:  # a second column for a field already fed is listed, not sent
+            target = SYNONYMS[slug] if SYNONYMS[slug] not in taken else IGNORE
+        elif slug and CUSTOM_PREFIX + slug not in taken:
             target = CUSTOM_PREFIX + slug
-        else:
+        else:  # no name, or a second column for the same field: listed, not guessed
             target = IGNORE
         if target == IGNORE:
             unmapped.append(name)
@@ -385,6 +397,7 @@ class CsvImport:
         if resume:
             state = self._resume_state(digest)
         else:
+            self.refuse_if_interrupted()
             state = ImportState(
                 source_sha256=digest,
                 encoding=self.format.encoding,
@@ -423,6 +436,20 @@ class CsvImport:
         state.finished = True
         state.save(self.state_path)
         return state
+
+    def refuse_if_interrupted(self) -> None:
+        """CsvImportError when an import into the same results file was started and not finished:
+        starting over would send its chunks again under new keys, and rows that match no existing
+        lead (no email or phone) would be created twice."""
+        try:
+            state = ImportState.load(self.state_path)
+        except (OSError, ValueError, TypeError):
+            return
+        if not state.finished:
+            raise CsvImportError(
+                f"an import into {self.results_path} was interrupted: run again with --resume to "
+                f"finish it, or delete {self.state_path} to start over"
+            )
 
     def _resume_state(self, digest: str) -> ImportState:
         if not self.state_path.exists() or not self.results_path.exists():
