@@ -90,6 +90,9 @@ def test_dry_run_previews_and_writes_nothing(
     rows = read_results(tmp_path / "windows.results.csv")
     assert [(r["line"], r["status"]) for r in rows] == [("2", "created"), ("3", "failed")]
     assert rows[1]["errors"]
+    exported = run_cli(cli_env, "export", "-")  # to stdout; the progress goes to stderr
+    assert exported.returncode == 0, exported.stderr
+    assert list(csv.DictReader(exported.stdout.splitlines()))[0]["neighborhood"] == "Downtown"
 
 
 def test_bad_usage_is_a_clear_error(tmp_path: Path, cli_env: dict[str, str]) -> None:
@@ -135,6 +138,9 @@ def test_imports_a_messy_20000_row_file_and_exports_it_back(
     assert {r["contact_email"] for r in rows if r["contact_email"]} == expected.emails
     assert {r["lead_line"] for r in rows} <= {"buyer", "seller", ""}
     assert any(r["budget"] for r in rows)
+    buyers = tmp_path / "buyers.csv"
+    assert run_cli(cli_env, "export", str(buyers), "--lead-line", "buyer").returncode == 0
+    assert len(read_results(buyers)) == client.leads.list(lead_line="buyer").total > 0
 
 
 def test_resume_after_kill_creates_nothing_twice_and_skips_nothing(tmp_path: Path, server: Server) -> None:
