@@ -57,6 +57,7 @@ class _Call:
     params: dict[str, Any] = field(default_factory=dict)
     json: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    content: bytes | None = None  # a body already encoded as JSON (instead of `json`)
 
 
 def _query(filters: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,6 +144,11 @@ class _Config:
 
     def build(self, http: httpx.Client | httpx.AsyncClient, call: _Call) -> httpx.Request:
         params = {k: v for k, v in _query(call.params).items()}
+        if call.content is not None:
+            headers = {**call.headers, "Content-Type": "application/json"}
+            return http.build_request(
+                call.method, call.path, params=params, content=call.content, headers=headers
+            )
         return http.build_request(call.method, call.path, params=params, json=call.json, headers=call.headers)
 
     def next_delay(

@@ -98,11 +98,6 @@ class RetryDisplay:
             console.print(f"[yellow]{note}[/]")
 
 
-def count_records(job: CsvImport) -> int:
-    with job._open() as f:
-        return sum(1 for _ in job.leads(f))
-
-
 @app.command("import")
 def import_csv(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The CSV file.")],
@@ -159,7 +154,7 @@ def import_csv(
                 return
         elif dry_run:
             fail("--dry-run and --resume do not go together")
-        total = count_records(job)
+        total = job.count_records()
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),

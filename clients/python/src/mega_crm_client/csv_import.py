@@ -23,16 +23,20 @@ import io
 import itertools
 import json
 import os
+import queue
 import re
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from mega_crm_client._client import BULK_CHUNK_SIZE, MegaClient, _bulk_call
+from mega_crm_client._client import API_PREFIX, BULK_CHUNK_SIZE, MegaClient, _bulk_call, _Call
 from mega_crm_client._exceptions import ConflictError
 from mega_crm_client._types import Lead, OnDuplicate
 
@@ -373,6 +377,12 @@ class CsvImport:
         if chunk:
             yield chunk
 
+    def count_records(self) -> int:
+        """How many records (non-blank rows after the header) the file has."""
+        with self._open() as f:
+            _, records = read_rows(f, self.format.delimiter)
+            return sum(1 for _ in records)
+
     def preview(self) -> dict[str, Any]:
         """A dry run of the first chunk: the server's answer (nothing is written). Custom-field
         columns whose slug the server does not know are dropped from the mapping (listed in
@@ -392,7 +402,13 @@ class CsvImport:
     ) -> ImportState:
         """Import every row (or, with `resume`, the rows after the last recorded chunk). Returns the
         final state (summary counts). CsvImportError when resuming is impossible (no state, or the
-        file changed)."""
+        file changed) or when an unfinished import would be started over.
+
+        Three threads overlap so the server is never kept waiting: one reads and encodes the next
+        chunks, the caller's sends them one after another (in order: rows merge in file order),
+        one records each answer (results rows, fsync, state file). A chunk answered but not yet
+        recorded when the process dies is sent again on resume, under the same key: replayed.
+        """
         digest = file_digest(self.path)
         if resume:
             state = self._resume_state(digest)
@@ -410,32 +426,36 @@ class CsvImport:
                 csv.writer(out).writerow(RESULT_COLUMNS)
             state.results_bytes = self.results_path.stat().st_size
             state.save(self.state_path)
-        with self._open() as f, self.results_path.open("r+", encoding="utf-8", newline="") as out:
+        with (
+            self._open() as f,
+            self.results_path.open("r+", encoding="utf-8", newline="") as out,
+            ThreadPoolExecutor(1, thread_name_prefix="mega-import-record") as recorder,
+            closing(read_ahead(self._encoded_chunks(f, state.chunks_done))) as chunks,
+        ):
             out.truncate(state.results_bytes)
             out.seek(state.results_bytes)
-            writer = csv.writer(out)
-            chunks = self.chunks(f)
-            for _ in range(state.chunks_done):
-                next(chunks, None)
-            for chunk in chunks:
-                body = self._send(state, [lead for _, lead in chunk])
-                for (row, _), result in zip(chunk, body["results"], strict=True):
-                    errors = "; ".join(result.get("errors") or [])
-                    lead_id, matched_by = result.get("lead_id") or "", result.get("matched_by") or ""
-                    writer.writerow([row.line, result["status"], lead_id, matched_by, errors])
-                out.flush()
-                os.fsync(out.fileno())
-                state.chunks_done += 1
-                state.rows_done += len(chunk)
-                state.results_bytes = out.tell()
-                for name in state.summary:
-                    state.summary[name] += int(body["summary"][name])
-                state.save(self.state_path)
-                if on_chunk is not None:
-                    on_chunk(ChunkReport(state.rows_done, len(chunk), dict(body["summary"])))
+            record = _Recorder(state, self.state_path, out, on_chunk)
+            for index, lines, content in chunks:
+                record.raise_if_failed()
+                body = self._send(f"csv-{state.run_id}-{index}", content)
+                recorder.submit(record, lines, body)
+        record.raise_if_failed()
         state.finished = True
         state.save(self.state_path)
         return state
+
+    def _encoded_chunks(self, f: IO[str], skip: int) -> Iterator[tuple[int, list[int], bytes]]:
+        """(chunk index, the records' lines, the bulk request body) of each chunk after `skip`."""
+        for index, chunk in enumerate(self.chunks(f)):
+            if index < skip:
+                continue
+            payload = {
+                "leads": [lead for _, lead in chunk],
+                "on_duplicate": self.on_duplicate,
+                "dry_run": False,
+            }
+            content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            yield index, [row.line for row, _ in chunk], content
 
     def refuse_if_interrupted(self) -> None:
         """CsvImportError when an import into the same results file was started and not finished:
@@ -463,9 +483,8 @@ class CsvImport:
         self.on_duplicate = "skip" if state.on_duplicate == "skip" else "update"
         return state
 
-    def _send(self, state: ImportState, leads: list[dict[str, Any]]) -> dict[str, Any]:
-        key = f"csv-{state.run_id}-{state.chunks_done}"
-        call = _bulk_call(leads, self.on_duplicate, False, key)
+    def _send(self, key: str, content: bytes) -> dict[str, Any]:
+        call = _Call("POST", f"{API_PREFIX}/leads/bulk", headers={"Idempotency-Key": key}, content=content)
         deadline = time.monotonic() + IN_PROGRESS_WAIT_SECONDS
         while True:
             try:
@@ -476,6 +495,84 @@ class CsvImport:
                 if not exc.in_progress or time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)
+
+
+class _Recorder:
+    """Writes each chunk's results and then the state that counts it, in chunk order (called on
+    one thread). After a failure (e.g. a full disk) it records nothing more and the import stops."""
+
+    def __init__(
+        self,
+        state: ImportState,
+        state_path: Path,
+        out: IO[str],
+        on_chunk: Callable[[ChunkReport], None] | None,
+    ) -> None:
+        self.state, self.state_path, self.out, self.on_chunk = state, state_path, out, on_chunk
+        self.writer = csv.writer(out)
+        self.error: BaseException | None = None
+
+    def __call__(self, lines: list[int], body: dict[str, Any]) -> None:
+        if self.error is not None:
+            return
+        try:
+            for line, result in zip(lines, body["results"], strict=True):
+                errors = "; ".join(result.get("errors") or [])
+                lead_id, matched_by = result.get("lead_id") or "", result.get("matched_by") or ""
+                self.writer.writerow([line, result["status"], lead_id, matched_by, errors])
+            self.out.flush()
+            os.fsync(self.out.fileno())  # the rows are on disk before the state counts them
+            state = self.state
+            state.chunks_done += 1
+            state.rows_done += len(lines)
+            state.results_bytes = self.out.tell()
+            for name in state.summary:
+                state.summary[name] += int(body["summary"][name])
+            state.save(self.state_path)
+            if self.on_chunk is not None:
+                self.on_chunk(ChunkReport(state.rows_done, len(lines), dict(body["summary"])))
+        except BaseException as exc:  # noqa: BLE001 - handed to the sending thread
+            self.error = exc
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+T = TypeVar("T")
+
+
+def read_ahead(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:
+    """`items`, produced on a thread of their own up to `depth` ahead of the consumer."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ready.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            ready.put(("error", exc))
+
+    threading.Thread(target=produce, name="mega-import-read", daemon=True).start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
 
 
 def _dry_run_call(leads: list[dict[str, Any]], on_duplicate: OnDuplicate) -> Any:
