@@ -72,14 +72,19 @@ def test_dry_run_previews_and_writes_nothing(
     tmp_path: Path, cli_env: dict[str, str], client: MegaClient
 ) -> None:
     path = tmp_path / "windows.csv"
-    path.write_bytes("First name,Last name,Mobile,Area,Shoe size\r\nJosé,Núñez,(206) 555-0100,Downtown,44\r\n"
-                     "Bad,Row,12,,\r\n".encode("cp1252"))  # fmt: skip
+    text = (
+        "First name,Last name,Mobile,Area,Shoe size,Hat\r\n"
+        "José,Núñez,(206) 555-0100,Downtown,44,\r\n"
+        "Bad,Row,12,,,\r\n"
+    )
+    path.write_bytes(text.encode("cp1252"))
     done = run_cli(cli_env, "import", str(path), "--map", "Area=neighborhood", "--dry-run")
     assert done.returncode == 0, done.stderr
     assert "encoding cp1252" in done.stderr
     assert "1 would be created" in done.stderr
     assert "1 failed" in done.stderr
     assert "'Shoe size'" in done.stderr  # listed, not guessed
+    assert "'Hat'" in done.stderr  # though empty in every previewed row
     assert client.leads.list().total == 0
     done = run_cli(cli_env, "import", str(path), "--map", "Area=neighborhood")
     assert done.returncode == 0, done.stderr

@@ -314,7 +314,7 @@ class ImportState:
 
 @dataclass(frozen=True)
 class ChunkReport:
-    """After each chunk: rows done so far, the chunk's summary counts, and the elapsed seconds."""
+    """After each chunk is recorded: rows done so far, the chunk's rows and its summary counts."""
 
     rows_done: int
     chunk_rows: int
@@ -353,8 +353,11 @@ class CsvImport:
         if not header:
             raise CsvImportError(f"{self.path} has no header line")
         self.mapping = map_headers(header, overrides)
-        if not set(self.mapping.fields.values()) & {"contact_name", "contact_email", "contact_phone",
-                                                    "first_name", "last_name"}:  # fmt: skip
+
+    def check_mapping(self) -> None:
+        """CsvImportError unless some column feeds a name, an email or a phone (a lead needs one)."""
+        contact = {"contact_name", "contact_email", "contact_phone", "first_name", "last_name"}
+        if not set(self.mapping.fields.values()) & contact:
             raise CsvImportError(
                 "no column maps to a name, email or phone; use --map COLUMN=contact_email (etc.)"
             )
@@ -387,11 +390,18 @@ class CsvImport:
         """A dry run of the first chunk: the server's answer (nothing is written). Custom-field
         columns whose slug the server does not know are dropped from the mapping (listed in
         `mapping.unmapped`), so the import sends only fields that land somewhere."""
+        self.check_mapping()
         with self._open() as f:
             first = next(self.chunks(f), [])
         if not first:
             raise CsvImportError(f"{self.path} has no data rows")
-        body = self.client._request(_dry_run_call([lead for _, lead in first], self.on_duplicate))
+        leads = [lead for _, lead in first]
+        # A custom column empty in every previewed row would go unchecked: probe its slug too.
+        present = {slug for lead in leads for slug in lead.get("custom_fields", {})}
+        probe = {slug: None for slug in self.mapping.custom_slugs() if slug not in present}
+        if probe:
+            leads[0] = {**leads[0], "custom_fields": {**leads[0].get("custom_fields", {}), **probe}}
+        body = self.client._request(_dry_run_call(leads, self.on_duplicate))
         unknown = list(body.get("unknown_custom_fields") or [])
         self.mapping.drop_custom(unknown)
         result: dict[str, Any] = body
@@ -413,6 +423,7 @@ class CsvImport:
         if resume:
             state = self._resume_state(digest)
         else:
+            self.check_mapping()
             self.refuse_if_interrupted()
             state = ImportState(
                 source_sha256=digest,
