@@ -107,6 +107,11 @@ def test_bad_usage_is_a_clear_error(tmp_path: Path, cli_env: dict[str, str]) -> 
     assert done.returncode == 2
     assert "no column maps to a name, email or phone" in done.stderr
     assert run_cli(cli_env, "import", str(path), "--resume", "--map", "colour=contact_name").returncode == 2
+    huge = tmp_path / "huge.csv"
+    huge.write_text("name,notes\nAda," + "x" * 200_000 + "\n")  # beyond the csv module's field limit
+    done = run_cli(cli_env, "import", str(huge))
+    assert done.returncode == 2
+    assert "field larger than field limit" in done.stderr
     env = {**cli_env, "MEGA_TOKEN": "mega_" + "0" * 64}
     done = run_cli(env, "import", str(path), "--map", "colour=contact_name")
     assert done.returncode == 1

@@ -104,8 +104,8 @@ def _chunk_key(prefix: str | None, index: int) -> str:
 
 
 def _sync_params(filters: Mapping[str, Any], cursor: str | None) -> dict[str, Any]:
-    params = {"limit": PAGE_LIMIT, **filters, "sort_by": "updated_at", "sort_dir": "asc", "cursor": cursor}
-    return params
+    """The contract's incremental sync: updated_at ascending, from `cursor` (None: the start)."""
+    return {"limit": PAGE_LIMIT, **filters, "sort_by": "updated_at", "sort_dir": "asc", "cursor": cursor}
 
 
 class _Config:
@@ -143,7 +143,7 @@ class _Config:
         self.on_retry = on_retry
 
     def build(self, http: httpx.Client | httpx.AsyncClient, call: _Call) -> httpx.Request:
-        params = {k: v for k, v in _query(call.params).items()}
+        params = _query(call.params)
         if call.content is not None:
             headers = {**call.headers, "Content-Type": "application/json"}
             return http.build_request(

@@ -7,6 +7,7 @@ Connection options default to MEGA_API_URL, MEGA_TOKEN and MEGA_CUSTOMER_ID. Exi
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import threading
@@ -135,7 +136,7 @@ def import_csv(
                 overrides=parse_maps(map_ or []),
                 on_duplicate="skip" if on_duplicate == "skip" else "update",
             )
-        except (ValueError, CsvImportError) as exc:
+        except (ValueError, CsvImportError, csv.Error) as exc:
             fail(str(exc))
         fmt = job.format
         delimiter = {"\t": "tab"}.get(fmt.delimiter, repr(fmt.delimiter))
@@ -145,7 +146,7 @@ def import_csv(
                 if not dry_run:
                     job.refuse_if_interrupted()
                 preview = job.preview()
-            except CsvImportError as exc:
+            except (CsvImportError, csv.Error) as exc:
                 fail(str(exc))
             show_mapping(job)
             show_preview(preview)
@@ -178,7 +179,7 @@ def import_csv(
                     progress.update(task, completed=report.rows_done, rate=f"{rate:,.0f}", note="")
 
                 state = job.run(resume=resume, on_chunk=on_chunk)
-        except CsvImportError as exc:
+        except (CsvImportError, csv.Error) as exc:
             fail(str(exc))
         except KeyboardInterrupt:
             console.print(
