@@ -148,7 +148,7 @@ class Server:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mega-client-bench-"))
     print(f"mega-crm-client import benchmark: {args.rows:,} rows, {args.rounds} rounds, SQLite, {work}")

@@ -155,7 +155,6 @@ def import_csv(
                 return
         elif dry_run:
             fail("--dry-run and --resume do not go together")
-        total = job.count_records()
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -167,8 +166,12 @@ def import_csv(
         started = time.monotonic()
         try:
             with Progress(*columns, console=console, transient=False) as progress:
-                task = progress.add_task("importing", total=total, rate="-", note="")
+                task = progress.add_task("importing", total=None, rate="-", note="")
                 retry_display.progress, retry_display.task = progress, task
+                # Counted beside the import (a pass over the file), not before it.
+                threading.Thread(
+                    target=lambda: progress.update(task, total=job.count_records()), daemon=True
+                ).start()
                 first_done: list[int] = []
 
                 def on_chunk(report: Any) -> None:
