@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup run test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e './clients/python[cli]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -21,13 +22,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+	$(BIN)/pytest -q clients/python/tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench clients/python
 	$(BIN)/mypy src
+	cd clients/python && ../../$(BIN)/mypy src
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python clients/python/bench/import_bench.py
 
 clean:
 	rm -rf $(VENV) *.egg-info mega-crm.db mega-crm.db-wal mega-crm.db-shm
