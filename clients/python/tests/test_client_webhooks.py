@@ -195,3 +195,15 @@ def test_parse_event_refuses_other_shapes() -> None:
     for raw in (b"not json", b"[]", b'{"event": "lead.deleted"}', b'{"event": "lead.created", "lead": {}}'):
         with pytest.raises(ValueError, match="webhook body"):
             parse_event(raw)
+
+
+def test_during_a_rotation_overlap_either_listed_signature_verifies() -> None:
+    """The server signs with the new and the previous secret during an overlap:
+    `X-Mega-Signature: sha256=<new>,sha256=<previous>`; a receiver holding either verifies."""
+    previous = "mega_whsec_" + "cd" * 32
+    body = b'{"event": "lead.created"}'
+    both = f"{compute_signature(SECRET, 1795795156, body)},{compute_signature(previous, 1795795156, body)}"
+    headers = {"X-Mega-Timestamp": "1795795156", "X-Mega-Signature": both}
+    assert verify_signature(SECRET, headers, body, tolerance=None)
+    assert verify_signature(previous, headers, body, tolerance=None)
+    assert not verify_signature("mega_whsec_" + "ef" * 32, headers, body, tolerance=None)

@@ -96,7 +96,7 @@ def verify_signature(
     lowered = {k.lower(): v for k, v in headers.items()}
     timestamp = lowered.get(TIMESTAMP_HEADER.lower(), "").strip()
     signatures = [s.strip() for s in lowered.get(SIGNATURE_HEADER.lower(), "").split(",")]
-    if not timestamp.isdigit():
+    if not timestamp.isascii() or not timestamp.isdigit():
         return False
     if tolerance is not None:
         current = time.time() if now is None else now

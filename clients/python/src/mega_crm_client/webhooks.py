@@ -55,20 +55,26 @@ def verify_signature(
 
     `headers` is the request's header mapping (any letter case); `raw_body` the bytes exactly as
     received, before any JSON parsing; `secret` the `mega_whsec_…` string as the API returned it.
-    `tolerance=None` skips the freshness check. Never raises on malformed headers: returns False.
-    The comparison is constant-time.
+    `tolerance=None` skips the freshness check. The signature header may list several signatures,
+    comma separated (`sha256=<new>,sha256=<previous>` during a secret rotation's overlap): any one
+    made with `secret` verifies. Never raises on malformed headers: returns False. Each comparison
+    is constant-time.
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     timestamp = lowered.get(TIMESTAMP_HEADER.lower(), "").strip()
-    signature = lowered.get(SIGNATURE_HEADER.lower(), "").strip()
-    if not timestamp.isascii() or not timestamp.isdigit() or not signature.startswith(SIGNATURE_SCHEME):
+    signatures = [s.strip() for s in lowered.get(SIGNATURE_HEADER.lower(), "").split(",")]
+    if not timestamp.isascii() or not timestamp.isdigit():
         return False
     if tolerance is not None:
         current = time.time() if now is None else now
         if abs(current - int(timestamp)) > tolerance:
             return False
-    expected = compute_signature(secret, timestamp, raw_body)
-    return hmac.compare_digest(expected.encode(), signature.encode())
+    expected = compute_signature(secret, timestamp, raw_body).encode()
+    # Compare with every listed signature (no early exit on a match).
+    matches = [
+        hmac.compare_digest(expected, s.encode()) for s in signatures if s.startswith(SIGNATURE_SCHEME)
+    ]
+    return any(matches)
 
 
 class WebhookLead(TypedDict):
