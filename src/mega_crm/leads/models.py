@@ -24,6 +24,17 @@ class Lead(Base):
         Index("ix_leads_customer_status_created", "customer_id", "status", "created_at", "id"),
         Index("ix_leads_customer_stage_updated", "customer_id", "stage_id", "updated_at", "id"),
         Index("ix_leads_customer_line_updated", "customer_id", "lead_line", "updated_at", "id"),
+        # Search (leads/search.py): trigram indexes over the searchable forms. SQLite's is an FTS5
+        # table kept by triggers (migration 0005), which no model describes.
+        *(
+            Index(
+                f"ix_leads_{name}_trgm",
+                name,
+                postgresql_using="gin",
+                postgresql_ops={name: "gin_trgm_ops"},
+            ).ddl_if(dialect="postgresql")
+            for name in ("search_text", "search_phone")
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
@@ -48,6 +59,10 @@ class Lead(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The row as the contract's Lead JSON, rendered by every write (see leads/documents.py).
     document: Mapped[str | None] = mapped_column(Text)
+    # What `search` matches, written with every change of the contact fields (leads/search.py):
+    # the folded name and email, and the phone's digits (E.164 and national format).
+    search_text: Mapped[str | None] = mapped_column(Text)
+    search_phone: Mapped[str | None] = mapped_column(String(64))
 
 
 class LeadCount(Base):

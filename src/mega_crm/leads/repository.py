@@ -169,6 +169,7 @@ _LIGHT_COLUMNS = [
     "custom_fields",
     "updated_at",
     "document",
+    "search_text",
 ]
 _LIGHT_UPDATE = _update_of(_LIGHT_COLUMNS)
 _FULL_UPDATE = _update_of([name for name in LEAD_COLUMNS if name not in _IMMUTABLE])
@@ -259,9 +260,11 @@ def leads_version(reader: RawConnection, customer_id: uuid.UUID) -> int:
 class LeadFilters:
     status: str | None = None
     stage_id: uuid.UUID | None = None
-    search_text: str | None = None  # substring of name or email
-    search_phone_key: str | None = None  # 10 digits: exact match on phone_last10
-    search_phone_digits: str | None = None  # fewer digits: substring of the E.164 phone
+    # `search`, as leads/search.py reads it (SearchTerms):
+    search_text: str | None = None  # folded, >= 3 characters: a part of search_text (trigram index)
+    search_short: str | None = None  # folded, 1-2 characters: a part of search_text (a scan)
+    search_phone_key: str | None = None  # a whole number's last 10 digits: phone_last10
+    search_phone_digits: str | None = None  # a partial number's digits: a part of search_phone
     created_since: datetime | None = None
     updated_since: datetime | None = None
     lead_line: str | None = None
@@ -295,7 +298,7 @@ def _filter_shape(f: LeadFilters) -> tuple[bool, ...]:
 
 _FILTER_NAMES = (
     "status", "stage_id", "lead_line", "created_since", "updated_since",
-    "search_text", "search_phone_key", "search_phone_digits",
+    "search_text", "search_short", "search_phone_key", "search_phone_digits",
 )  # fmt: skip
 
 
@@ -305,14 +308,52 @@ def _filter_params(customer_id: uuid.UUID, f: LeadFilters) -> dict[str, Any]:
         value = getattr(f, name)
         if value is not None:
             params[name] = value
-    if f.search_text is not None:
-        params["search_text"] = "%" + _escape_like(f.search_text.lower()) + "%"
-    if f.search_phone_digits is not None:
-        params["search_phone_digits"] = "%" + f.search_phone_digits + "%"
+    if f.search_text is not None or f.search_phone_digits is not None:
+        # SQLite: one FTS5 query for both (a phrase per column); PostgreSQL: LIKE patterns.
+        params["search_match"] = " OR ".join(
+            f'{column} : "{value.replace(chr(34), chr(34) * 2)}"'
+            for column, value in (("search_text", f.search_text), ("search_phone", f.search_phone_digits))
+            if value is not None
+        )
+        for name in ("search_text", "search_phone_digits"):
+            if getattr(f, name) is not None:
+                params[name] = "%" + _escape_like(getattr(f, name)) + "%"
     return params
 
 
-def _filter_clause(shape: tuple[bool, ...]) -> ColumnElement[bool]:
+def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | None:
+    """The leads a search matches (see leads/search.py), or None without one.
+    SQLite: rowids from the FTS5 table leads_search (migration 0005), plus the phone index's
+    match, as one IN list the plan starts from; PostgreSQL: LIKE over the trigram-indexed columns
+    (bitmap index scans), or'ed with the phone index's match. A 1-2 character text is a plain
+    substring test of the customer's leads."""
+    if has["search_short"]:
+        position = "instr" if dialect == "sqlite" else "strpos"
+        return text(f"{position}(leads.search_text, :search_short) > 0")  # type: ignore[return-value]
+    if not (has["search_text"] or has["search_phone_digits"] or has["search_phone_key"]):
+        return None
+    if dialect == "sqlite":
+        parts = []
+        if has["search_text"] or has["search_phone_digits"]:
+            parts.append("SELECT rowid FROM leads_search WHERE leads_search MATCH :search_match")
+        if has["search_phone_key"]:
+            parts.append(
+                "SELECT rowid FROM leads "
+                "WHERE customer_id = :customer_id AND phone_last10 = :search_phone_key"
+            )
+        return text(f"leads.rowid IN ({' UNION ALL '.join(parts)})")  # type: ignore[return-value]
+    c = LEADS.c
+    terms: list[ColumnElement[bool]] = []
+    if has["search_text"]:
+        terms.append(c.search_text.like(bindparam("search_text"), escape="\\"))
+    if has["search_phone_digits"]:
+        terms.append(c.search_phone.like(bindparam("search_phone_digits"), escape="\\"))
+    if has["search_phone_key"]:
+        terms.append(c.phone_last10 == bindparam("search_phone_key"))
+    return or_(*terms)
+
+
+def _filter_clause(dialect: str, shape: tuple[bool, ...]) -> ColumnElement[bool]:
     has = dict(zip(_FILTER_NAMES, shape, strict=True))
     c = LEADS.c
     clauses: list[ColumnElement[bool]] = [c.customer_id == bindparam("customer_id")]
@@ -323,16 +364,9 @@ def _filter_clause(shape: tuple[bool, ...]) -> ColumnElement[bool]:
         clauses.append(c.created_at >= bindparam("created_since", type_=c.created_at.type))
     if has["updated_since"]:
         clauses.append(c.updated_at >= bindparam("updated_since", type_=c.updated_at.type))
-    search: list[ColumnElement[bool]] = []
-    if has["search_text"]:
-        search.append(func.lower(c.contact_name).like(bindparam("search_text"), escape="\\"))
-        search.append(c.email_normalized.like(bindparam("search_text"), escape="\\"))
-    if has["search_phone_key"]:
-        search.append(c.phone_last10 == bindparam("search_phone_key"))
-    elif has["search_phone_digits"]:
-        search.append(c.contact_phone.like(bindparam("search_phone_digits")))
-    if search:
-        clauses.append(or_(*search))
+    search = _search_clause(dialect, has)
+    if search is not None:
+        clauses.append(search)
     return and_(*clauses)
 
 
@@ -341,9 +375,10 @@ def _escape_like(text: str) -> str:
 
 
 def count_leads(reader: RawConnection, customer_id: uuid.UUID, f: LeadFilters) -> int:
-    shape = _filter_shape(f)
+    dialect, shape = reader.dialect.name, _filter_shape(f)
     query = _cached(
-        ("count", shape), lambda: select(func.count()).select_from(LEADS).where(_filter_clause(shape))
+        ("count", dialect, shape),
+        lambda: select(func.count()).select_from(LEADS).where(_filter_clause(dialect, shape)),
     )
     row = reader.first(query, _filter_params(customer_id, f))
     return int(row[0]) if row else 0
@@ -442,7 +477,7 @@ def _page_statement(
         literal_column(document).label("document"),
         literal_column(key).label("sort_key"),
     )
-    where = _filter_clause(shape)
+    where = _filter_clause(dialect, shape)
     if sort_by == "last_interaction_at":
         rows = _nulls_last_page(columns, where, column, descending, after_kind)
     else:
