@@ -264,7 +264,7 @@ class LeadFilters:
     search_text: str | None = None  # folded, >= 3 characters: a part of search_text (trigram index)
     search_short: str | None = None  # folded, 1-2 characters: a part of search_text (a scan)
     search_phone_key: str | None = None  # a whole number's last 10 digits: phone_last10
-    search_phone_digits: str | None = None  # a partial number's digits: a part of search_phone
+    search_phone_digits: str | None = None  # a phone-like query's digits: a part of search_phone
     created_since: datetime | None = None
     updated_since: datetime | None = None
     lead_line: str | None = None

@@ -5,9 +5,11 @@ The rule (README, "Pulling leads"), the same on SQLite and PostgreSQL:
 * Text: the query, folded by `fold()`, is a part of the lead's name or email folded the same way.
 * Phone: a query made only of digits and phone punctuation that the write path reads as a phone
   number (`normalize_phone`, `MEGA_DEFAULT_PHONE_REGION` for national formats) matches the leads
-  with that number (its last 10 digits, the de-duplication key); one that is not a whole number
-  but has at least PARTIAL_PHONE_DIGITS digits matches the phones whose digits contain them (the
-  digits of the stored E.164 form, or of the number in its own country's national format).
+  with that number (its last 10 digits, the de-duplication key). One with at least
+  PARTIAL_PHONE_DIGITS digits, whole number or not, matches the phones whose digits contain them
+  (the digits of the stored E.164 form, or of the number in its own country's national format):
+  in countries whose numbers vary in length (DE, GB, JP…) a fragment such as `030 1234` is
+  already a possible whole number.
 * A query with letters is text only: its digits never match phones.
 
 Every lead write stores `search_text` (folded name and email) and `search_phone` (the phone's
@@ -88,7 +90,7 @@ class SearchTerms:
     """A `search` query, read by the rule in the module docstring. Each field None when unused.
     text: the folded query when it has >= INDEXED_CHARS characters (the index serves it);
     short_text: the folded query when it has fewer (a scan); phone_key: the last 10 digits of a
-    whole phone number; phone_digits: the digits of a partial one."""
+    whole phone number; phone_digits: the query's digits (phone-like, >= PARTIAL_PHONE_DIGITS)."""
 
     text: str | None = None
     short_text: str | None = None
@@ -112,9 +114,10 @@ def parse_search(query: str, region: str) -> SearchTerms:
         try:
             phone_key = normalize_phone(typed, region)[1]
         except ContactError:
-            digits = "".join(str(unicodedata.decimal(c)) for c in _DIGIT.findall(typed))
-            if len(digits) >= PARTIAL_PHONE_DIGITS:
-                phone_digits = digits
+            pass
+        digits = "".join(str(unicodedata.decimal(c)) for c in _DIGIT.findall(typed))
+        if len(digits) >= PARTIAL_PHONE_DIGITS:
+            phone_digits = digits
     return SearchTerms(text, short_text, phone_key, phone_digits)
 
 
