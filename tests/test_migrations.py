@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -15,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from mega_crm.app import create_app
 from mega_crm.db import Database, UTCDateTime, normalize_database_url, utcnow
+from mega_crm.leads.models import described_by_models
 from mega_crm.migrate import upgrade
 from mega_crm.models import Base
 from tests.conftest import POSTGRES_URL, ContractClient, make_settings
@@ -25,20 +25,10 @@ from tests.leads.api import LEADS
 def test_migrations_match_the_models(db: Database) -> None:
     """A table, column, index or constraint added to a model without a migration (or the other
     way round) shows up here, not on a user's database."""
-    sqlite = db.is_sqlite
-
-    def described(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-        """Each database's search index is its own (migration 0005): on SQLite an FTS5 table
-        (and its shadow tables) that no model describes, on PostgreSQL the models' trigram
-        indexes, which SQLite does not have."""
-        if not sqlite or name is None:
-            return True
-        if type_ == "table" and reflected:
-            return not name.startswith("leads_search")
-        return not (type_ == "index" and name.endswith("_trgm"))
-
     with db.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"include_object": described})
+        # (less each database's own search index: see described_by_models)
+        include = described_by_models(connection.dialect.name)
+        context = MigrationContext.configure(connection, opts={"include_object": include})
         differences = compare_metadata(context, Base.metadata)
     assert differences == []
 

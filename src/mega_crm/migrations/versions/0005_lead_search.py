@@ -68,9 +68,11 @@ def downgrade() -> None:
         for name in SQLITE_OBJECTS:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
         op.execute("DROP TABLE IF EXISTS leads_search")
-    else:
-        for name in ("search_text", "search_phone"):
-            op.drop_index(f"ix_leads_{name}_trgm", table_name="leads")
-    with op.batch_alter_table("leads") as batch:
-        batch.drop_column("search_phone")
-        batch.drop_column("search_text")
+        # In place (SQLite 3.35+): a batch copy of `leads` would trip over 0003's triggers.
+        op.execute("ALTER TABLE leads DROP COLUMN search_phone")
+        op.execute("ALTER TABLE leads DROP COLUMN search_text")
+        return
+    for name in ("search_text", "search_phone"):
+        op.drop_index(f"ix_leads_{name}_trgm", table_name="leads")
+    op.drop_column("leads", "search_phone")
+    op.drop_column("leads", "search_text")
