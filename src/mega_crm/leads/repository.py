@@ -35,6 +35,7 @@ from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_shared_uu
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
+from mega_crm.leads.search import index_probe
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
 LEADS: Table = Lead.__table__  # type: ignore[assignment]
@@ -315,9 +316,10 @@ def _filter_params(customer_id: uuid.UUID, f: LeadFilters) -> dict[str, Any]:
             for column, value in (("search_text", f.search_text), ("search_phone", f.search_phone_digits))
             if value is not None
         )
-        for name in ("search_text", "search_phone_digits"):
-            if getattr(f, name) is not None:
-                params[name] = "%" + _escape_like(getattr(f, name)) + "%"
+        if f.search_text is not None:
+            params["search_probe"] = "%" + _escape_like(index_probe(f.search_text)) + "%"
+        if f.search_phone_digits is not None:
+            params["search_phone_digits"] = "%" + f.search_phone_digits + "%"
     return params
 
 
@@ -345,9 +347,12 @@ def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | 
     c = LEADS.c
     terms: list[ColumnElement[bool]] = []
     if has["search_text"]:
-        terms.append(c.search_text.like(bindparam("search_text"), escape="\\"))
+        # The index finds the leads holding the query's most telling word (index_probe); the
+        # whole query is then checked on those rows.
+        probe = c.search_text.like(bindparam("search_probe"), escape="\\")
+        terms.append(and_(probe, func.strpos(c.search_text, bindparam("search_text")) > 0))
     if has["search_phone_digits"]:
-        terms.append(c.search_phone.like(bindparam("search_phone_digits"), escape="\\"))
+        terms.append(c.search_phone.like(bindparam("search_phone_digits")))
     if has["search_phone_key"]:
         terms.append(c.phone_last10 == bindparam("search_phone_key"))
     return or_(*terms)
@@ -357,6 +362,11 @@ def _filter_clause(dialect: str, shape: tuple[bool, ...]) -> ColumnElement[bool]
     has = dict(zip(_FILTER_NAMES, shape, strict=True))
     c = LEADS.c
     clauses: list[ColumnElement[bool]] = [c.customer_id == bindparam("customer_id")]
+    if dialect == "sqlite" and (has["search_text"] or has["search_phone_digits"] or has["search_phone_key"]):
+        # The search's rowids are where the plan must start: SQLite would rather walk one of the
+        # customer's indexes in page order, testing every lead against them (a scan). Unary +
+        # keeps it from using customer_id (every leads index starts with it) to do so.
+        clauses[0] = text("+leads.customer_id = :customer_id")  # type: ignore[call-overload]
     for name in ("status", "stage_id", "lead_line"):
         if has[name]:
             clauses.append(c[name] == bindparam(name))

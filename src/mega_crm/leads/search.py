@@ -85,6 +85,24 @@ def search_columns(record: dict[str, Any]) -> None:
     record["search_phone"] = search_phone(record.get("contact_phone"))
 
 
+_WORD = re.compile(r"\w+")
+
+
+def index_probe(folded: str) -> str:
+    """The part of a folded query (>= INDEXED_CHARS characters) that the trigram index is asked
+    for, the whole query being checked on the rows it finds: its longest word (a run of letters
+    and digits), one with digits first, or the whole query when no word has INDEXED_CHARS.
+
+    Why: PostgreSQL's GIN index reads every trigram of the pattern through, and a trigram in
+    most leads (the `com` of an email, a common name's) costs as much as reading all of them:
+    `…50021@com` took 30 ms at 100k leads, `50021` 0.1 ms. A query's longest word is the one
+    likeliest to be rare, digits rarer still (pg_trgm splits at the same non-word characters)."""
+    words = [w for w in _WORD.findall(folded) if len(w) >= INDEXED_CHARS]
+    if not words:
+        return folded
+    return max(words, key=lambda w: (any(c.isdigit() for c in w), len(w)))
+
+
 @dataclass(frozen=True)
 class SearchTerms:
     """A `search` query, read by the rule in the module docstring. Each field None when unused.
