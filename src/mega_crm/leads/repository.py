@@ -35,7 +35,7 @@ from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_shared_uu
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
-from mega_crm.leads.search import index_probe
+from mega_crm.leads.search import index_probes
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
 LEADS: Table = Lead.__table__  # type: ignore[assignment]
@@ -317,7 +317,8 @@ def _filter_params(customer_id: uuid.UUID, f: LeadFilters) -> dict[str, Any]:
             if value is not None
         )
         if f.search_text is not None:
-            params["search_probe"] = "%" + _escape_like(index_probe(f.search_text)) + "%"
+            probes = index_probes(f.search_text)
+            params["search_probe"], params["search_probe2"] = ("%" + _escape_like(p) + "%" for p in probes)
         if f.search_phone_digits is not None:
             params["search_phone_digits"] = "%" + f.search_phone_digits + "%"
     return params
@@ -347,10 +348,12 @@ def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | 
     c = LEADS.c
     terms: list[ColumnElement[bool]] = []
     if has["search_text"]:
-        # The index finds the leads holding the query's most telling word (index_probe); the
-        # whole query is then checked on those rows.
-        probe = c.search_text.like(bindparam("search_probe"), escape="\\")
-        terms.append(and_(probe, func.strpos(c.search_text, bindparam("search_text")) > 0))
+        # The index finds the leads holding the query's two most telling words (index_probes);
+        # the whole query is then checked on those rows.
+        probes = [
+            c.search_text.like(bindparam(name), escape="\\") for name in ("search_probe", "search_probe2")
+        ]
+        terms.append(and_(*probes, func.strpos(c.search_text, bindparam("search_text")) > 0))
     if has["search_phone_digits"]:
         terms.append(c.search_phone.like(bindparam("search_phone_digits")))
     if has["search_phone_key"]:
