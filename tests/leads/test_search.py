@@ -340,7 +340,7 @@ def brute_force(leads: list[Lead], query: str) -> set[str]:
         except ContactError:
             pass
         digits = "".join(str(unicodedata.decimal(c)) for c in typed if c.isdecimal())
-        digits = digits if len(digits) >= 4 else None
+        digits = digits if len(digits) >= 4 and not (key and len(digits) >= 10) else None
     out = set()
     for x in leads:
         texts = [fold(x[name]) for name in ("contact_name", "contact_email") if x[name]]

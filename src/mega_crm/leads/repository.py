@@ -35,7 +35,7 @@ from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_shared_uu
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
-from mega_crm.leads.search import index_probes
+from mega_crm.leads.search import fts_probe, index_probes
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
 LEADS: Table = Lead.__table__  # type: ignore[assignment]
@@ -309,23 +309,27 @@ def _filter_params(customer_id: uuid.UUID, f: LeadFilters) -> dict[str, Any]:
         value = getattr(f, name)
         if value is not None:
             params[name] = value
+    if f.search_text is not None:
+        probes = index_probes(f.search_text)
+        params["search_probe"], params["search_probe2"] = ("%" + _escape_like(p) + "%" for p in probes)
+    if f.search_phone_digits is not None:
+        params["search_phone_like"] = "%" + f.search_phone_digits + "%"
     if f.search_text is not None or f.search_phone_digits is not None:
-        # SQLite: one FTS5 query for both (a phrase per column); PostgreSQL: LIKE patterns.
-        params["search_match"] = " OR ".join(
-            f'{column} : "{value.replace(chr(34), chr(34) * 2)}"'
-            for column, value in (("search_text", f.search_text), ("search_phone", f.search_phone_digits))
-            if value is not None
+        # SQLite: one FTS5 query for both, a phrase per column
+        phrases = (
+            ("search_text", f.search_text and fts_probe(f.search_text)),
+            ("search_phone", f.search_phone_digits),
         )
-        if f.search_text is not None:
-            probes = index_probes(f.search_text)
-            params["search_probe"], params["search_probe2"] = ("%" + _escape_like(p) + "%" for p in probes)
-        if f.search_phone_digits is not None:
-            params["search_phone_digits"] = "%" + f.search_phone_digits + "%"
+        params["search_match"] = " OR ".join(
+            f'{column} : "{value.replace(chr(34), chr(34) * 2)}"' for column, value in phrases if value
+        )
     return params
 
 
 def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | None:
-    """The leads a search matches (see leads/search.py), or None without one.
+    """The leads a search matches (see leads/search.py), or None without one. The trigram index
+    is asked for a part of the query (fts_probe, index_probes), and the whole query is checked on
+    the rows it finds.
     SQLite: rowids from the FTS5 table leads_search (migration 0005), plus the phone index's
     match, as one IN list the plan starts from; PostgreSQL: LIKE over the trigram-indexed columns
     (bitmap index scans), or'ed with the phone index's match. A 1-2 character text is a plain
@@ -336,26 +340,30 @@ def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | 
     if not (has["search_text"] or has["search_phone_digits"] or has["search_phone_key"]):
         return None
     if dialect == "sqlite":
-        parts = []
+        parts, checks = [], []
         if has["search_text"] or has["search_phone_digits"]:
             parts.append("SELECT rowid FROM leads_search WHERE leads_search MATCH :search_match")
+        if has["search_text"]:
+            checks.append("instr(leads.search_text, :search_text) > 0")
+        if has["search_phone_digits"]:
+            checks.append("instr(leads.search_phone, :search_phone_digits) > 0")
         if has["search_phone_key"]:
             parts.append(
                 "SELECT rowid FROM leads "
                 "WHERE customer_id = :customer_id AND phone_last10 = :search_phone_key"
             )
-        return text(f"leads.rowid IN ({' UNION ALL '.join(parts)})")  # type: ignore[return-value]
+            checks.append("leads.phone_last10 = :search_phone_key")
+        rows = f"leads.rowid IN ({' UNION ALL '.join(parts)}) AND ({' OR '.join(checks)})"
+        return text(rows)  # type: ignore[return-value]
     c = LEADS.c
     terms: list[ColumnElement[bool]] = []
     if has["search_text"]:
-        # The index finds the leads holding the query's two most telling words (index_probes);
-        # the whole query is then checked on those rows.
         probes = [
             c.search_text.like(bindparam(name), escape="\\") for name in ("search_probe", "search_probe2")
         ]
         terms.append(and_(*probes, func.strpos(c.search_text, bindparam("search_text")) > 0))
     if has["search_phone_digits"]:
-        terms.append(c.search_phone.like(bindparam("search_phone_digits")))
+        terms.append(c.search_phone.like(bindparam("search_phone_like")))
     if has["search_phone_key"]:
         terms.append(c.phone_last10 == bindparam("search_phone_key"))
     return or_(*terms)
