@@ -122,3 +122,24 @@ def test_migration_0005_makes_existing_leads_searchable(empty_database: str) -> 
                 connection.execute(text("INSERT INTO leads_search(leads_search) VALUES ('integrity-check')"))
     finally:
         db.dispose()
+
+
+def test_migrations_run_in_a_schema_of_their_own(backend: str, empty_database: str) -> None:
+    """PostgreSQL: the trigram operator class is found in whatever schema pg_trgm was installed
+    in earlier, though the schema being migrated has another search_path (as bench/webhooks.py
+    does)."""
+    if backend != "postgres":
+        pytest.skip("schemas are PostgreSQL's")
+    admin = create_engine(make_url(normalize_database_url(empty_database)), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public"))
+        connection.execute(text("CREATE SCHEMA apart"))
+    admin.dispose()
+    upgrade(f"{empty_database}?options=-csearch_path%3Dapart")
+    db = Database(f"{empty_database}?options=-csearch_path%3Dapart")
+    try:
+        with db.engine.connect() as connection:
+            found = connection.execute(text("SELECT indexdef FROM pg_indexes WHERE schemaname = 'apart'"))
+            assert any("gin_trgm_ops" in row[0] for row in found)
+    finally:
+        db.dispose()

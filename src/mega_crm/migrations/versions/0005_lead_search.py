@@ -53,14 +53,17 @@ def upgrade() -> None:
         op.execute("INSERT INTO leads_search(leads_search) VALUES ('rebuild')")
     else:
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-        for name in ("search_text", "search_phone"):
-            op.create_index(
-                f"ix_leads_{name}_trgm",
-                "leads",
-                [name],
-                postgresql_using="gin",
-                postgresql_ops={name: "gin_trgm_ops"},
+        # The operator class by its schema's name: the extension may live in a schema that is
+        # not on this database's search_path (installed earlier for another schema's tables).
+        schema = bind.execute(
+            sa.text(
+                "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                "WHERE e.extname = 'pg_trgm'"
             )
+        ).scalar_one()
+        ops = f"{bind.dialect.identifier_preparer.quote_identifier(schema)}.gin_trgm_ops"
+        for name in ("search_text", "search_phone"):
+            op.execute(f"CREATE INDEX ix_leads_{name}_trgm ON leads USING gin ({name} {ops})")
 
 
 def downgrade() -> None:
