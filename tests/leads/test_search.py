@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mega_crm.app import create_app
 from mega_crm.db import Database
 from mega_crm.leads.normalize import ContactError, digits_of, normalize_phone
-from mega_crm.leads.search import fold
+from mega_crm.leads.search import PROBE_CHARS, fold, probe, trigram_counts
 from tests.conftest import ContractClient, make_settings
 from tests.fixtures.factories import Tenant, make_tenant
 from tests.leads.api import bulk, create, listing, unique_email
@@ -405,5 +405,20 @@ def test_fold_is_idempotent_and_ascii_fast_path_agrees() -> None:
         if value.isascii():
             slow = unicodedata.normalize("NFKC", value.casefold())
             assert folded == " ".join(slow.split())
+
+    check()
+
+
+def test_the_index_is_asked_for_the_rarest_part_of_the_query() -> None:
+    counts = trigram_counts(["anderson smith", "anderson jones", "mary anderson", "wiśniewska-yoon"])
+    assert probe("anderson-wiśniewska", counts) in "anderson-wiśniewska"
+    assert "and" not in probe("anderson-wiśniewska", counts)
+    assert probe("ander", counts) == "ander"  # short queries whole
+
+    @given(st.text(min_size=3, max_size=30), st.lists(st.text(max_size=20), max_size=20))
+    def check(query: str, sample: list[str]) -> None:
+        part = probe(query, trigram_counts(sample))
+        assert part in query
+        assert len(part) == min(len(query), PROBE_CHARS)
 
     check()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -35,7 +36,7 @@ from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_shared_uu
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
-from mega_crm.leads.search import fts_probe, index_probes
+from mega_crm.leads.search import SAMPLE_LEADS, probe, trigram_counts
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
 LEADS: Table = Lead.__table__  # type: ignore[assignment]
@@ -303,32 +304,43 @@ _FILTER_NAMES = (
 )  # fmt: skip
 
 
-def _filter_params(customer_id: uuid.UUID, f: LeadFilters) -> dict[str, Any]:
+def _filter_params(customer_id: uuid.UUID, f: LeadFilters, reader: RawConnection) -> dict[str, Any]:
     params: dict[str, Any] = {"customer_id": customer_id}
     for name in _FILTER_NAMES:
         value = getattr(f, name)
         if value is not None:
             params[name] = value
     if f.search_text is not None:
-        probes = index_probes(f.search_text)
-        params["search_probe"], params["search_probe2"] = ("%" + _escape_like(p) + "%" for p in probes)
+        params["search_probe"] = probe(f.search_text, _trigram_counts(reader))
+        params["search_probe_like"] = "%" + _escape_like(params["search_probe"]) + "%"
     if f.search_phone_digits is not None:
         params["search_phone_like"] = "%" + f.search_phone_digits + "%"
     if f.search_text is not None or f.search_phone_digits is not None:
         # SQLite: one FTS5 query for both, a phrase per column
-        phrases = (
-            ("search_text", f.search_text and fts_probe(f.search_text)),
-            ("search_phone", f.search_phone_digits),
-        )
+        phrases = (("search_text", params.get("search_probe")), ("search_phone", f.search_phone_digits))
         params["search_match"] = " OR ".join(
             f'{column} : "{value.replace(chr(34), chr(34) * 2)}"' for column, value in phrases if value
         )
     return params
 
 
+_SAMPLE = Query(text(f"SELECT search_text FROM leads WHERE search_text IS NOT NULL LIMIT {SAMPLE_LEADS}"))
+_TRIGRAMS: list[tuple[float, Counter[str]]] = []  # (when, counts): search.probe's estimate
+_TRIGRAMS_SECONDS = 3600.0
+
+
+def _trigram_counts(reader: RawConnection) -> Counter[str]:
+    """Trigram frequencies in a sample of the leads, counted again every _TRIGRAMS_SECONDS (a
+    few tens of ms; two threads may both count, harmlessly)."""
+    if not _TRIGRAMS or time.monotonic() - _TRIGRAMS[0][0] > _TRIGRAMS_SECONDS:
+        counts = trigram_counts([row[0] for row in reader.all(_SAMPLE, {})])
+        _TRIGRAMS[:] = [(time.monotonic(), counts)]
+    return _TRIGRAMS[0][1]
+
+
 def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | None:
     """The leads a search matches (see leads/search.py), or None without one. The trigram index
-    is asked for a part of the query (fts_probe, index_probes), and the whole query is checked on
+    is asked for a part of the query (search.probe), and the whole query is checked on
     the rows it finds.
     SQLite: rowids from the FTS5 table leads_search (migration 0005), plus the phone index's
     match, as one IN list the plan starts from; PostgreSQL: LIKE over the trigram-indexed columns
@@ -358,10 +370,8 @@ def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | 
     c = LEADS.c
     terms: list[ColumnElement[bool]] = []
     if has["search_text"]:
-        probes = [
-            c.search_text.like(bindparam(name), escape="\\") for name in ("search_probe", "search_probe2")
-        ]
-        terms.append(and_(*probes, func.strpos(c.search_text, bindparam("search_text")) > 0))
+        probed = c.search_text.like(bindparam("search_probe_like"), escape="\\")
+        terms.append(and_(probed, func.strpos(c.search_text, bindparam("search_text")) > 0))
     if has["search_phone_digits"]:
         terms.append(c.search_phone.like(bindparam("search_phone_like")))
     if has["search_phone_key"]:
@@ -401,7 +411,7 @@ def count_leads(reader: RawConnection, customer_id: uuid.UUID, f: LeadFilters) -
         ("count", dialect, shape),
         lambda: select(func.count()).select_from(LEADS).where(_filter_clause(dialect, shape)),
     )
-    row = reader.first(query, _filter_params(customer_id, f))
+    row = reader.first(query, _filter_params(customer_id, f, reader))
     return int(row[0]) if row else 0
 
 
@@ -447,7 +457,7 @@ def page_of_leads(
     query = _cached(  # countable() and the total's filters depend on the shape only
         ("page", *shape), lambda: _page_statement(*shape, total=_counted_total(f) if countable(f) else None)
     )
-    params = _filter_params(customer_id, f)
+    params = _filter_params(customer_id, f, reader)
     params.update(limit=limit, offset=offset, part_limit=limit + offset)
     if after is not None:
         params["after_id"] = after.lead_id

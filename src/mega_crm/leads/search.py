@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -89,50 +90,33 @@ def search_columns(record: dict[str, Any]) -> None:
     record["search_phone"] = search_phone(record.get("contact_phone"))
 
 
-# A word as pg_trgm splits text: letters and digits.
-_WORD = re.compile(r"[^\W_]+")
-# Words in a large share of any CRM's emails. Their trigrams (`com`, `mai`…) are in most leads.
-_COMMON_WORDS = (
-    "com net org edu gov info biz mail gmail googlemail yahoo hotmail outlook live icloud aol msn "
-    "proton protonmail"
-).split()
-_COMMON_TRIGRAMS = frozenset(w[i : i + 3] for w in _COMMON_WORDS for i in range(len(w) - 2))
+# The part of a query the trigram index is asked for: this many characters (4 trigrams).
+PROBE_CHARS = 6
+# How many leads' search_text the trigram frequencies are estimated from (once per process).
+SAMPLE_LEADS = 20_000
 
 
-def index_probes(folded: str) -> tuple[str, str]:
-    """The two parts of a folded query (>= INDEXED_CHARS characters) that PostgreSQL's trigram
-    index is asked for, the whole query being checked on the rows both find: its two most telling
-    words (letters and digits, >= INDEXED_CHARS), or the query itself when it has no such word.
-
-    Why: the GIN index reads a trigram's whole posting list, and one in most leads (the `com` of
-    an email) costs as much as reading all of them: `…50021@com` took 18 ms at 100k leads,
-    `50021@` 0.1 ms. Two words keep the candidates few (`young` alone: 3,400 of 100k leads;
-    `young` and `sanch`: 37). Telling: no trigram of a common email word, then digits, then
-    length."""
-    words = [w for w in _WORD.findall(folded) if len(w) >= INDEXED_CHARS]
-    if not words:
-        return folded, folded
-
-    def telling(word: str) -> tuple[bool, bool, int]:
-        common = any(word[i : i + 3] in _COMMON_TRIGRAMS for i in range(len(word) - 2))
-        return not common, any(c.isdigit() for c in word), len(word)
-
-    ranked = sorted(words, key=telling, reverse=True)
-    second = ranked[1] if len(ranked) > 1 and telling(ranked[1])[0] else ranked[0]
-    return ranked[0], second
+def trigram_counts(texts: list[str]) -> Counter[str]:
+    """In how many of `texts` each trigram occurs: the estimate probe() picks by."""
+    counts: Counter[str] = Counter()
+    for value in texts:
+        counts.update({value[i : i + 3] for i in range(len(value) - 2)})
+    return counts
 
 
-def fts_probe(folded: str) -> str:
-    """The part of a folded query (>= INDEXED_CHARS characters) that SQLite's FTS5 index is asked
-    for as a phrase, the whole query being checked on the rows it finds: its longest word with a
-    digit when that has 5 or more characters (`white500751` in an email), else the whole query.
+def probe(folded: str, counts: Counter[str]) -> str:
+    """The part of a folded query (>= INDEXED_CHARS characters) that the trigram index is asked
+    for, the whole query then being checked on the leads it finds: of its PROBE_CHARS-character
+    windows, the one whose trigrams are rarest in `counts` (trigram_counts of a sample of leads).
 
-    Why: FTS5 reads every trigram's list through unless one is absent. A whole name is cheaper
-    than any of its words (`chard anderson-whi`: 7.7 ms at 1M leads; `anderson` and `chard`:
-    26 ms, 1,263 candidates), but the common trigrams of an email's domain cost most of an
-    email's search (`hard.anderson-white500751@out`: 6.6 ms; `white500751`: 0.7 ms)."""
-    numbered = [w for w in _WORD.findall(folded) if len(w) >= 5 and any(c.isdigit() for c in w)]
-    return max(numbered, key=len) if numbered else folded
+    Why: both indexes read each of the pattern's trigrams' lists of leads through, so a trigram
+    in many leads costs as much as reading them: at 1M leads, `chard anderson-whi` read 31,000
+    leads' entries for `anderson` alone, its window `wis-yo`… a few hundred. Four rare trigrams
+    in a row keep the candidates few."""
+    if len(folded) <= PROBE_CHARS:
+        return folded
+    windows = [folded[i : i + PROBE_CHARS] for i in range(len(folded) - PROBE_CHARS + 1)]
+    return min(windows, key=lambda w: sum(counts[w[i : i + 3]] for i in range(len(w) - 2)))
 
 
 @dataclass(frozen=True)
