@@ -8,12 +8,16 @@ beside its baseline, on SQLite and on PostgreSQL (when reachable).
   INSERT … VALUES statement and SQLAlchemy Core's executemany, each with its commit.
 * listLeads page latency for a customer with 10k leads and one with MEGA_BENCH_SCALE leads
   (default 1,000,000), both in the same database.
+* listLeads search latency (p50/p99) at both sizes for five kinds of query (a name fragment, an
+  email fragment, a whole phone in national format, a phone's last four digits, a 2-character
+  fragment), each beside the big customer's page read of the same run.
 
 Environment: MEGA_BENCH_SCALE (big customer's lead count), MEGA_BENCH_SECONDS (per throughput
 figure, default 5), MEGA_BENCH_CONNECTIONS (default 8), MEGA_BENCH_BULK_REPS (default 9),
 MEGA_BENCH_PAGE_REPS (default 40), MEGA_BENCH_POSTGRES_URL (else
 MEGA_TEST_POSTGRES_URL, else postgresql://postgres@127.0.0.1:5432/mega_d; skipped if unreachable),
-MEGA_BENCH_SKIP_POSTGRES=1.
+MEGA_BENCH_SKIP_POSTGRES=1, MEGA_BENCH_SEARCH_REPS (default 60), MEGA_BENCH_LEADS_PARTS (which
+of throughput,bulk,pages to run; default all three; pages includes search).
 
 The seeded customers are cached: the SQLite file in bench/results/, the PostgreSQL rows in that
 database (customers named bench-seed-*). Per-run customers (bench-run-*) are deleted afterwards.
@@ -60,10 +64,11 @@ from bench.common import (
     timed_ms,
     verdict,
 )
-from mega_crm.leads import repository
+from mega_crm.leads import repository, search
 from mega_crm.leads.documents import refresh_documents, render_document
+from mega_crm.leads.models import Lead
 
-SEED_VERSION = 2  # bump when the generated data changes: cached databases are then re-seeded
+SEED_VERSION = 3  # bump when the generated data changes: cached databases are then re-seeded
 SMALL = 10_000
 BULK_ROWS = 500
 RUN_PREFIX = "bench-run-"
@@ -113,7 +118,11 @@ def _seed_sql_sqlite() -> str:
     def ts(seconds: str, micros: str) -> str:
         return f"strftime('%Y-%m-%d %H:%M:%S', {seconds}, 'unixepoch') || '.' || printf('%06d', {micros})"
 
-    first, last = pick(":firsts", "a % 40"), pick(":lasts", "b % 40")
+    first = pick(":firsts", "a % 40")
+    # A quarter of the leads have a double-barrelled surname (1,640 surnames, 65,600 full names):
+    # a searched name then has few matches, as in a real list.
+    barrel = pick(":lasts", "d / 20 % 40")
+    last = f"{pick(':lasts', 'b % 40')} || CASE WHEN a % 4 = 0 THEN '-' || {barrel} ELSE '' END"
     local = f"{first} || '.' || {last} || n"
     domain = pick(":domains", "c % 8")
     last10 = f"{pick(':areas', 'd % 20')} || (2000000 + (n * 7919) % 8000000)"
@@ -128,7 +137,7 @@ g AS (
 h AS (
   SELECT *, min(created_s + (a * 7 + b) % 7776000, :latest) AS updated_s FROM g
 )
-INSERT INTO leads ({LEAD_COLUMNS})
+INSERT INTO leads ({LEAD_COLUMNS}, search_text, search_phone)
 SELECT
   substr(lower(hex(randomblob(16))), 1, 12) || '4' || substr(lower(hex(randomblob(8))), 1, 3)
     || substr('89ab', 1 + (c % 4), 1) || substr(lower(hex(randomblob(8))), 1, 15),
@@ -153,7 +162,11 @@ SELECT
   CASE WHEN d % 10 < 3 THEN 0 ELSE 1 + a % 7 END,
   {ts("created_s", "(a * 15 + n) % 1000000")},
   CASE WHEN updated_s = created_s THEN {ts("created_s", "(a * 15 + n) % 1000000")}
-       ELSE {ts("updated_s", "(c * 11) % 1000000")} END
+       ELSE {ts("updated_s", "(c * 11) % 1000000")} END,
+  -- search.search_text / search_phone of these ASCII names, emails and +1 phones
+  lower({first} || ' ' || {last}) || char(31)
+    || CASE WHEN b % 20 = 0 THEN '' ELSE lower({local} || '@' || {domain}) END,
+  CASE WHEN c % 10 = 0 THEN NULL ELSE '1' || {last10} END
 FROM h
 """
 
@@ -164,13 +177,17 @@ def _seed_sql_postgres() -> str:
     def pick(array: str, index: str) -> str:
         return f"({array})[1 + ({index})]"
 
-    first, last = pick("CAST(:firsts AS text[])", "a % 40"), pick("CAST(:lasts AS text[])", "b % 40")
+    first = pick("CAST(:firsts AS text[])", "a % 40")
+    lasts = "CAST(:lasts AS text[])"
+    last = (
+        f"{pick(lasts, 'b % 40')} || CASE WHEN a % 4 = 0 THEN '-' || {pick(lasts, 'd / 20 % 40')} ELSE '' END"
+    )
     local = f"{first} || '.' || {last} || n"
     domain = pick("CAST(:domains AS text[])", "c % 8")
     last10 = f"{pick('CAST(:areas AS text[])', 'd % 20')} || (2000000 + (n * 7919) % 8000000)"
     created = "to_timestamp(created_s + ((a * 15 + n) % 1000000) / 1e6)"
     return f"""
-INSERT INTO leads ({LEAD_COLUMNS})
+INSERT INTO leads ({LEAD_COLUMNS}, search_text, search_phone)
 SELECT
   gen_random_uuid(),
   CAST(:cid AS uuid),
@@ -195,7 +212,10 @@ SELECT
   CASE WHEN d % 10 < 3 THEN 0 ELSE 1 + a % 7 END,
   {created},
   CASE WHEN updated_s = created_s THEN {created}
-       ELSE to_timestamp(updated_s + ((c * 11) % 1000000) / 1e6) END
+       ELSE to_timestamp(updated_s + ((c * 11) % 1000000) / 1e6) END,
+  lower({first} || ' ' || {last}) || chr(31)
+    || CASE WHEN b % 20 = 0 THEN '' ELSE lower({local} || '@' || {domain}) END,
+  CASE WHEN c % 10 = 0 THEN NULL ELSE '1' || {last10} END
 FROM (
   SELECT *, least(created_s + (a * 7 + b) % 7776000, :latest) AS updated_s
   FROM (
@@ -264,7 +284,8 @@ def _lead_indexes(conn: Any, is_sqlite: bool) -> list[tuple[str, str]]:
 def seed_leads(db: Any, tenant: Tenant, count: int) -> float:
     """Insert `count` realistic leads for `tenant` in one INSERT … SELECT (SQLite: recursive CTE,
     PostgreSQL: generate_series); the leads indexes are dropped first and rebuilt after (same
-    definitions), which is several times faster than maintaining them row by row."""
+    definitions), which is several times faster than maintaining them row by row. (SQLite's
+    search index is kept by its triggers throughout.)"""
     started = time.perf_counter()
     sql = _seed_sql_sqlite() if db.is_sqlite else _seed_sql_postgres()
     params = _seed_params(db, tenant, count)
@@ -274,25 +295,38 @@ def seed_leads(db: Any, tenant: Tenant, count: int) -> float:
         for name, _ in indexes:
             conn.execute(text(f'DROP INDEX "{name}"'))
         conn.execute(text(sql), params)
-        for _, ddl in indexes:
-            conn.execute(text(ddl))
         conn.execute(
             text("UPDATE customers SET leads_version = leads_version + 1 WHERE id = :id"),
             {"id": params["cid"]},
         )
-        # The seed bypassed the lead service: rebuild what it keeps (counts, lead documents).
+        # The seed bypassed the lead service: rebuild what it keeps (counts, lead documents),
+        # and check that its search columns are what the service would have written.
         repository.recount(session, tenant.customer_id)
         refresh_documents(session, tenant.customer_id)
+        _check_search_columns(conn, tenant)
+        # The indexes last: the document refresh rewrites every row.
+        for _, ddl in indexes:
+            conn.execute(text(ddl))
     if not db.is_sqlite:  # what autovacuum would soon do on a live server
         with db.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE leads"))
     return time.perf_counter() - started
 
 
+def _check_search_columns(conn: Any, tenant: Tenant) -> None:
+    rows = conn.execute(
+        select(Lead.contact_name, Lead.contact_email, Lead.contact_phone, Lead.search_text, Lead.search_phone)
+        .where(Lead.customer_id == tenant.customer_id)
+        .limit(2000)
+    )
+    for name, email, phone, stored_text, stored_phone in rows:
+        if (stored_text, stored_phone) != (search.search_text(name, email), search.search_phone(phone)):
+            raise RuntimeError(f"seeded search columns differ from the service's: {name!r} {email!r}")
+
+
 def seeded_tenant(db: Any, count: int) -> tuple[Tenant, str]:
     """The cached customer holding `count` seeded leads (made now if missing), with a fresh key."""
     from mega_crm.customers.models import Customer, Owner, Stage
-    from mega_crm.leads.models import Lead
 
     name = f"{SEED_PREFIX}{count}-v{SEED_VERSION}"
     with db.read_session() as session:
@@ -363,9 +397,13 @@ def run_backend(backend: str, url: str, scale: int) -> list[Target]:
         print(f"  {SMALL:,} leads: {how_small}; {scale:,} leads: {how_big}", flush=True)
         with Server(url) as server:
             ctx = Context(backend, url, db, server, small, big, scale)
-            throughput(ctx)
-            bulk(ctx)
-            page_latency(ctx)
+            parts = os.environ.get("MEGA_BENCH_LEADS_PARTS", "throughput,bulk,pages").split(",")
+            if "throughput" in parts:
+                throughput(ctx)
+            if "bulk" in parts:
+                bulk(ctx)
+            if "pages" in parts:
+                search_latency(ctx, page_latency(ctx))
         return ctx.targets
     finally:
         try:
@@ -509,6 +547,7 @@ def bare_records(rows: list[dict[str, Any]], tenant: Tenant) -> list[dict[str, A
     ]
     for record in records:
         record["document"] = render_document(record, None, None)
+        search.search_columns(record)
     return records
 
 
@@ -519,8 +558,6 @@ class BareInsert:
     transaction, commit included; whichever is faster is the baseline."""
 
     def __init__(self, db: Any, rows: int) -> None:
-        from mega_crm.leads.models import Lead
-
         self.db = db
         self.table = Lead.__table__
         dialect = db.engine.dialect
@@ -606,10 +643,10 @@ def bulk(ctx: Context) -> None:
 # --- page latency ------------------------------------------------------------------------------
 
 
-def page_latency(ctx: Context) -> None:
+def page_latency(ctx: Context) -> float:
+    """-> the page read's p50 at the big customer (the search figures' baseline)."""
     from mega_crm.customers.models import Customer
     from mega_crm.leads.cursor import CursorCodec, CursorPosition
-    from mega_crm.leads.models import Lead
 
     reps = env_int("MEGA_BENCH_PAGE_REPS", 40)
     heading(
@@ -618,8 +655,8 @@ def page_latency(ctx: Context) -> None:
     )
     codec = CursorCodec(BENCH_SECRET.encode())
 
-    def middle(tenant: Tenant) -> tuple[str, str]:
-        """A keyset cursor halfway through status=active, and a phone there, written differently."""
+    def middle(tenant: Tenant) -> str:
+        """A keyset cursor halfway through status=active."""
         with ctx.db.read_session() as session:
             where = (Lead.customer_id == tenant.customer_id) & (Lead.status == "active")
             half = (session.scalar(select(func.count()).select_from(Lead).where(where)) or 0) // 2
@@ -630,17 +667,7 @@ def page_latency(ctx: Context) -> None:
                 .offset(half)
                 .limit(1)
             ).one()
-            phone = session.scalar(
-                select(Lead.contact_phone)
-                .where(Lead.customer_id == tenant.customer_id, Lead.contact_phone.is_not(None))
-                .order_by(Lead.created_at)
-                .offset(half)
-                .limit(1)
-            )
-        cursor = codec.encode(tenant.customer_id, "updated_at", "asc", CursorPosition(row[0], row[1]))
-        assert phone
-        digits = phone[-10:]
-        return cursor, f"({digits[:3]}) {digits[3:6]}-{digits[6:]}"
+        return codec.encode(tenant.customer_id, "updated_at", "asc", CursorPosition(row[0], row[1]))
 
     def bump(tenant: Tenant) -> None:
         """What any write does: a new leads_version, so the cached `total` is recounted."""
@@ -659,9 +686,7 @@ def page_latency(ctx: Context) -> None:
     cases: list[tuple[str, Any, bool]] = [
         ("first page, status=active, limit=100", lambda _s: page, False),
         ("same, after a write", lambda _s: page, True),
-        ("keyset page from the middle (cursor)", lambda s: {**page, "cursor": spots[s][0]}, False),
-        ("search by phone, another format", lambda s: {"search": spots[s][1], "limit": "100"}, False),
-        ("search by name substring", lambda _s: {"search": "ah wil", "limit": "100"}, False),
+        ("keyset page from the middle (cursor)", lambda s: {**page, "cursor": spots[s]}, False),
     ]
     figures: dict[str, dict[str, float]] = {}
     with http_client(ctx.server) as client:
@@ -707,6 +732,110 @@ def page_latency(ctx: Context) -> None:
         else:
             note += "  (no target)"
         print(f"  {label:<{LABEL_WIDTH}} {fmt_ms(small):>14} {fmt_ms(big):>16}   {note}", flush=True)
+    return figures["first page, status=active, limit=100"][sizes[1]]
+
+
+# --- search latency ----------------------------------------------------------------------------
+
+
+def search_latency(ctx: Context, page_read_ms: float) -> None:
+    """listLeads with `search`, five kinds of query at both sizes, each query's `total` counted
+    afresh (a write before each request), beside the page read at the big customer."""
+    from mega_crm.customers.models import Customer
+
+    reps = env_int("MEGA_BENCH_SEARCH_REPS", 60)
+    heading(
+        f"listLeads search latency — one client, p50 / p99 of up to {reps} requests per figure, both "
+        "customers alternately, `total` counted afresh each time (HTTP round trip)"
+    )
+
+    def queries(tenant: Tenant) -> dict[str, str]:
+        """Queries from a lead halfway through the customer's leads: a few matches each."""
+        with ctx.db.read_session() as session:
+            where = (
+                (Lead.customer_id == tenant.customer_id)
+                & Lead.contact_name.like("%-%")
+                & Lead.contact_email.is_not(None)
+                & Lead.contact_phone.is_not(None)
+            )
+            half = (session.scalar(select(func.count()).select_from(Lead).where(where)) or 0) // 2
+            name, email, phone = session.execute(
+                select(Lead.contact_name, Lead.contact_email, Lead.contact_phone)
+                .where(where)
+                .order_by(Lead.created_at)
+                .offset(half)
+                .limit(1)
+            ).one()
+        digits = phone[-10:]
+        return {
+            f"name fragment, 3+ chars ({name[2:-2]!r})": name[2:-2],
+            "email fragment": email[3 : email.index("@") + 4],
+            "full phone, US national format": f"({digits[:3]}) {digits[3:6]}-{digits[6:]}",
+            "last four digits of a phone": digits[-4:],
+            f"2-character fragment ({name[1:3]!r}: a scan)": name[1:3],
+        }
+
+    def bump(tenant: Tenant) -> None:
+        with ctx.db.write_session() as session:
+            session.execute(
+                update(Customer)
+                .where(Customer.id == tenant.customer_id)
+                .values(leads_version=Customer.leads_version + 1)
+            )
+
+    tenants = {f"{SMALL:,}": ctx.small, f"{ctx.scale:,}": ctx.big}
+    asked = {size: queries(tenant) for size, tenant in tenants.items()}
+    kinds = list(asked[f"{SMALL:,}"])
+    samples: dict[tuple[int, str], list[float]] = {}
+    hits: dict[tuple[int, str], int] = {}
+    with http_client(ctx.server) as client:
+        for k in range(len(kinds)):
+            spent = 0.0
+            for rep in range(reps + 1):  # the first round is a warm-up
+                for size, tenant in tenants.items():
+                    query = list(asked[size].values())[k]
+                    bump(tenant)
+                    started = time.perf_counter()
+                    response = client.get(
+                        LEADS_PATH, params={"search": query, "limit": "100"}, headers=tenant.headers
+                    )
+                    elapsed = (time.perf_counter() - started) * 1000
+                    if response.status_code != 200:
+                        raise RuntimeError(f"search {query!r}: {response.status_code} {response.text[:300]}")
+                    hits[(k, size)] = response.json()["total"]
+                    if rep:
+                        samples.setdefault((k, size), []).append(elapsed)
+                        spent += elapsed
+                if spent > 10_000 and rep >= 5:
+                    break
+
+    sizes = list(tenants)
+    baseline = f"first page, status=active, limit=100 at {sizes[1]} leads"
+    print(f"  page read (the baseline): {baseline}, p50 {fmt_ms(page_read_ms)}")
+    print(
+        f"  {'':{LABEL_WIDTH}} {sizes[0] + ' p50/p99':>17} {sizes[1] + ' p50/p99':>21}   hits   vs page read"
+    )
+    for k, kind in enumerate(kinds):
+        small, big = samples[(k, sizes[0])], samples[(k, sizes[1])]
+        ratio = p50(big) / page_read_ms
+        note = f"{hits[(k, sizes[0])]:>4}/{hits[(k, sizes[1])]:<5} {ratio:5.2f}×"
+        if "2-character" in kind:
+            note += "  (no target: a scan)"
+        else:
+            ok = ratio <= 3.0 and p50(big) <= 5.0
+            note += "  target ≤3× and ≤5 ms  " + ctx.target(
+                f"search {kind.split(' (')[0]} at {sizes[1]}: p50 vs page read",
+                f"{ratio:.2f}×",
+                ok,
+            )
+        figures = f"{fmt_ms(p50(small))}/{fmt_ms(p99(small))}"
+        figures_big = f"{fmt_ms(p50(big))}/{fmt_ms(p99(big))}"
+        print(f"  {kind:<{LABEL_WIDTH}} {figures:>17} {figures_big:>21}   {note}", flush=True)
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 # --- entry point -------------------------------------------------------------------------------

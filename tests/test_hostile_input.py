@@ -245,7 +245,9 @@ def test_every_indexed_text_column_fits_a_postgresql_btree_row():
     lets through, is under PostgreSQL's row limit; a new indexed text column must state its bound."""
     checked = 0
     for table in Base.metadata.tables.values():
-        keys = [list(index.columns) for index in table.indexes]
+        # A GIN index (search's trigrams) holds the value's trigrams, not the value: no row limit.
+        btrees = [i for i in table.indexes if i.dialect_options["postgresql"]["using"] in (None, "btree")]
+        keys = [list(index.columns) for index in btrees]
         keys += [list(c.columns) for c in table.constraints if hasattr(c, "columns") and len(c.columns)]
         for columns in keys:
             size = sum(_column_bytes(table.name, c) for c in columns) + 8 * len(columns)  # + alignment

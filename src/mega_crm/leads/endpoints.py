@@ -80,7 +80,8 @@ def _list_lane(request: Request) -> Lane:
 def _list_leads(call: Call) -> Response:
     query = call.query(ListLeadsQuery)
     state = call.state
-    body = service.list_leads(call.reader, call.customer_id, query, state.cursor_codec, state.totals)
+    region = state.settings.default_phone_region
+    body = service.list_leads(call.reader, call.customer_id, query, state.cursor_codec, state.totals, region)
     return Response(body, media_type="application/json")
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -35,6 +36,7 @@ from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_shared_uu
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
+from mega_crm.leads.search import SAMPLE_LEADS, probe, trigram_counts
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
 LEADS: Table = Lead.__table__  # type: ignore[assignment]
@@ -169,6 +171,7 @@ _LIGHT_COLUMNS = [
     "custom_fields",
     "updated_at",
     "document",
+    "search_text",
 ]
 _LIGHT_UPDATE = _update_of(_LIGHT_COLUMNS)
 _FULL_UPDATE = _update_of([name for name in LEAD_COLUMNS if name not in _IMMUTABLE])
@@ -259,9 +262,11 @@ def leads_version(reader: RawConnection, customer_id: uuid.UUID) -> int:
 class LeadFilters:
     status: str | None = None
     stage_id: uuid.UUID | None = None
-    search_text: str | None = None  # substring of name or email
-    search_phone_key: str | None = None  # 10 digits: exact match on phone_last10
-    search_phone_digits: str | None = None  # fewer digits: substring of the E.164 phone
+    # `search`, as leads/search.py reads it (SearchTerms):
+    search_text: str | None = None  # folded, >= 3 characters: a part of search_text (trigram index)
+    search_short: str | None = None  # folded, 1-2 characters: a part of search_text (a scan)
+    search_phone_key: str | None = None  # a whole number's last 10 digits: phone_last10
+    search_phone_digits: str | None = None  # a phone-like query's digits: a part of search_phone
     created_since: datetime | None = None
     updated_since: datetime | None = None
     lead_line: str | None = None
@@ -295,27 +300,94 @@ def _filter_shape(f: LeadFilters) -> tuple[bool, ...]:
 
 _FILTER_NAMES = (
     "status", "stage_id", "lead_line", "created_since", "updated_since",
-    "search_text", "search_phone_key", "search_phone_digits",
+    "search_text", "search_short", "search_phone_key", "search_phone_digits",
 )  # fmt: skip
 
 
-def _filter_params(customer_id: uuid.UUID, f: LeadFilters) -> dict[str, Any]:
+def _filter_params(customer_id: uuid.UUID, f: LeadFilters, reader: RawConnection) -> dict[str, Any]:
     params: dict[str, Any] = {"customer_id": customer_id}
     for name in _FILTER_NAMES:
         value = getattr(f, name)
         if value is not None:
             params[name] = value
     if f.search_text is not None:
-        params["search_text"] = "%" + _escape_like(f.search_text.lower()) + "%"
+        params["search_probe"] = probe(f.search_text, _trigram_counts(reader))
+        params["search_probe_like"] = "%" + _escape_like(params["search_probe"]) + "%"
     if f.search_phone_digits is not None:
-        params["search_phone_digits"] = "%" + f.search_phone_digits + "%"
+        params["search_phone_like"] = "%" + f.search_phone_digits + "%"
+    if f.search_text is not None or f.search_phone_digits is not None:
+        # SQLite: one FTS5 query for both, a phrase per column
+        phrases = (("search_text", params.get("search_probe")), ("search_phone", f.search_phone_digits))
+        params["search_match"] = " OR ".join(
+            f'{column} : "{value.replace(chr(34), chr(34) * 2)}"' for column, value in phrases if value
+        )
     return params
 
 
-def _filter_clause(shape: tuple[bool, ...]) -> ColumnElement[bool]:
+_SAMPLE = Query(text(f"SELECT search_text FROM leads WHERE search_text IS NOT NULL LIMIT {SAMPLE_LEADS}"))
+_TRIGRAMS: list[tuple[float, Counter[str]]] = []  # (when, counts): search.probe's estimate
+_TRIGRAMS_SECONDS = 3600.0
+
+
+def _trigram_counts(reader: RawConnection) -> Counter[str]:
+    """Trigram frequencies in a sample of the leads, counted again every _TRIGRAMS_SECONDS (a
+    few tens of ms; two threads may both count, harmlessly)."""
+    if not _TRIGRAMS or time.monotonic() - _TRIGRAMS[0][0] > _TRIGRAMS_SECONDS:
+        counts = trigram_counts([row[0] for row in reader.all(_SAMPLE, {})])
+        _TRIGRAMS[:] = [(time.monotonic(), counts)]
+    return _TRIGRAMS[0][1]
+
+
+def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | None:
+    """The leads a search matches (see leads/search.py), or None without one. The trigram index
+    is asked for a part of the query (search.probe), and the whole query is checked on
+    the rows it finds.
+    SQLite: rowids from the FTS5 table leads_search (migration 0005), plus the phone index's
+    match, as one IN list the plan starts from; PostgreSQL: LIKE over the trigram-indexed columns
+    (bitmap index scans), or'ed with the phone index's match. A 1-2 character text is a plain
+    substring test of the customer's leads."""
+    if has["search_short"]:
+        position = "instr" if dialect == "sqlite" else "strpos"
+        return text(f"{position}(leads.search_text, :search_short) > 0")  # type: ignore[return-value]
+    if not (has["search_text"] or has["search_phone_digits"] or has["search_phone_key"]):
+        return None
+    if dialect == "sqlite":
+        parts, checks = [], []
+        if has["search_text"] or has["search_phone_digits"]:
+            parts.append("SELECT rowid FROM leads_search WHERE leads_search MATCH :search_match")
+        if has["search_text"]:
+            checks.append("instr(leads.search_text, :search_text) > 0")
+        if has["search_phone_digits"]:
+            checks.append("instr(leads.search_phone, :search_phone_digits) > 0")
+        if has["search_phone_key"]:
+            parts.append(
+                "SELECT rowid FROM leads "
+                "WHERE customer_id = :customer_id AND phone_last10 = :search_phone_key"
+            )
+            checks.append("leads.phone_last10 = :search_phone_key")
+        rows = f"leads.rowid IN ({' UNION ALL '.join(parts)}) AND ({' OR '.join(checks)})"
+        return text(rows)  # type: ignore[return-value]
+    c = LEADS.c
+    terms: list[ColumnElement[bool]] = []
+    if has["search_text"]:
+        probed = c.search_text.like(bindparam("search_probe_like"), escape="\\")
+        terms.append(and_(probed, func.strpos(c.search_text, bindparam("search_text")) > 0))
+    if has["search_phone_digits"]:
+        terms.append(c.search_phone.like(bindparam("search_phone_like")))
+    if has["search_phone_key"]:
+        terms.append(c.phone_last10 == bindparam("search_phone_key"))
+    return or_(*terms)
+
+
+def _filter_clause(dialect: str, shape: tuple[bool, ...]) -> ColumnElement[bool]:
     has = dict(zip(_FILTER_NAMES, shape, strict=True))
     c = LEADS.c
     clauses: list[ColumnElement[bool]] = [c.customer_id == bindparam("customer_id")]
+    if dialect == "sqlite" and (has["search_text"] or has["search_phone_digits"] or has["search_phone_key"]):
+        # The search's rowids are where the plan must start: SQLite would rather walk one of the
+        # customer's indexes in page order, testing every lead against them (a scan). Unary +
+        # keeps it from using customer_id (every leads index starts with it) to do so.
+        clauses[0] = text("+leads.customer_id = :customer_id")  # type: ignore[call-overload]
     for name in ("status", "stage_id", "lead_line"):
         if has[name]:
             clauses.append(c[name] == bindparam(name))
@@ -323,16 +395,9 @@ def _filter_clause(shape: tuple[bool, ...]) -> ColumnElement[bool]:
         clauses.append(c.created_at >= bindparam("created_since", type_=c.created_at.type))
     if has["updated_since"]:
         clauses.append(c.updated_at >= bindparam("updated_since", type_=c.updated_at.type))
-    search: list[ColumnElement[bool]] = []
-    if has["search_text"]:
-        search.append(func.lower(c.contact_name).like(bindparam("search_text"), escape="\\"))
-        search.append(c.email_normalized.like(bindparam("search_text"), escape="\\"))
-    if has["search_phone_key"]:
-        search.append(c.phone_last10 == bindparam("search_phone_key"))
-    elif has["search_phone_digits"]:
-        search.append(c.contact_phone.like(bindparam("search_phone_digits")))
-    if search:
-        clauses.append(or_(*search))
+    search = _search_clause(dialect, has)
+    if search is not None:
+        clauses.append(search)
     return and_(*clauses)
 
 
@@ -341,11 +406,12 @@ def _escape_like(text: str) -> str:
 
 
 def count_leads(reader: RawConnection, customer_id: uuid.UUID, f: LeadFilters) -> int:
-    shape = _filter_shape(f)
+    dialect, shape = reader.dialect.name, _filter_shape(f)
     query = _cached(
-        ("count", shape), lambda: select(func.count()).select_from(LEADS).where(_filter_clause(shape))
+        ("count", dialect, shape),
+        lambda: select(func.count()).select_from(LEADS).where(_filter_clause(dialect, shape)),
     )
-    row = reader.first(query, _filter_params(customer_id, f))
+    row = reader.first(query, _filter_params(customer_id, f, reader))
     return int(row[0]) if row else 0
 
 
@@ -391,7 +457,7 @@ def page_of_leads(
     query = _cached(  # countable() and the total's filters depend on the shape only
         ("page", *shape), lambda: _page_statement(*shape, total=_counted_total(f) if countable(f) else None)
     )
-    params = _filter_params(customer_id, f)
+    params = _filter_params(customer_id, f, reader)
     params.update(limit=limit, offset=offset, part_limit=limit + offset)
     if after is not None:
         params["after_id"] = after.lead_id
@@ -442,7 +508,7 @@ def _page_statement(
         literal_column(document).label("document"),
         literal_column(key).label("sort_key"),
     )
-    where = _filter_clause(shape)
+    where = _filter_clause(dialect, shape)
     if sort_by == "last_interaction_at":
         rows = _nulls_last_page(columns, where, column, descending, after_kind)
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import uuid
 from collections import Counter, OrderedDict
@@ -21,8 +20,9 @@ from mega_crm.leads import repository as repo
 from mega_crm.leads.cursor import CursorCodec, CursorPosition
 from mega_crm.leads.dedup import LeadInput, MergeDefaults, MergePlan, RowOutcome, plan_merge
 from mega_crm.leads.documents import LEAD_LINE, lead_body, render_document
-from mega_crm.leads.normalize import ContactError, digits_of, normalize_email, normalize_phone
+from mega_crm.leads.normalize import ContactError, normalize_email, normalize_phone
 from mega_crm.leads.schemas import BulkLeadRow, LeadCreateRequest, ListLeadsQuery
+from mega_crm.leads.search import SearchTerms, parse_search, search_columns
 from mega_crm.validation import describe_errors
 from mega_crm.webhooks.outbox import record_lead_created, record_lead_updated
 
@@ -137,6 +137,7 @@ def _apply_plan(
     for rec in plan.inserts + plan.updates:
         owner = config.owners.get(rec["owner_id"])
         rec["document"] = render_document(rec, config.stage(rec["stage_id"]), owner)
+        search_columns(rec)
     counts: Counter[repo.Bucket] = Counter(repo.bucket_of(rec) for rec in plan.inserts)
     for rec in plan.updates:
         old, new = before[rec["id"]], repo.bucket_of(rec)
@@ -318,22 +319,19 @@ class TotalsCache:
                 self._entries.popitem(last=False)
 
 
-_PHONE_LIKE = re.compile(r"[\d\s().+\-/]+")
-
-
-def build_filters(q: ListLeadsQuery) -> repo.LeadFilters:
+def build_filters(q: ListLeadsQuery, phone_region: str) -> repo.LeadFilters:
+    """The filters of a listLeads query; `search` read by leads/search.py's rule, its phone
+    numbers in `phone_region` (MEGA_DEFAULT_PHONE_REGION), as the write path reads them."""
     if q.status is not None and q.status not in LEAD_STATUSES:
         raise InvalidRequestError(f"status must be one of {', '.join(LEAD_STATUSES)}.")
-    text = (q.search or "").strip() or None
-    digits = digits_of(text) if text else ""
-    if text and _PHONE_LIKE.fullmatch(text) and len(digits) >= 7:
-        text = None  # a phone number: match phones only, which the phone index serves
+    terms = parse_search(q.search, phone_region) if q.search else SearchTerms()
     return repo.LeadFilters(
         status=q.status,
         stage_id=q.stage_id,
-        search_text=text,
-        search_phone_key=digits[-10:] if len(digits) >= 10 else None,
-        search_phone_digits=digits if 3 <= len(digits) < 10 else None,
+        search_text=terms.text,
+        search_short=terms.short_text,
+        search_phone_key=terms.phone_key,
+        search_phone_digits=terms.phone_digits,
         created_since=q.created_since,  # aware, in UTC (validation.parse_rfc3339)
         updated_since=q.updated_since,
         lead_line=q.lead_line,
@@ -346,10 +344,16 @@ MAX_OFFSET = 2**62
 
 
 def list_leads(
-    reader: RawConnection, customer_id: uuid.UUID, q: ListLeadsQuery, codec: CursorCodec, totals: TotalsCache
+    reader: RawConnection,
+    customer_id: uuid.UUID,
+    q: ListLeadsQuery,
+    codec: CursorCodec,
+    totals: TotalsCache,
+    phone_region: str,
 ) -> bytes:
-    """listLeads' response body, JSON: the page is the leads' stored documents joined together."""
-    filters = build_filters(q)
+    """listLeads' response body, JSON: the page is the leads' stored documents joined together.
+    `phone_region`: MEGA_DEFAULT_PHONE_REGION, for phone numbers in `search`."""
+    filters = build_filters(q, phone_region)
     after: CursorPosition | None = None
     if q.cursor:
         if q.offset:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
+from mega_crm.leads.models import described_by_models
 from mega_crm.models import Base
 
 config = context.config
@@ -18,6 +19,7 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
+            include_object=described_by_models(connection.dialect.name),
         )
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":

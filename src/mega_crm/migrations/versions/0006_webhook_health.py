@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"  # 0005 (search) is added beside this; the two are chained at merge
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,199 @@
+"""What `search` matches, and the searchable forms of a lead that the search index holds.
+
+The rule (README, "Pulling leads"), the same on SQLite and PostgreSQL:
+
+* Text: the query, folded by `fold()`, is a part of the lead's name or email folded the same way.
+* Phone: a query made only of digits and phone punctuation that the write path reads as a phone
+  number (`normalize_phone`, `MEGA_DEFAULT_PHONE_REGION` for national formats) matches the leads
+  with that number (its last 10 digits, the de-duplication key). One with at least
+  PARTIAL_PHONE_DIGITS digits that is not a whole number of WHOLE_NUMBER_DIGITS or more matches
+  the phones whose digits contain them (the digits of the stored E.164 form, or of the number in
+  its own country's national format): in countries whose numbers vary in length (DE, GB, JP…) a
+  fragment such as `030 1234` is already a possible whole number.
+* A query with letters is text only: its digits never match phones.
+
+Every lead write stores `search_text` (folded name and email) and `search_phone` (the phone's
+digit forms), computed here; the databases index them with trigrams (migration 0005).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import phonenumbers
+from sqlalchemy import Connection, Uuid, bindparam, text
+
+from mega_crm.leads.normalize import ContactError, digits_of, normalize_phone
+
+# Trigram indexes serve queries of at least this many characters (after folding); shorter ones
+# scan the customer's leads.
+INDEXED_CHARS = 3
+PARTIAL_PHONE_DIGITS = 4
+# A whole number typed with this many digits or more matches that number only; a shorter one is
+# often a fragment in countries whose numbers vary in length (`030 1234` in DE), and matches as a
+# part of phones too.
+WHOLE_NUMBER_DIGITS = 10
+# Between the folded name and email in `search_text`: whitespace to str.split(), so a folded query
+# never holds it and no match can span the two.
+SEPARATOR = "\x1f"
+_PHONE_LIKE = re.compile(r"[\d\s().+\-/]+")
+_DIGIT = re.compile(r"\d")
+
+
+def fold(value: str) -> str:
+    """The searchable form of a text: NFKC (compatibility forms as their plain letters), full
+    Unicode case folding (str.casefold: ß -> ss, final sigma -> sigma), combining marks removed
+    (é -> e, NFC and NFD spellings alike), whitespace runs as one space, trimmed.
+    Idempotent: fold(fold(x)) == fold(x)."""
+    if value.isascii():  # nearly every name and email: nothing but the case and spaces to fold
+        return " ".join(value.lower().split())
+    # Decomposed first so that accents come apart from their letters, folded, decomposed again
+    # (folding can make new decomposable characters, İ -> i + dot), marks dropped, recomposed.
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", value).casefold())
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(unicodedata.normalize("NFKC", bare).split())
+
+
+def search_text(name: str | None, email: str | None) -> str:
+    """`leads.search_text`: the folded name and email, SEPARATOR between them."""
+    return f"{fold(name) if name else ''}{SEPARATOR}{fold(email) if email else ''}"
+
+
+@lru_cache(maxsize=65_536)
+def search_phone(e164: str | None) -> str | None:
+    """`leads.search_phone`: the digits of the stored E.164 number, then, when they are not
+    already a part of them, the digits of its national format (a trunk prefix: 06 12 34 56 78
+    for +33612345678)."""
+    if not e164:
+        return None
+    digits = digits_of(e164)
+    if e164.startswith("+1"):  # NANP: the national format is the last 10 digits
+        return digits
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return digits
+    national = digits_of(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
+    return digits if national in digits else f"{digits} {national}"
+
+
+def search_columns(record: dict[str, Any]) -> None:
+    """Set `search_text` / `search_phone` of a lead record (column -> value) from its contact
+    fields: every lead write calls this before writing the record."""
+    record["search_text"] = search_text(record.get("contact_name"), record.get("contact_email"))
+    record["search_phone"] = search_phone(record.get("contact_phone"))
+
+
+# The part of a query the trigram index is asked for: this many characters (4 trigrams).
+PROBE_CHARS = 6
+# How many leads' search_text the trigram frequencies are estimated from (once per process).
+SAMPLE_LEADS = 20_000
+
+
+def trigram_counts(texts: list[str]) -> Counter[str]:
+    """In how many of `texts` each trigram occurs: the estimate probe() picks by."""
+    counts: Counter[str] = Counter()
+    for value in texts:
+        counts.update({value[i : i + 3] for i in range(len(value) - 2)})
+    return counts
+
+
+def probe(folded: str, counts: Counter[str]) -> str:
+    """The part of a folded query (>= INDEXED_CHARS characters) that the trigram index is asked
+    for, the whole query then being checked on the leads it finds: of its PROBE_CHARS-character
+    windows, the one whose trigrams are rarest in `counts` (trigram_counts of a sample of leads).
+
+    Why: both indexes read each of the pattern's trigrams' lists of leads through, so a trigram
+    in many leads costs as much as reading them. At 1M leads, FTS5 took 12.9 ms for
+    `chard anderson-whi` as a whole, 0.9 ms for its window `ard an` (635 candidates); 6.6 ms
+    for `hard.anderson-white500751@out`, 0.7 ms for `white500751`. Four rare trigrams in a row
+    keep the candidates few."""
+    if len(folded) <= PROBE_CHARS:
+        return folded
+    windows = [folded[i : i + PROBE_CHARS] for i in range(len(folded) - PROBE_CHARS + 1)]
+    return min(windows, key=lambda w: sum(counts[w[i : i + 3]] for i in range(len(w) - 2)))
+
+
+@dataclass(frozen=True)
+class SearchTerms:
+    """A `search` query, read by the rule in the module docstring. Each field None when unused.
+    text: the folded query when it has >= INDEXED_CHARS characters (the index serves it);
+    short_text: the folded query when it has fewer (a scan); phone_key: the last 10 digits of a
+    whole phone number; phone_digits: the query's digits, to match as a part of phones."""
+
+    text: str | None = None
+    short_text: str | None = None
+    phone_key: str | None = None
+    phone_digits: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.text or self.short_text or self.phone_key or self.phone_digits)
+
+
+def parse_search(query: str, region: str) -> SearchTerms:
+    """-> the SearchTerms of a `search` query; `region`: MEGA_DEFAULT_PHONE_REGION. A query that
+    folds to nothing (blank, or only combining marks) has no terms: it filters nothing."""
+    folded = fold(query)
+    text = folded if len(folded) >= INDEXED_CHARS else None
+    short_text = folded if folded and text is None else None
+    phone_key = phone_digits = None
+    typed = unicodedata.normalize("NFKC", query).strip()  # full-width digits as digits
+    if _PHONE_LIKE.fullmatch(typed) and _DIGIT.search(typed):
+        try:
+            phone_key = normalize_phone(typed, region)[1]
+        except ContactError:
+            pass
+        digits = "".join(str(unicodedata.decimal(c)) for c in _DIGIT.findall(typed))
+        if len(digits) >= PARTIAL_PHONE_DIGITS and not (phone_key and len(digits) >= WHOLE_NUMBER_DIGITS):
+            phone_digits = digits
+    return SearchTerms(text, short_text, phone_key, phone_digits)
+
+
+_REFRESH_BATCH = 5_000
+
+
+def refresh_search(connection: Connection, customer_id: uuid.UUID | None = None) -> int:
+    """Recompute `search_text` / `search_phone` of the leads (of one customer, or all) from their
+    contact fields, in batches of _REFRESH_BATCH: the backfill of migration 0005, and for writers
+    that bypass the lead service. SQLite's index follows by trigger. -> leads rewritten."""
+    is_sqlite = connection.dialect.name == "sqlite"
+    where = "WHERE customer_id = :customer_id AND id > :after" if customer_id else "WHERE id > :after"
+    select_batch = text(
+        f"SELECT id, contact_name, contact_email, contact_phone FROM leads {where} ORDER BY id LIMIT :n"
+    )
+    if customer_id is not None:
+        select_batch = select_batch.bindparams(bindparam("customer_id", type_=Uuid))
+    if is_sqlite:
+        update = text("UPDATE leads SET search_text = :t, search_phone = :p WHERE id = :id")
+    else:  # one statement per batch
+        update = text(
+            "UPDATE leads SET search_text = b.t, search_phone = b.p FROM unnest("
+            "CAST(:ids AS uuid[]), CAST(:ts AS text[]), CAST(:ps AS text[])) AS b(id, t, p) "
+            "WHERE leads.id = b.id"
+        )
+    after: Any = "" if is_sqlite else uuid.UUID(int=0)
+    done = 0
+    while True:
+        params: dict[str, Any] = {"after": after, "n": _REFRESH_BATCH}
+        if customer_id is not None:
+            params["customer_id"] = customer_id
+        rows = connection.execute(select_batch, params).all()
+        if not rows:
+            return done
+        values = [(row[0], search_text(row[1], row[2]), search_phone(row[3])) for row in rows]
+        if is_sqlite:
+            connection.execute(update, [{"id": i, "t": t, "p": p} for i, t, p in values])
+        else:
+            connection.execute(
+                update, {"ids": [i for i, _, _ in values], "ts": [t for _, t, _ in values],
+                         "ps": [p for _, _, p in values]}
+            )  # fmt: skip
+        done += len(rows)
+        after = rows[-1][0]
