@@ -139,7 +139,7 @@ def make_tenant(db: Any, name: str, *, owners: int = 4) -> Tenant:
     from mega_crm.customers.models import Stage
 
     customer = admin.create_customer(db, name)
-    for slug in ("lead_line", "budget", "neighborhood"):
+    for slug in ("budget", "neighborhood"):  # lead_line is built in
         admin.add_field(db, customer.id, slug, slug.title())
     owner_ids = [admin.add_owner(db, customer.id, f"Agent {i + 1}", "Agent").id for i in range(owners)]
     admin.set_limits(db, customer.id, HUGE_LIMIT, HUGE_LIMIT)

@@ -163,9 +163,14 @@ def _load_owners(
 
 
 def create_lead(
-    session: Session, customer_id: uuid.UUID, request: LeadCreateRequest, phone_region: str
+    session: Session,
+    customer_id: uuid.UUID,
+    request: LeadCreateRequest,
+    phone_region: str,
+    outcomes: list[str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """createLead inside the caller's write transaction -> (201, {"lead": …})."""
+    """createLead inside the caller's write transaction -> (201, {"lead": …}).
+    `outcomes`: gets "created" or "merged" appended (for metrics, once the caller has committed)."""
     now = _begin_lead_write(session, customer_id)
     config = load_config(session, customer_id, set())
     lead_input, errors, _ignored = resolve_row(request, config, phone_region)
@@ -194,6 +199,8 @@ def create_lead(
     body = lead_body(rec, config.stage(rec["stage_id"]), config.owners.get(rec["owner_id"]))
     if outcome.status == "created":
         record_lead_created(session, customer_id, body)
+    if outcomes is not None:
+        outcomes.append("created" if outcome.status == "created" else "merged")
     return 201, {"lead": body}
 
 

@@ -1,0 +1,141 @@
+"""Structured logs with structlog: one JSON (or key=value text) line per event, on stdout.
+
+MEGA_LOG_FORMAT=json|text (unset: json unless stdout is a terminal). Every line has `timestamp`
+(ISO 8601, UTC), `level`, `event` and, inside a request, `request_id`. The standard library's
+loggers (uvicorn, alembic, mega_crm's own `logging` calls) go through the same renderer, so a
+process writes one format. uvicorn's access log is replaced by the request line of
+`observability.middleware` (it printed the raw path and query string, which may hold contact
+details).
+
+Contact details and secrets never reach a line: the request line carries only the route
+template, and every other string value passes `redact()` (emails, phone numbers, API tokens and
+webhook secrets are masked), e.g. an exception message quoting SQL parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from contextvars import ContextVar
+from typing import Any
+
+import orjson
+import structlog
+
+# The request being served on this task (set by the middleware; empty outside requests).
+request_id_var: ContextVar[str | None] = ContextVar("mega_request_id", default=None)
+
+_SECRETS = re.compile(
+    r"mega_whsec_[A-Za-z0-9_\-]+|mega_[0-9a-fA-F]{16,}"  # webhook secrets, API tokens
+    r"|[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+"  # emails
+    r"|\+\d{7,15}\b|\(\d{3}\)\s*\d{3}[\s.\-]\d{4}|\b\d{3}[.\-]\d{3}[.\-]\d{4}\b"  # phones
+)
+# Fields written by this package whose values are never contact details (not scanned: hot path).
+_SAFE_KEYS = frozenset(
+    {"timestamp", "level", "logger", "request_id", "method", "route", "status", "duration_ms",
+     "customer_id", "client", "delivery_id", "webhook_id", "attempt", "status_code", "latency_ms",
+     "outcome"}
+)  # fmt: skip
+
+
+def redact(text: str) -> str:
+    """`text` with emails, phone numbers, API tokens (`mega_…`) and webhook secrets
+    (`mega_whsec_…`) replaced by `[redacted]`."""
+    return _SECRETS.sub("[redacted]", text)
+
+
+def _redact_processor(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if key not in _SAFE_KEYS and isinstance(value, str):
+            event[key] = redact(value)
+    return event
+
+
+def _add_request_id(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if "request_id" not in event:
+        rid = request_id_var.get()
+        if rid is not None:
+            event["request_id"] = rid
+    return event
+
+
+def _orjson_dumps(event: dict[str, Any], **_kw: Any) -> str:
+    return orjson.dumps(event, default=str).decode()
+
+
+def resolve_format(configured: str | None) -> str:
+    """"json" or "text": MEGA_LOG_FORMAT, else json unless stdout is a terminal."""
+    if configured:
+        return configured
+    return "text" if sys.stdout.isatty() else "json"
+
+
+_HANDLER_NAME = "mega_crm"
+
+
+def configure_logging(level: str = "info", log_format: str | None = None) -> None:
+    """Route every log line of the process (structlog's and the standard library's) to stdout in
+    `log_format` at `level` (a logging level name, e.g. "info"). Idempotent."""
+    fmt = resolve_format(log_format)
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        _add_request_id,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            _redact_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _redact_processor,
+                renderer,
+            ],
+        )
+    )
+    handler.set_name(_HANDLER_NAME)
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if h.get_name() == _HANDLER_NAME or type(h) is logging.StreamHandler]
+    for old in ours:
+        root.removeHandler(old)  # ours from an earlier call, or basicConfig's (not pytest's capture)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter on every start
+    # uvicorn's own handlers would print a second, differently formatted copy of each line.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True  # the request line replaces it
+
+
+# uvicorn.run(log_config=...) : keep the configuration above instead of installing its own.
+UVICORN_LOG_CONFIG: dict[str, Any] = {"version": 1, "disable_existing_loggers": False}
+
+
+def get_logger(name: str = "mega_crm") -> Any:
+    """A structlog logger: `log.info("event_name", key=value, ...)`."""
+    return structlog.get_logger(name)
