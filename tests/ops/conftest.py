@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def cli(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COMMAND, *args], env=env, cwd=workdir, capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([*COMMAND, *args], env=env, cwd=workdir, capture_output=True, text=True, timeout=60)
 
 
 def cli_json(workdir: Path, env: dict[str, str], *args: str) -> dict[str, Any]:

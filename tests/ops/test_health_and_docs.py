@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import POSTGRES_URL, REDIS_URL, TEST_SECRET, free_port
-from tests.ops.conftest import COMMAND, Served, clean_env, cli
+from tests.ops.conftest import Served, clean_env, cli
 
 
 def closed_port() -> int:
@@ -63,9 +63,11 @@ def test_readyz_with_an_unreachable_postgresql(tmp_path):
         r = httpx.get(s.base + "/readyz", timeout=10)
         assert r.status_code == 503
         body = r.json()
-        assert body["status"] == "unavailable" and body["failed"] == ["database"]
+        assert body["status"] == "unavailable"
+        assert body["failed"] == ["database"]
         assert body["checks"]["database"].startswith("unreachable (")
-        assert "127.0.0.1" not in r.text and "postgres" not in r.text  # no connection details
+        assert "127.0.0.1" not in r.text
+        assert "postgres" not in r.text
         assert r.headers["x-request-id"]
 
 
@@ -87,9 +89,12 @@ def test_readyz_with_an_unreachable_redis(migrated):
         assert r.json()["failed"] == ["redis"]
 
 
-@pytest.mark.skipif(not (POSTGRES_URL and REDIS_URL), reason="MEGA_TEST_POSTGRES_URL/MEGA_TEST_REDIS_URL unset")
+@pytest.mark.skipif(
+    not (POSTGRES_URL and REDIS_URL), reason="MEGA_TEST_POSTGRES_URL/MEGA_TEST_REDIS_URL unset"
+)
 def test_readyz_with_postgresql_and_redis(tmp_path):
-    assert POSTGRES_URL and REDIS_URL
+    assert POSTGRES_URL
+    assert REDIS_URL
     env = clean_env(MEGA_DATABASE_URL=POSTGRES_URL, MEGA_SECRET_KEY=TEST_SECRET, MEGA_REDIS_URL=REDIS_URL)
     assert cli(tmp_path, env, "db", "upgrade").returncode == 0
     with Served(tmp_path, {**env, "MEGA_WEBHOOK_WORKER_IN_PROCESS": "0"}) as s:
@@ -107,12 +112,14 @@ def test_metrics_token_and_switch(migrated):
         assert httpx.get(s.base + "/metrics").status_code == 401
         assert httpx.get(s.base + "/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
         r = httpx.get(s.base + "/metrics", headers={"Authorization": "Bearer s3cret-scrape"})
-        assert r.status_code == 200 and "mega_http_requests_total" in r.text
+        assert r.status_code == 200
+        assert "mega_http_requests_total" in r.text
     with Served(workdir, {**env, "MEGA_METRICS_ENABLED": "false"}) as s:
         assert httpx.get(s.base + "/metrics").status_code == 404
         assert httpx.get(s.base + "/readyz").status_code == 200
         lines = s.requests_logged()
-        assert lines and lines[-1]["route"] == "/readyz"  # logs do not depend on metrics
+        assert lines
+        assert lines[-1]["route"] == "/readyz"
 
 
 # --- a 500: request id on the response and on the error line ------------------------------------
@@ -149,11 +156,14 @@ def test_request_id_on_a_500_and_its_log_line(migrated, tmp_path):
         assert r.headers["x-request-id"] == "boom-1"
         assert r.json()["error"]["type"] == "api_error"
         line = s.wait_for_log(lambda rec: rec.get("event") == "request" and rec.get("request_id") == "boom-1")
-        assert line["level"] == "error" and line["status"] == 500 and line["route"] == "/boom"
+        assert line["level"] == "error"
+        assert line["status"] == 500
+        assert line["route"] == "/boom"
         traceback_line = s.wait_for_log(lambda rec: "exception" in rec and "RuntimeError" in rec["exception"])
         assert traceback_line["request_id"] == "boom-1"
     text = s.log_path.read_text()
-    assert "ada@example.com" not in text and "+12065550123" not in text  # redacted in the traceback too
+    assert "ada@example.com" not in text
+    assert "+12065550123" not in text
 
 
 # --- behind a proxy ----------------------------------------------------------------------------
@@ -203,7 +213,8 @@ def test_docs_reference_only_served_assets(docs_server, page):
     assert parser.refs, "the page loads its scripts from somewhere"
     assert not re.search(r"https?://", r.text.replace(docs_server.base, "")), "no absolute URL at all"
     for ref in parser.refs:
-        assert ref.startswith("/") and not ref.startswith("//"), ref
+        assert ref.startswith("/"), ref
+        assert not ref.startswith("//"), ref
         asset = httpx.get(docs_server.base + ref)
         assert asset.status_code == 200, ref
         assert len(asset.content) > 100
@@ -215,7 +226,9 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(not _chromium(), reason="chromium is not installed (apt-get install chromium; .ci/run does)")
+@pytest.mark.skipif(
+    not _chromium(), reason="chromium is not installed (apt-get install chromium; .ci/run does)"
+)
 @pytest.mark.parametrize(("page", "expected"), [
     ("/docs", ["listLeads", "createLead", "bulkImportLeads", "List / search leads"]),
     ("/redoc", ["List / search leads", "Create a single lead", "Bulk create / merge leads"]),

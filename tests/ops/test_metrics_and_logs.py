@@ -80,7 +80,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 secrets.append(r.json()["secret"])
             third = c.post(HOOKS_PATH, headers=h, json={"url": ok_hook.url + "x"}).json()
             secrets.append(third["secret"])
-            assert c.patch(f"{HOOKS_PATH}/{third['webhook']['id']}", headers=h, json={"is_active": False}).is_success
+            assert c.patch(
+                f"{HOOKS_PATH}/{third['webhook']['id']}", headers=h, json={"is_active": False}
+            ).is_success
             # createLead: 2 created, 1 merged, 1 replayed
             people = [("ada@example.com", "(206) 555-0123"), ("grace@example.org", "+14155550199")]
             for email, phone in people:
@@ -121,9 +123,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             while True:  # until both attempts are recorded (the worker writes them after the answer)
                 after_text = c.get("/metrics").text
                 after = parse_metrics(after_text)
-                if sample(after, "mega_webhook_deliveries_total", outcome="failed") >= 2 and sample(
-                    after, "mega_webhook_deliveries_total", outcome="succeeded"
-                ) >= 2 or time.monotonic() > deadline:
+                if (
+                    sample(after, "mega_webhook_deliveries_total", outcome="failed") >= 2
+                    and sample(after, "mega_webhook_deliveries_total", outcome="succeeded") >= 2
+                    or time.monotonic() > deadline
+                ):
                     break
                 time.sleep(0.1)
             yield Run(server, parse_metrics(before_text), after, after_text, secrets, ids, cid)
@@ -180,12 +184,14 @@ def test_one_json_line_per_request(run):
     for r in requests:
         assert {"timestamp", "level", "request_id", "method", "route", "status", "duration_ms",
                 "customer_id"} <= r.keys()  # fmt: skip
-        assert isinstance(r["duration_ms"], float | int) and r["status"] >= 100
+        assert isinstance(r["duration_ms"], float | int)
+        assert r["status"] >= 100
     posts = [r for r in requests if r["method"] == "POST" and r["route"] == "/api/agents/crm/leads"]
     assert len(posts) == 4
     assert {r["customer_id"] for r in posts} == {run.customer_id}
     unauthenticated = [r for r in requests if r["status"] == 401]
-    assert unauthenticated and all(r["customer_id"] is None for r in unauthenticated)
+    assert unauthenticated
+    assert all(r["customer_id"] is None for r in unauthenticated)
 
 
 def test_request_ids(run):
@@ -206,7 +212,8 @@ def test_delivery_attempt_lines(run):
         assert {"delivery_id", "webhook_id", "status_code", "error", "latency_ms", "attempt"} <= r.keys()
     assert sorted(r["status_code"] for r in attempts) == [200, 200, 500, 500]
     failed = next(r for r in attempts if r["status_code"] == 500)
-    assert failed["error"] == "HTTP 500" and failed["outcome"] == "failed"
+    assert failed["error"] == "HTTP 500"
+    assert failed["outcome"] == "failed"
 
 
 def test_no_secret_or_contact_detail_in_any_log_line(run):
