@@ -1,9 +1,12 @@
-"""`python -m bench`: the lead benchmark, then the webhook benchmark when bench/webhooks.py exists."""
+"""`python -m bench`: the lead benchmark, the webhook benchmark when bench/webhooks.py exists, then
+the cost of metrics + logging (bench/observability.py). MEGA_BENCH_SUITES=observability (a comma
+list of leads, webhooks, observability) runs only those."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import traceback
 
@@ -13,6 +16,10 @@ def main() -> int:
     suites = ["bench.leads"]
     if importlib.util.find_spec("bench.webhooks") is not None:
         suites.append("bench.webhooks")
+    suites.append("bench.observability")
+    chosen = {s.strip() for s in os.environ.get("MEGA_BENCH_SUITES", "").split(",") if s.strip()}
+    if chosen:
+        suites = [s for s in suites if s.removeprefix("bench.") in chosen]
     for name in suites:
         try:
             importlib.import_module(name).main()

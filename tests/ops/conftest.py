@@ -38,21 +38,35 @@ def cli_json(workdir: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
 
 
 class Served:
-    """A server process (`mega-crm serve` unless `argv` says otherwise) with stdout+stderr in a file."""
+    """A server process (`mega-crm serve` unless `argv` says otherwise) with stdout+stderr in a file.
+    `argv` may hold "{port}"; without it, `port` must be passed (the port is then fixed)."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], argv: list[str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, env: dict[str, str], argv: list[str] | None = None, port: int | None = None
+    ) -> None:
         self.workdir = workdir
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"server-{self.port}.log"
+        self.fixed_port = port
         self.env = {"MEGA_LOG_FORMAT": "json", **env}
-        self.argv = argv or [*COMMAND, "serve", "--port", str(self.port)]
+        self.argv_template = argv or [*COMMAND, "serve", "--port", "{port}"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Served:
+        for _try in range(5):  # another process on the machine may take the free port first
+            self.port = self.fixed_port or free_port()
+            self.base = f"http://127.0.0.1:{self.port}"
+            self.log_path = self.workdir / f"server-{self.port}.log"
+            try:
+                return self._start()
+            except AssertionError:
+                if self.fixed_port or "address already in use" not in self.log_path.read_text():
+                    raise
+        raise AssertionError("no free port")
+
+    def _start(self) -> Served:
         self._log = self.log_path.open("wb")
+        argv = [a.replace("{port}", str(self.port)) for a in self.argv_template]
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT
+            argv, env=self.env, cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 60
         while True:

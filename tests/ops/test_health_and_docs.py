@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import POSTGRES_URL, REDIS_URL, TEST_SECRET, free_port
+from tests.conftest import POSTGRES_URL, REDIS_URL, TEST_SECRET
 from tests.ops.conftest import Served, clean_env, cli
 
 
@@ -30,11 +30,8 @@ def closed_port() -> int:
 def asgi_server(workdir: Path, env: dict[str, str]) -> Served:
     """The ASGI entry point under uvicorn (what process managers run): it starts whatever the
     database's state, where `mega-crm serve` would first migrate."""
-    port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "mega_crm.asgi:app", "--port", str(port), "--no-access-log"]
-    served = Served(workdir, {"MEGA_WEBHOOK_WORKER_IN_PROCESS": "0", **env}, argv)
-    served.port, served.base = port, f"http://127.0.0.1:{port}"
-    return served
+    argv = [sys.executable, "-m", "uvicorn", "mega_crm.asgi:app", "--port", "{port}", "--no-access-log"]
+    return Served(workdir, {"MEGA_WEBHOOK_WORKER_IN_PROCESS": "0", **env}, argv)
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +143,8 @@ def test_request_id_on_a_500_and_its_log_line(migrated, tmp_path):
     _workdir, env = migrated
     script = tmp_path / "failing_app.py"
     script.write_text(FAILING_APP)
-    port = free_port()
-    served = Served(tmp_path, {**env, "MEGA_SECRET_KEY": TEST_SECRET, "MEGA_WEBHOOK_WORKER_IN_PROCESS": "0"},
-                    [sys.executable, str(script), str(port)])  # fmt: skip
-    served.port, served.base = port, f"http://127.0.0.1:{port}"
-    with served as s:
+    env = {**env, "MEGA_SECRET_KEY": TEST_SECRET, "MEGA_WEBHOOK_WORKER_IN_PROCESS": "0"}
+    with Served(tmp_path, env, [sys.executable, str(script), "{port}"]) as s:
         r = httpx.get(s.base + "/boom", headers={"X-Request-Id": "boom-1"})
         assert r.status_code == 500
         assert r.headers["x-request-id"] == "boom-1"

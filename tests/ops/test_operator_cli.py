@@ -188,10 +188,7 @@ def test_demo_prints_the_address_serve_binds(tmp_path):
     demo = cli_json(tmp_path, env, "demo")
     assert demo["base_url"] == f"http://127.0.0.1:{port}"
     assert f"http://127.0.0.1:{port}/api/agents/crm/leads" in demo["curl_create"]
-    argv = [*COMMAND, "serve"]  # no --port: MEGA_PORT, as demo said
-    served = Served(tmp_path, env, argv)
-    served.port, served.base = port, f"http://127.0.0.1:{port}"
-    with served:
+    with Served(tmp_path, env, [*COMMAND, "serve"], port=port):  # no --port: MEGA_PORT, as demo said
         created = subprocess.run(demo["curl_create"], shell=True, capture_output=True, text=True, timeout=30)
         assert json.loads(created.stdout)["lead"]["contact_name"] == "Ada Lovelace"
     everywhere = cli_json(tmp_path, {**env, "MEGA_HOST": "0.0.0.0"}, "demo")

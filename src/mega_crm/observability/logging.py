@@ -19,7 +19,8 @@ import re
 import sys
 from collections.abc import MutableMapping
 from contextvars import ContextVar
-from typing import Any
+from datetime import UTC, datetime
+from typing import IO, Any
 
 import orjson
 import structlog
@@ -130,6 +131,43 @@ def configure_logging(level: str = "info", log_format: str | None = None) -> Non
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # the request line replaces it
+    request_line.configure(numeric, fmt, sys.stdout)
+
+
+class RequestLine:
+    """The line each request logs, written straight to stdout in the configured format, with the
+    keys and shape of every other line. Not through structlog's processor chain: that took 18–21 µs
+    a line, this 3.5 µs, on a route whose whole cost is ~250 µs. Its fields are only ever route
+    templates, ids, numbers and the client address, so it needs no redaction. Off until
+    configure_logging() runs (as in tests that build the app in-process)."""
+
+    def __init__(self) -> None:
+        self.info = self.error = False
+        self.json = True
+        self.stream: IO[bytes] | None = None
+
+    def configure(self, level: int, fmt: str, stdout: Any) -> None:
+        self.info, self.error = level <= logging.INFO, level <= logging.ERROR
+        self.json = fmt == "json"
+        self.stream = getattr(stdout, "buffer", None)
+        self._text = stdout
+
+    def write(self, level: str, fields: dict[str, Any]) -> None:
+        """Write one line (`level` "info" or "error"), if the configured level lets it through."""
+        if not (self.error if level == "error" else self.info):
+            return
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        if self.json and self.stream is not None:
+            fields.update(event="request", level=level, timestamp=now)
+            self.stream.write(orjson.dumps(fields) + b"\n")
+            self.stream.flush()
+            return
+        pairs = " ".join(f"{key}={value}" for key, value in fields.items())
+        self._text.write(f"{now} [{level:<9}] request  {pairs}\n")
+        self._text.flush()
+
+
+request_line = RequestLine()
 
 
 # uvicorn.run(log_config=...) : keep the configuration above instead of installing its own.
