@@ -471,8 +471,8 @@ def worker(
             "MEGA_WEBHOOK_ALLOW_PRIVATE_TARGETS is set: webhooks may target http:// and private "
             "addresses. For development and tests only; never in production."
         )
-    exit_zero_on_signals()
     with operator_db() as db:
+        exit_zero_on_signals()
         asyncio.run(run_until_signalled(DeliveryWorker(db, settings, key)))
     from mega_crm.observability.metrics import process_exited
 
