@@ -8,21 +8,38 @@ import time
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
-from tests.conftest import POSTGRES_URL, TEST_SECRET, reset_postgres
+from tests.conftest import POSTGRES_URL, TEST_SECRET
 from tests.ops.conftest import COMMAND, HOOKS, WRITE, Served, clean_env, cli, cli_json, parse_metrics, sample
 from tests.webhooks.conftest import Receiver
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="MEGA_TEST_POSTGRES_URL is not set")
 
 
+SCHEMA = "mega_ops_multiprocess"
+
+
+def _schema(action: str) -> None:
+    """The test's own schema, so the session's PostgreSQL schema (`public`) is left alone."""
+    assert POSTGRES_URL
+    engine = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+        if action == "create":
+            conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
+    engine.dispose()
+
+
 def test_workers_and_a_separate_worker_add_up(tmp_path):
     assert POSTGRES_URL
-    reset_postgres(POSTGRES_URL)
+    _schema("create")
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}options=-csearch_path%3D{SCHEMA}"
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = clean_env(
-        MEGA_DATABASE_URL=POSTGRES_URL,
+        MEGA_DATABASE_URL=url,
         MEGA_SECRET_KEY=TEST_SECRET,
         MEGA_WEBHOOK_ALLOW_PRIVATE_TARGETS="1",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
@@ -66,4 +83,4 @@ def test_workers_and_a_separate_worker_add_up(tmp_path):
         worker.terminate()
         worker.wait(timeout=30)
         receiver.close()
-        reset_postgres(POSTGRES_URL)
+        _schema("drop")
