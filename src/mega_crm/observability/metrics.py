@@ -108,6 +108,10 @@ def instrument_pool(engine: Any) -> None:
     """Keep DB_POOL_IN_USE current from the engine's pool checkout/checkin events."""
     from sqlalchemy import event
 
+    if getattr(engine, "_mega_pool_metrics", False):  # one app per engine in production; tests share
+        return
+    engine._mega_pool_metrics = True
+
     @event.listens_for(engine, "checkout")
     def _checkout(*_args: Any) -> None:
         DB_POOL_IN_USE.inc()
