@@ -5,7 +5,9 @@ request written to a file, as `mega-crm serve` does by default).
 A short run on a small SQLite customer (not the 1M dataset): the no-op route, createLead and
 listLeads (a page of 100), each measured with off and on servers alternately (off, on, off, on)
 so drift on a shared machine hits both. Reported: requests/s per mode and the server's CPU per
-request, whose difference is the cost of metrics + logging. Then a trimmed /metrics scrape.
+request (medians over rounds, and each mode's range), whose difference is the cost of metrics +
+logging; then the middleware alone, in this process, around an app that answers at once (the
+figure least disturbed by other load); then a trimmed /metrics scrape.
 
 Environment: MEGA_BENCH_OBS_SECONDS (per figure, default 3), MEGA_BENCH_CONNECTIONS (default 8),
 MEGA_BENCH_OBS_ROUNDS (off/on pairs, default 2).
@@ -156,9 +158,14 @@ def main() -> None:
         for label in labels:
             off, on = (statistics.median(rps[(label, m)]) for m in ("off", "on"))
             c_off, c_on = (statistics.median(cpu_ms[(label, m)]) for m in ("off", "on"))
+            spread = " / ".join(
+                f"{min(cpu_ms[(label, m)]) * 1000:.0f}–{max(cpu_ms[(label, m)]) * 1000:.0f}"
+                for m in ("off", "on")
+            )
             print(
                 f"  {label:<40} {fmt_rps(off):>12} {fmt_rps(on):>12} {on / off:8.1%}   "
-                f"{c_off * 1000:.0f} µs → {c_on * 1000:.0f} µs ({(c_on - c_off) * 1000:+.0f} µs)",
+                f"{c_off * 1000:.0f} µs → {c_on * 1000:.0f} µs ({(c_on - c_off) * 1000:+.0f} µs; "
+                f"rounds {spread} µs)",
                 flush=True,
             )
         in_process_cost(RESULTS_DIR / "observability-inprocess.log")
