@@ -49,6 +49,16 @@ def configure_logging(level: str, log_format: str | None = None) -> None:
     configure(level, log_format)
 
 
+def ensure_metrics_dir() -> bool:
+    """Create PROMETHEUS_MULTIPROC_DIR when it is set but missing; -> whether it is set."""
+    import os
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+    return bool(path)
+
+
 def exit_zero_on_signals() -> None:
     """SIGTERM and SIGINT end the process with status 0 once its graceful stop is done: uvicorn
     (and the worker) stop on either, then re-raise it to the handler found at start, this one."""
@@ -410,7 +420,7 @@ def serve(
     if workers > 1 and settings.is_sqlite:
         fail("--workers > 1 needs PostgreSQL (set MEGA_DATABASE_URL); SQLite serves from one process")
     metrics_dir = None
-    if workers > 1 and settings.metrics_enabled and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not ensure_metrics_dir() and workers > 1 and settings.metrics_enabled:
         # Each process writes its samples here; /metrics (in any of them) adds them up.
         metrics_dir = tempfile.mkdtemp(prefix="mega-crm-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -459,6 +469,7 @@ def worker(
     from mega_crm.webhooks.worker import DeliveryWorker, run_until_signalled
 
     settings = get_settings()
+    ensure_metrics_dir()
     if concurrency is not None:
         settings = settings.model_copy(update={"webhook_worker_concurrency": concurrency})
     configure_logging(settings.log_level, settings.log_format)
