@@ -130,7 +130,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 ):
                     break
                 time.sleep(0.1)
-            yield Run(server, parse_metrics(before_text), after, after_text, secrets, ids, cid)
+        # the server has stopped: every line it wrote is in the file
+        yield Run(server, parse_metrics(before_text), after, after_text, secrets, ids, cid)
     finally:
         receiver.close()
 
