@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make run PORT=8080 HOST=0.0.0.0`: where the server listens, and what `demo` prints.
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: setup run test lint bench clean
 
@@ -17,8 +20,8 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/mega-crm db upgrade
-	$(BIN)/mega-crm demo
-	$(BIN)/mega-crm serve
+	MEGA_HOST=$(HOST) MEGA_PORT=$(PORT) $(BIN)/mega-crm demo
+	MEGA_HOST=$(HOST) MEGA_PORT=$(PORT) $(BIN)/mega-crm serve
 
 test: $(STAMP)
 	$(BIN)/pytest -q

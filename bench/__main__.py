@@ -1,10 +1,12 @@
-"""`python -m bench`: the lead benchmark, then the webhook and fault benchmarks when their modules
-exist. `python -m bench faults` (or `leads`, `webhooks`) runs only the suites named."""
+"""`python -m bench`: the lead benchmark, then the webhook, fault and observability (cost of metrics
++ logging) benchmarks when their modules exist. `python -m bench faults` (or `leads`, `webhooks`,
+`observability`) runs only the suites named; so does MEGA_BENCH_SUITES=a,b."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import traceback
 
@@ -12,11 +14,14 @@ import traceback
 def main() -> int:
     failed = False
     suites = ["bench.leads"]
-    for name in ("bench.webhooks", "bench.faults"):
+    for name in ("bench.webhooks", "bench.faults", "bench.observability"):
         if importlib.util.find_spec(name) is not None:
             suites.append(name)
-    if len(sys.argv) > 1:
-        suites = [f"bench.{name}" for name in sys.argv[1:]]
+    chosen = sys.argv[1:] or [
+        s.strip() for s in os.environ.get("MEGA_BENCH_SUITES", "").split(",") if s.strip()
+    ]
+    if chosen:
+        suites = [f"bench.{name}" for name in chosen]
         sys.argv = sys.argv[:1]  # the suites parse their own arguments
     for name in suites:
         try:

@@ -139,7 +139,7 @@ def make_tenant(db: Any, name: str, *, owners: int = 4) -> Tenant:
     from mega_crm.customers.models import Stage
 
     customer = admin.create_customer(db, name)
-    for slug in ("lead_line", "budget", "neighborhood"):
+    for slug in ("budget", "neighborhood"):  # lead_line is built in
         admin.add_field(db, customer.id, slug, slug.title())
     owner_ids = [admin.add_owner(db, customer.id, f"Agent {i + 1}", "Agent").id for i in range(owners)]
     admin.set_limits(db, customer.id, HUGE_LIMIT, HUGE_LIMIT)
@@ -205,10 +205,25 @@ def server_settings(url: str) -> Any:
     )
 
 
-def _serve(url: str, port: int) -> None:
+def _serve(url: str, port: int, observability: str | None = None) -> None:
+    """`observability`: None = the settings' defaults (metrics on, request lines off at log level
+    warning); "on" = metrics and a JSON request line per request (log level info, as `serve`);
+    "off" = neither (MEGA_METRICS_ENABLED=0, log level warning)."""
     from mega_crm.app import create_app
 
-    app = create_app(server_settings(url))
+    settings = server_settings(url)
+    if observability is not None:
+        on = observability == "on"
+        settings = settings.model_copy(
+            update={"metrics_enabled": on, "log_level": "info" if on else "warning", "log_format": "json"}
+        )
+        try:
+            from mega_crm.observability.logging import configure_logging
+        except ImportError:  # pragma: no cover - a tree without mega_crm.observability
+            pass
+        else:
+            configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
 
     @app.get(NOOP_PATH, include_in_schema=False)
     def noop() -> dict[str, bool]:
@@ -236,27 +251,44 @@ def _run(app: Any, port: int) -> None:
     # What `mega-crm serve` runs, minus the per-request access log (it is off at log level warning).
     try:
         from mega_crm.connections import uvicorn_options
-
-        options = uvicorn_options()  # header timeout and connection cap, as `mega-crm serve`
+        from mega_crm.observability.logging import UVICORN_LOG_CONFIG
     except ImportError:  # pragma: no cover - an older server
-        options = {}
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False, **options)
+        options: dict[str, Any] = {}
+        log_config: Any = None
+    else:
+        options = uvicorn_options()  # header timeout and connection cap, as `mega-crm serve`
+        log_config = UVICORN_LOG_CONFIG
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        proxy_headers=False,
+        access_log=False,
+        log_config=log_config,
+        **options,
+    )
 
 
 class Server:
     """`python -m bench.common serve` in a subprocess; the context manager waits until it answers."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, observability: str | None = None, output: Path | None = None) -> None:
         self.url = url
+        self.observability = observability  # see _serve
+        self.output = output  # the server's stdout and stderr (its log lines), else inherited
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.common", "serve", "--url", self.url, "--port", str(self.port)],
-            cwd=ROOT,
-        )
+        argv = [sys.executable, "-m", "bench.common", "serve", "--url", self.url, "--port", str(self.port)]
+        if self.observability:
+            argv += ["--observability", self.observability]
+        sink = self.output.open("ab") if self.output else None
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=sink, stderr=sink)
+        if sink:
+            sink.close()  # the child holds its own descriptor
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -490,9 +522,10 @@ def main(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("serve", help="serve the app (plus GET /bench/noop) on 127.0.0.1")
     serve.add_argument("--url", required=True)
     serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--observability", choices=["on", "off"], default=None)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        _serve(args.url, args.port)
+        _serve(args.url, args.port, args.observability)
 
 
 if __name__ == "__main__":

@@ -330,6 +330,8 @@ def test_a_redis_that_never_answers_is_skipped_by_the_breaker(db_url, db, caplog
         )
         with TestClient(app) as c:
             responses = [get(c, tenant) for _ in range(20)]
+            scrape = c.get("/metrics").text  # the operator sees the breaker open (1)
+        assert "\nmega_redis_circuit_state 1\n" in scrape, scrape[-400:]
         assert [r.status_code for r in responses] == [200] * 20  # served, unlimited
         assert not any(name in responses[-1].headers for name in HEADERS)
         assert hung.accepted == 1, "only the first request went to Redis"

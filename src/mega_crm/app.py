@@ -13,13 +13,17 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mega_crm import health
 from mega_crm.config import Settings, get_settings
 from mega_crm.db import Database
+from mega_crm.docs import install_docs
 from mega_crm.errors import ApiError, error_response
 from mega_crm.failures import UnexpectedErrorMiddleware
 from mega_crm.leads import endpoints as lead_endpoints
 from mega_crm.leads.cursor import CursorCodec
 from mega_crm.leads.service import TotalsCache
+from mega_crm.observability.metrics import process_exited
+from mega_crm.observability.setup import install_observability
 from mega_crm.openapi import contract_openapi
 from mega_crm.ratelimit.limiter import RateLimiter, check_server_limits
 from mega_crm.security import load_secret_key
@@ -115,6 +119,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     with app.state.db.checkpoints():
         async with webhook_worker_lifespan(app):
             yield
+    process_exited()  # metrics: drop this process's live gauges (multiprocess mode)
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
@@ -136,6 +141,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         lifespan=_lifespan,
         # /leads/ is an unknown route (404), not a redirect some clients would follow with a GET.
         redirect_slashes=False,
+        docs_url=None,  # served offline by install_docs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.db = db
@@ -162,10 +169,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     _install_error_handlers(app)
     app.openapi = lambda: contract_openapi(app)  # type: ignore[method-assign]
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(health.router)
+    install_docs(app)
+    install_observability(app, settings, db)
     return app
 
 

@@ -43,9 +43,29 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print exactly one JSON o
 CustomerOpt = Annotated[str, typer.Option("--customer", help="Customer id (UUID).")]
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter on every start
+def configure_logging(level: str, log_format: str | None = None) -> None:
+    from mega_crm.observability.logging import configure_logging as configure
+
+    configure(level, log_format)
+
+
+def ensure_metrics_dir() -> bool:
+    """Create PROMETHEUS_MULTIPROC_DIR when it is set but missing; -> whether it is set."""
+    import os
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+    return bool(path)
+
+
+def exit_zero_on_signals() -> None:
+    """SIGTERM and SIGINT end the process with status 0 once its graceful stop is done: uvicorn
+    (and the worker) stop on either, then re-raise it to the handler found at start, this one."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: None)
 
 
 def fail(message: str) -> NoReturn:
@@ -157,12 +177,102 @@ def keys_list(customer: CustomerOpt, as_json: JsonFlag = False) -> None:
     ]
 
     def human() -> None:
-        table = Table("id", "name", "token", "scopes", "revoked")
+        table = id_table("name", "token", "scopes", "revoked")
         for r in rows:
             table.add_row(r["id"], r["name"] or "", r["hint"], " ".join(r["scopes"]), r["revoked_at"] or "")
         console.print(table)
 
     emit(as_json, {"keys": rows}, human)
+
+
+def id_table(*columns: str) -> Table:
+    """A table whose first column, `id`, is never cut or wrapped (ids are copied from it); the
+    other columns wrap instead, at any terminal width."""
+    table = Table(show_lines=False)
+    table.add_column("id", no_wrap=True, min_width=36, overflow="ignore")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+@customers_app.command("list")
+def customers_list(as_json: JsonFlag = False) -> None:
+    """List every customer."""
+    with operator_db() as db:
+        customers = admin.list_customers(db)
+    rows = [
+        {
+            "id": str(c.id),
+            "name": c.name,
+            "created_at": c.created_at.isoformat(),
+            "rate_limit_default": c.rate_limit_default,
+            "rate_limit_bulk": c.rate_limit_bulk,
+        }
+        for c in customers
+    ]
+
+    def human() -> None:
+        table = id_table("name", "created", "limits (default / bulk)")
+        for r in rows:
+            limits = f"{r['rate_limit_default'] or 'server'} / {r['rate_limit_bulk'] or 'server'}"
+            table.add_row(r["id"], r["name"], r["created_at"], limits)
+        console.print(table)
+
+    emit(as_json, {"customers": rows}, human)
+
+
+@stages_app.command("list")
+def stages_list(customer: CustomerOpt, as_json: JsonFlag = False) -> None:
+    """List a customer's pipeline stages, in order (the first is where new leads go)."""
+    cid = _uuid(customer, "--customer")
+    with operator_db() as db:
+        stages = admin.list_stages(db, cid)
+    rows: list[dict[str, Any]] = [
+        {"id": str(st.id), "slug": st.slug, "name": st.name, "color": st.color, "position": st.position}
+        for st in stages
+    ]
+
+    def human() -> None:
+        table = id_table("position", "slug", "name", "color")
+        for r in rows:
+            table.add_row(r["id"], str(r["position"]), r["slug"], r["name"], r["color"] or "")
+        console.print(table)
+
+    emit(as_json, {"stages": rows}, human)
+
+
+@owners_app.command("list")
+def owners_list(customer: CustomerOpt, as_json: JsonFlag = False) -> None:
+    """List a customer's owners (team members)."""
+    cid = _uuid(customer, "--customer")
+    with operator_db() as db:
+        owners = admin.list_owners(db, cid)
+    rows = [{"id": str(o.id), "name": o.name, "role_name": o.role_name} for o in owners]
+
+    def human() -> None:
+        table = id_table("name", "role")
+        for r in rows:
+            table.add_row(r["id"], r["name"], r["role_name"] or "")
+        console.print(table)
+
+    emit(as_json, {"owners": rows}, human)
+
+
+@fields_app.command("list")
+def fields_list(customer: CustomerOpt, as_json: JsonFlag = False) -> None:
+    """List a customer's custom field definitions (`lead_line` is built in, never listed)."""
+    cid = _uuid(customer, "--customer")
+    with operator_db() as db:
+        fields = admin.list_fields(db, cid)
+    rows = [{"id": str(f.id), "slug": f.slug, "label": f.label} for f in fields]
+
+    def human() -> None:
+        table = id_table("slug", "label")
+        for r in rows:
+            table.add_row(r["id"], r["slug"], r["label"] or "")
+        console.print(table)
+
+    emit(as_json, {"fields": rows}, human)
 
 
 @stages_app.command("add")
@@ -238,27 +348,43 @@ def limits_set(
 # --- demo, db, serve ------------------------------------------------------------------------
 
 
+def local_base_url(host: str, port: int) -> str:
+    """The URL a client on this machine reaches `serve --host host --port port` at."""
+    if host in ("", "0.0.0.0", "::"):  # every interface: loopback is one of them
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 @app.command()
 def demo(
-    base_url: Annotated[str, typer.Option("--base-url")] = "http://127.0.0.1:8000",
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", help="Default: from MEGA_HOST and MEGA_PORT, as `serve` binds."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create the demo customer (once) and print a fresh all-scopes key with two curl commands."""
+    settings = get_settings()
+    base_url = (base_url or local_base_url(settings.host, settings.port)).rstrip("/")
     with operator_db() as db:
         customer, issued = admin.ensure_demo(db)
     auth = f'-H "Authorization: Bearer {issued.token}" -H "x-customer-id: {customer.id}"'
+    exports = f"export TOKEN={issued.token} CUSTOMER_ID={customer.id}"
     create = (
         f"curl -s -X POST {base_url}/api/agents/crm/leads {auth} -H 'Content-Type: application/json' "
         '-d \'{"contact_name": "Ada Lovelace", "contact_email": "ada@example.com", '
         '"contact_phone": "(206) 555-0123", "custom_fields": {"lead_line": "buyer"}}\''
     )
     listing = f"curl -s '{base_url}/api/agents/crm/leads?include_custom_fields=true' {auth}"
-    payload = {**issued.as_dict(), "curl_create": create, "curl_list": listing}
+    payload = {**issued.as_dict(), "base_url": base_url, "export": exports}
+    payload.update({"curl_create": create, "curl_list": listing})
 
     def human() -> None:
         console.print(f"Demo customer: [bold]{customer.name}[/] {customer.id}")
         console.print("API key (shown once):")
         typer.echo(issued.token)
+        console.print("\nFor the README's examples, set both in your shell:")
+        typer.echo(exports)
         console.print("\nCreate a lead:")
         typer.echo(create)
         console.print("\nList leads:")
@@ -276,8 +402,8 @@ def db_upgrade() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8000,
+    host: Annotated[str | None, typer.Option("--host", help="Default: MEGA_HOST (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default: MEGA_PORT (8000).")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Server processes (PostgreSQL only).")] = 1,
     no_worker: Annotated[
         bool, typer.Option("--no-worker", help="Do not deliver webhooks here (run `mega-crm worker`).")
@@ -285,6 +411,8 @@ def serve(
 ) -> None:
     """Apply pending migrations and serve the API (with the webhook delivery worker)."""
     import os
+    import shutil
+    import tempfile
 
     import uvicorn
 
@@ -292,9 +420,14 @@ def serve(
     if no_worker:
         settings = settings.model_copy(update={"webhook_worker_in_process": False})
         os.environ["MEGA_WEBHOOK_WORKER_IN_PROCESS"] = "0"  # for the --workers processes too
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if workers > 1 and settings.is_sqlite:
         fail("--workers > 1 needs PostgreSQL (set MEGA_DATABASE_URL); SQLite serves from one process")
+    metrics_dir = None
+    if not ensure_metrics_dir() and workers > 1 and settings.metrics_enabled:
+        # Each process writes its samples here; /metrics (in any of them) adds them up.
+        metrics_dir = tempfile.mkdtemp(prefix="mega-crm-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     with operator_db():
         pass
     try:
@@ -308,17 +441,26 @@ def serve(
     except ConfigurationError as exc:
         fail(str(exc))
     from mega_crm.connections import raise_fd_limit, uvicorn_options
+    from mega_crm.observability.logging import UVICORN_LOG_CONFIG
 
     raise_fd_limit()  # before uvicorn_options(), which sizes the backlog from it
-    uvicorn.run(
-        application,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-        proxy_headers=False,
-        **uvicorn_options(),  # header timeout, connection cap (mega_crm.connections)
-    )
+    exit_zero_on_signals()
+    try:
+        uvicorn.run(
+            application,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers,
+            log_level=settings.log_level.lower(),
+            log_config=UVICORN_LOG_CONFIG,
+            access_log=False,  # the request line of mega_crm.observability replaces it
+            proxy_headers=bool(settings.forwarded_allow_ips),
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+            **uvicorn_options(),  # header timeout, connection cap (mega_crm.connections)
+        )
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @app.command()
@@ -334,9 +476,10 @@ def worker(
     from mega_crm.webhooks.worker import DeliveryWorker, run_until_signalled
 
     settings = get_settings()
+    ensure_metrics_dir()
     if concurrency is not None:
         settings = settings.model_copy(update={"webhook_worker_concurrency": concurrency})
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         key = load_secret_key(settings)
     except ConfigurationError as exc:
@@ -347,7 +490,11 @@ def worker(
             "addresses. For development and tests only; never in production."
         )
     with operator_db() as db:
+        exit_zero_on_signals()
         asyncio.run(run_until_signalled(DeliveryWorker(db, settings, key)))
+    from mega_crm.observability.metrics import process_exited
+
+    process_exited()
 
 
 def main() -> None:

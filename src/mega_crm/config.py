@@ -86,6 +86,23 @@ class Settings(BaseSettings):
     webhook_ca_file: str | None = Field(
         default=None, description="Extra CA bundle (PEM) trusted for HTTPS deliveries, beside certifi's"
     )
+    # Operations (observability, health, serving)
+    metrics_enabled: bool = Field(default=True, description="Serve Prometheus metrics at GET /metrics")
+    metrics_token: str | None = Field(
+        default=None, description="When set, GET /metrics needs 'Authorization: Bearer <token>'"
+    )
+    log_format: str | None = Field(
+        default=None, pattern="^(json|text)$", description="json or text; unset: json unless stdout is a tty"
+    )
+    readyz_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="How long GET /readyz waits for the database and Redis"
+    )
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Proxies (comma-separated IPs/networks, or *) whose X-Forwarded-For/-Proto are trusted",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `mega-crm serve` binds (and `demo` prints)")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port `mega-crm serve` binds")
 
     @property
     def resolved_database_url(self) -> str:

@@ -20,9 +20,11 @@ one transaction, each in its own savepoint, and answer once it commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
+import os
 import queue
 import threading
 import uuid
@@ -535,7 +537,20 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 
+def _create_owner_only(url: str) -> None:
+    """Create the SQLite file readable by its owner only (it holds contact details and keys);
+    SQLite gives its -wal and -shm files the database file's mode."""
+    from sqlalchemy.engine import make_url
+
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    with contextlib.suppress(FileExistsError, FileNotFoundError):  # no directory: SQLite says so
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _sqlite_engine(url: str, *, busy_timeout: float) -> Engine:
+    _create_owner_only(url)
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": busy_timeout},

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from mega_crm.app import create_app
 from mega_crm.db import Database, utcnow
@@ -112,6 +113,7 @@ def test_410_disables_at_once_and_cancels_pending_deliveries(wh_client, tenant, 
     # The first lead's delivery waits 30 s for its retry; the second's gets 410.
     endpoint = receiver.endpoint(Reply(503, headers=(("Retry-After", "30"),)), 410)
     hook, _ = register(wh_client, tenant, endpoint.url)
+    disabled_gone = REGISTRY.get_sample_value("mega_webhooks_disabled_total", {"reason": "gone"}) or 0.0
     fresh = get_hook(wh_client, tenant, hook["id"])
     assert (fresh["disabled_reason"], fresh["disabled_at"], fresh["consecutive_failures"]) == (None, None, 0)
     assert fresh["last_success_at"] is None
@@ -123,6 +125,8 @@ def test_410_disables_at_once_and_cancels_pending_deliveries(wh_client, tenant, 
     assert gone["is_active"] is False
     assert gone["disabled_reason"] == "gone"
     assert gone["disabled_at"] is not None
+    # counted for the operator (issue 11's metrics): the worker runs in this process
+    assert REGISTRY.get_sample_value("mega_webhooks_disabled_total", {"reason": "gone"}) == disabled_gone + 1
     rows = settled(wh_client, tenant, hook["id"], count=2)
     by_status = sorted((d["status"], d["attempts"], d["last_status_code"]) for d in rows)
     assert by_status == [("cancelled", 1, 503), ("failed", 1, 410)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,47 @@ DEFAULT_PIPELINE = [
 
 class AdminError(ValueError):
     """Bad operator input; the message is shown as is."""
+
+
+FIELD_SLUG = re.compile(r"[a-z][a-z0-9_]{0,63}")
+STAGE_SLUG = re.compile(r"[a-z][a-z0-9_\-]{0,63}")
+COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+# Names the API gives a meaning of its own: `lead_line` is handled by every lead write whether
+# or not it is defined, and the Lead's own fields would be shadowed in `custom_fields`.
+RESERVED_FIELD_SLUGS = frozenset(
+    {"lead_line", "id", "contact_name", "contact_email", "contact_phone", "source_platform", "source_type",
+     "stage_slug", "stage_id", "owner_id", "status", "created_at", "updated_at", "custom_fields", "row_ref"}
+)  # fmt: skip
+
+
+def check_field_slug(slug: str) -> str:
+    """A custom field slug: [a-z][a-z0-9_]{0,63}, not a reserved name; AdminError otherwise."""
+    if not FIELD_SLUG.fullmatch(slug):
+        raise AdminError(f"field slug must match [a-z][a-z0-9_]{{0,63}}, got {slug!r}")
+    if slug in RESERVED_FIELD_SLUGS:
+        raise AdminError(f"field slug {slug!r} is reserved (the API handles it itself)")
+    return slug
+
+
+def check_stage(slug: str, color: str | None) -> None:
+    """Stage slug [a-z][a-z0-9_-]{0,63} and colour #rrggbb (or none); AdminError otherwise."""
+    if not STAGE_SLUG.fullmatch(slug):
+        raise AdminError(f"stage slug must match [a-z][a-z0-9_-]{{0,63}}, got {slug!r}")
+    if color is not None and not COLOR.fullmatch(color):
+        raise AdminError(f"stage colour must be #rrggbb (six hex digits), got {color!r}")
+
+
+def check_limit(spec: str) -> None:
+    """A rate-limit string such as "60/minute;1000/hour". Each window must allow at least one
+    request: "0/minute" would refuse every request (revoke the key for that), so it is refused."""
+    from mega_crm.ratelimit.limiter import parse_limits  # the limits library: only when needed
+
+    try:
+        items = parse_limits(spec)
+    except ValueError:
+        raise AdminError(f"not a rate limit: {spec!r} (e.g. '60/minute;1000/hour')") from None
+    if any(item.amount < 1 for item in items):
+        raise AdminError(f"a rate limit must allow at least 1 request per window, got {spec!r}")
 
 
 @dataclass
@@ -141,6 +183,7 @@ def add_stage(db: Database, customer_id: uuid.UUID, slug: str, name: str, color:
     slug = _text(slug, "stage slug (--slug)", Stage.slug, required=True) or ""
     name = _text(name, "stage name (--name)", Stage.name, required=True) or ""
     color = _text(color, "stage color (--color)", Stage.color)
+    check_stage(slug, color)
     with db.write_session() as session:
         _customer(session, customer_id)
         exists = session.scalar(select(Stage.id).where(Stage.customer_id == customer_id, Stage.slug == slug))
@@ -167,7 +210,9 @@ def add_owner(db: Database, customer_id: uuid.UUID, name: str, role: str | None)
 
 
 def add_field(db: Database, customer_id: uuid.UUID, slug: str, label: str | None) -> CustomFieldDefinition:
-    slug = _text(slug, "field slug (--slug)", CustomFieldDefinition.slug, required=True) or ""
+    slug = check_field_slug(
+        _text(slug, "field slug (--slug)", CustomFieldDefinition.slug, required=True) or ""
+    )
     label = _text(label, "field label (--label)", CustomFieldDefinition.label)
     with db.write_session() as session:
         _customer(session, customer_id)
@@ -185,16 +230,11 @@ def add_field(db: Database, customer_id: uuid.UUID, slug: str, label: str | None
 
 
 def set_limits(db: Database, customer_id: uuid.UUID, default: str | None, bulk: str | None) -> Customer:
-    from mega_crm.ratelimit.limiter import parse_limits  # the limits library: only when needed
-
     default = _text(default, "default limit (--default)", Customer.rate_limit_default)
     bulk = _text(bulk, "bulk limit (--bulk)", Customer.rate_limit_bulk)
     for spec in (default, bulk):
         if spec:
-            try:
-                parse_limits(spec)
-            except ValueError:
-                raise AdminError(f"not a rate limit: {spec!r} (e.g. '60/minute;1000/hour')") from None
+            check_limit(spec)
     with db.write_session() as session:
         customer = _customer(session, customer_id)
         if default is not None:
@@ -202,6 +242,32 @@ def set_limits(db: Database, customer_id: uuid.UUID, default: str | None, bulk: 
         if bulk is not None:
             customer.rate_limit_bulk = bulk or None
         return customer
+
+
+def list_customers(db: Database) -> list[Customer]:
+    with db.read_session() as session:
+        return list(session.scalars(select(Customer).order_by(Customer.created_at, Customer.id)))
+
+
+def list_stages(db: Database, customer_id: uuid.UUID) -> list[Stage]:
+    with db.read_session() as session:
+        _customer(session, customer_id)
+        query = select(Stage).where(Stage.customer_id == customer_id).order_by(Stage.position, Stage.slug)
+        return list(session.scalars(query))
+
+
+def list_owners(db: Database, customer_id: uuid.UUID) -> list[Owner]:
+    with db.read_session() as session:
+        _customer(session, customer_id)
+        query = select(Owner).where(Owner.customer_id == customer_id).order_by(Owner.name)
+        return list(session.scalars(query))
+
+
+def list_fields(db: Database, customer_id: uuid.UUID) -> list[CustomFieldDefinition]:
+    with db.read_session() as session:
+        _customer(session, customer_id)
+        query = select(CustomFieldDefinition).where(CustomFieldDefinition.customer_id == customer_id)
+        return list(session.scalars(query.order_by(CustomFieldDefinition.slug)))
 
 
 DEMO_CUSTOMER_ID = uuid.UUID("00000000-0000-4000-8000-00000000de00")
@@ -215,8 +281,7 @@ def ensure_demo(db: Database) -> tuple[Customer, IssuedKey]:
         create_customer(db, "Demo Realty", DEMO_CUSTOMER_ID)
         add_owner(db, DEMO_CUSTOMER_ID, "Alex Agent", "Agent")
         add_owner(db, DEMO_CUSTOMER_ID, "Morgan Manager", "Manager")
-        for slug, label in [
-            ("lead_line", "Lead line"),
+        for slug, label in [  # (lead_line is built in)
             ("budget", "Budget"),
             ("neighborhood", "Neighborhood"),
         ]:

@@ -24,13 +24,16 @@ from mega_crm.leads.schemas import (
     LeadListResponse,
     ListLeadsQuery,
 )
+from mega_crm.observability import metrics
 from mega_crm.openapi import IDEMPOTENCY_KEY, query_parameters, request_body
 from mega_crm.ratelimit.limiter import BULK_BUCKET
 
 router = APIRouter(prefix="/api/agents/crm", tags=["Leads"])
 
 
-def _reply(result: StoredResponse) -> Response:
+def _reply(result: StoredResponse, operation: str) -> Response:
+    if result.replayed:
+        metrics.IDEMPOTENT_REPLAYS.labels(operation).inc()
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     return json_response(result.body, result.status, headers)
 
@@ -105,6 +108,7 @@ def _create_lead(call: Call) -> Response:
     body = call.body(LeadCreateRequest)
     state = call.state
     region = state.settings.default_phone_region
+    outcomes: list[str] = []
     result = run_idempotent(
         state.db,
         customer_id=call.customer_id,
@@ -112,9 +116,11 @@ def _create_lead(call: Call) -> Response:
         key=call.header(IDEMPOTENCY_KEY),
         fingerprint=lambda: request_fingerprint(body.model_dump(mode="json", exclude_none=True)),
         ttl=timedelta(hours=state.settings.idempotency_ttl_hours),
-        work=lambda session: service.create_lead(session, call.customer_id, body, region),
+        work=lambda session: service.create_lead(session, call.customer_id, body, region, outcomes),
     )
-    return _reply(result)
+    if outcomes and not result.replayed:
+        metrics.LEADS_CREATED.labels(outcomes[-1]).inc()
+    return _reply(result, "createLead")
 
 
 @router.post(
@@ -161,4 +167,8 @@ def _bulk_import_leads(call: Call) -> Response:
         ttl=timedelta(hours=state.settings.idempotency_ttl_hours),
         work=work,
     )
-    return _reply(result)
+    if not result.replayed and result.status == 200:
+        for outcome, rows in result.body.get("summary", {}).items():
+            if outcome != "total" and rows:
+                metrics.BULK_ROWS.labels(outcome).inc(rows)
+    return _reply(result, "bulkImportLeads")

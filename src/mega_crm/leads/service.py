@@ -164,9 +164,14 @@ def _load_owners(
 
 
 def create_lead(
-    session: Session, customer_id: uuid.UUID, request: LeadCreateRequest, phone_region: str
+    session: Session,
+    customer_id: uuid.UUID,
+    request: LeadCreateRequest,
+    phone_region: str,
+    outcomes: list[str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """createLead inside the caller's write transaction -> (201, {"lead": …})."""
+    """createLead inside the caller's write transaction -> (201, {"lead": …}).
+    `outcomes`: gets "created" or "merged" appended (for metrics, once the caller has committed)."""
     now = _begin_lead_write(session, customer_id)
     config = load_config(session, customer_id, set())
     lead_input, errors, _ignored = resolve_row(request, config, phone_region)
@@ -202,6 +207,8 @@ def create_lead(
     elif outcome.lead_id in plan.changed_columns:
         was = originals[outcome.lead_id]
         record_lead_updated(session, customer_id, body, lead_body(was, config.stage(was["stage_id"]), None))
+    if outcomes is not None:
+        outcomes.append("created" if outcome.status == "created" else "merged")
     return 201, {"lead": body}
 
 

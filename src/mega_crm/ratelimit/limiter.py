@@ -22,6 +22,7 @@ from limits.strategies import FixedWindowRateLimiter
 
 from mega_crm.errors import RateLimitError
 from mega_crm.failures import OutageLog
+from mega_crm.observability.metrics import RATE_LIMIT_REFUSALS
 from mega_crm.security import ConfigurationError
 
 log = logging.getLogger("mega_crm")
@@ -168,6 +169,7 @@ class RateLimiter:
             headers = self._state(exhausted, bucket, key_id).headers()
             headers["RateLimit-Remaining"] = "0"
             headers["Retry-After"] = str(max(1, int(headers["RateLimit-Reset"])))
+            RATE_LIMIT_REFUSALS.labels(bucket).inc()
             raise RateLimitError("Rate limit exceeded; retry after the Retry-After seconds.", headers=headers)
         states = [self._state(item, bucket, key_id) for item in items]
         return min(states, key=lambda s: (s.remaining, -s.reset_seconds))

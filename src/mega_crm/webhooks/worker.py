@@ -35,6 +35,8 @@ from sqlalchemy.engine import make_url
 
 from mega_crm.config import Settings
 from mega_crm.db import Database, utcnow
+from mega_crm.observability.logging import get_logger
+from mega_crm.observability.metrics import WEBHOOKS_DISABLED, observe_webhook_attempt
 from mega_crm.webhooks import repository as repo
 from mega_crm.webhooks.delivery import AttemptResult, ClientPool, attempt_delivery, retry_delay, ssl_context
 from mega_crm.webhooks.models import DISABLED_GONE, FAILED, PENDING, SUCCEEDED
@@ -43,6 +45,7 @@ from mega_crm.webhooks.signing import SecretBox
 from mega_crm.webhooks.urls import Resolver
 
 log = logging.getLogger("mega_crm.webhooks")
+attempt_log = get_logger("mega_crm.webhooks")  # one structured line per delivery attempt
 
 # Under load, how long a finished attempt's outcome may wait to share a transaction with the
 # next claim (its lease is held meanwhile, so nothing is lost if the worker dies).
@@ -408,8 +411,17 @@ class DeliveryWorker:
             if result.retry_after is not None:  # the receiver's 429/503 Retry-After, capped
                 delay = max(delay, result.retry_after)
             next_attempt_at = now + timedelta(seconds=delay)
-        if not result.succeeded:
-            log.info("webhook delivery %s attempt %d failed: %s", claim.id, attempts, result.error)
+        observe_webhook_attempt(result.succeeded, status != PENDING, result.latency_ms)
+        attempt_log.info(
+            "webhook_attempt",
+            delivery_id=str(claim.id),
+            webhook_id=str(claim.webhook_id),
+            attempt=attempts,
+            outcome=status,
+            status_code=result.status_code,
+            error=result.error,
+            latency_ms=result.latency_ms,
+        )
         return repo.AttemptRecord(
             delivery_id=claim.id,
             lease_token=claim.lease_token,
@@ -446,6 +458,7 @@ class DeliveryWorker:
     @staticmethod
     def _log_disabled(disabled: list[repo.Disabled]) -> None:
         for d in disabled:
+            WEBHOOKS_DISABLED.labels(d.reason).inc()
             why = "its endpoint answered 410 Gone" if d.reason == DISABLED_GONE else "deliveries kept failing"
             log.warning(
                 "webhook %s disabled (%s): %s; %d failed delivery(ies) in a row; pending ones cancelled",

@@ -1,0 +1,1 @@
+"""Operating the server: Prometheus metrics, structured logs, request ids."""
