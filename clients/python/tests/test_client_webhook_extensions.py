@@ -5,6 +5,8 @@ rotation with overlap, recover, the test event, lead.updated, and Standard Webho
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,10 +14,12 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import free_port
 from mega_crm_client import ConflictError, InvalidRequestError, MegaClient
 from mega_crm_client.webhooks import (
     LeadCreatedEvent,
@@ -304,3 +308,74 @@ def test_a_mega_signature_is_not_taken_for_a_standard_one() -> None:
     headers = {"X-Mega-Timestamp": "1795795156", "X-Mega-Signature": signature}
     assert verify_any(SECRET, headers, body, tolerance=None) == ["mega"]
     assert not verify_standard_webhook(SECRET, headers, body, tolerance=None)
+
+
+# --- listen ---------------------------------------------------------------------------------------
+
+
+def test_listen_accepts_either_scheme_and_prints_each_event(client: MegaClient) -> None:
+    port = free_port()
+    created = client.webhooks.create(
+        f"http://127.0.0.1:{port}/", retry_attempts=0, signature_scheme="standard-webhooks"
+    )
+    secret = created.secret
+    assert secret
+    listen = subprocess.Popen(
+        [sys.executable, "-m", "mega_crm_client.cli", "listen", "--port", str(port), "--secret", secret],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"COLUMNS": "300", "PATH": ""},
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _accepts(port))
+        hook_id = created.webhook["id"]
+        test = client.webhooks.send_test(hook_id)
+        wait_for(lambda: client.webhooks.deliveries(hook_id).deliveries[0]["status"] != "pending")
+        assert client.webhooks.deliveries(hook_id).deliveries[0]["status"] == "succeeded"
+        # A receiver-side Standard Webhooks sender: only the webhook-* headers, a lead.updated body.
+        body = json.dumps({
+            "event": "lead.updated", "delivered_at": "2026-11-27T15:59:16.123Z",
+            "lead": {**LEAD, "custom_fields": {"budget": 200}},
+            "changed_fields": ["contact_name", "custom_fields"],
+            "previous": {"contact_name": "Ada Lovelace", "custom_fields": {"budget": 100}},
+        }).encode()  # fmt: skip
+        stamp = int(time.time())
+        headers = {
+            "webhook-id": "msg_listen_1",
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": compute_standard_signature(secret, "msg_listen_1", stamp, body),
+        }
+        assert httpx.post(f"http://127.0.0.1:{port}/", content=body, headers=headers).status_code == 200
+        other = compute_standard_signature(SECRET, "msg_listen_1", stamp, body)  # another secret
+        forged = {**headers, "webhook-signature": other}
+        assert httpx.post(f"http://127.0.0.1:{port}/", content=body, headers=forged).status_code == 400
+    finally:
+        listen.terminate()
+        stdout, _ = listen.communicate(timeout=10)
+    assert f"✓ verified (mega, standard-webhooks) delivery {test['id']}" in stdout
+    assert f"webhook.test (example lead {EXAMPLE_LEAD_ID} Ada Lovelace" in stdout
+    assert "✓ verified (standard-webhooks) delivery msg_listen_1" in stdout
+    assert (
+        "lead.updated lead l1 Ada King | changed contact_name: 'Ada Lovelace' → 'Ada King'; "
+        'custom_fields: {"budget": 100} → {"budget": 200}'
+    ) in stdout
+    assert "✗ bad signature" in stdout
+
+
+def test_describe_event_is_one_readable_line() -> None:
+    from mega_crm_client.cli import describe_event
+
+    stamp = datetime(2026, 11, 27, tzinfo=UTC)
+    lead: Any = {**LEAD, "contact_email": "ada@example.com"}
+    line = describe_event(LeadCreatedEvent("lead.created", stamp, lead))
+    assert line == "lead.created lead l1 Ada King ada@example.com"
+    long_before: Any = {"custom_fields": {"notes": "x" * 200}}
+    line = describe_event(LeadUpdatedEvent("lead.updated", stamp, lead, ["custom_fields"], long_before))
+    assert line.startswith("lead.updated lead l1 Ada King ada@example.com | changed custom_fields: ")
+    assert len(line) < 200  # long values are shortened
+
+
+def _accepts(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=0.5)
+        return True
+    except httpx.TransportError:
+        return False
