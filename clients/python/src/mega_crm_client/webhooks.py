@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
 __all__ = [
     "DELIVERY_HEADER",
@@ -288,15 +288,15 @@ def parse_event(raw_body: bytes | str) -> WebhookEvent:
         delivered_at = datetime.fromisoformat(str(data.get("delivered_at")).replace("Z", "+00:00"))
     except ValueError:
         raise ValueError("webhook body has no valid delivered_at") from None
+    typed_lead = cast(WebhookLead, lead)  # its id checked; the rest as the server sent it
     if event == "lead.updated":
         changed, previous = data.get("changed_fields"), data.get("previous")
         if not isinstance(changed, list) or not changed or not all(isinstance(n, str) for n in changed):
             raise ValueError("webhook body (lead.updated) has no changed_fields")
         if not isinstance(previous, dict):
             raise ValueError("webhook body (lead.updated) has no previous")
-        return LeadUpdatedEvent(
-            "lead.updated", delivered_at, lead, changed, previous  # type: ignore[arg-type]
-        )
+        typed_previous = cast(WebhookLeadPrevious, previous)
+        return LeadUpdatedEvent("lead.updated", delivered_at, typed_lead, changed, typed_previous)
     if event == "webhook.test":
-        return WebhookTestEvent("webhook.test", delivered_at, lead)  # type: ignore[arg-type]
-    return LeadCreatedEvent("lead.created", delivered_at, lead)  # type: ignore[arg-type]
+        return WebhookTestEvent("webhook.test", delivered_at, typed_lead)
+    return LeadCreatedEvent("lead.created", delivered_at, typed_lead)
