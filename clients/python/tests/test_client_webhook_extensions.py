@@ -313,7 +313,7 @@ def test_a_mega_signature_is_not_taken_for_a_standard_one() -> None:
 # --- listen ---------------------------------------------------------------------------------------
 
 
-def test_listen_accepts_either_scheme_and_prints_each_event(client: MegaClient) -> None:
+def test_listen_accepts_either_scheme_and_prints_each_event(client: MegaClient, receiver: Receiver) -> None:
     port = free_port()
     created = client.webhooks.create(
         f"http://127.0.0.1:{port}/", retry_attempts=0, signature_scheme="standard-webhooks"
@@ -321,7 +321,8 @@ def test_listen_accepts_either_scheme_and_prints_each_event(client: MegaClient) 
     secret = created.secret
     assert secret
     listen = subprocess.Popen(
-        [sys.executable, "-m", "mega_crm_client.cli", "listen", "--port", str(port), "--secret", secret],
+        [sys.executable, "-m", "mega_crm_client.cli", "listen", "--port", str(port), "--secret", secret,
+         "--forward-to", receiver.url],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"COLUMNS": "300", "PATH": ""},
     )  # fmt: skip
     try:
@@ -330,6 +331,8 @@ def test_listen_accepts_either_scheme_and_prints_each_event(client: MegaClient) 
         test = client.webhooks.send_test(hook_id)
         wait_for(lambda: client.webhooks.deliveries(hook_id).deliveries[0]["status"] != "pending")
         assert client.webhooks.deliveries(hook_id).deliveries[0]["status"] == "succeeded"
+        forwarded, forwarded_raw = receiver.wait(1)  # with the Standard Webhooks headers too
+        assert verify_standard_webhook(secret, forwarded, forwarded_raw)
         # A receiver-side Standard Webhooks sender: only the webhook-* headers, a lead.updated body.
         body = json.dumps({
             "event": "lead.updated", "delivered_at": "2026-11-27T15:59:16.123Z",
@@ -343,7 +346,7 @@ def test_listen_accepts_either_scheme_and_prints_each_event(client: MegaClient) 
             "webhook-timestamp": str(stamp),
             "webhook-signature": compute_standard_signature(secret, "msg_listen_1", stamp, body),
         }
-        assert httpx.post(f"http://127.0.0.1:{port}/", content=body, headers=headers).status_code == 200
+        assert httpx.post(f"http://127.0.0.1:{port}/", content=body, headers=headers).status_code == 204
         other = compute_standard_signature(SECRET, "msg_listen_1", stamp, body)  # another secret
         forged = {**headers, "webhook-signature": other}
         assert httpx.post(f"http://127.0.0.1:{port}/", content=body, headers=forged).status_code == 400
