@@ -336,7 +336,7 @@ def test_listen_accepts_either_scheme_and_prints_each_event(client: MegaClient, 
         # A receiver-side Standard Webhooks sender: only the webhook-* headers, a lead.updated body.
         body = json.dumps({
             "event": "lead.updated", "delivered_at": "2026-11-27T15:59:16.123Z",
-            "lead": {**LEAD, "custom_fields": {"budget": 200}},
+            "lead": {**LEAD, "contact_email": "[red]x@example.com", "custom_fields": {"budget": 200}},
             "changed_fields": ["contact_name", "custom_fields"],
             "previous": {"contact_name": "Ada Lovelace", "custom_fields": {"budget": 100}},
         }).encode()  # fmt: skip
@@ -357,7 +357,8 @@ def test_listen_accepts_either_scheme_and_prints_each_event(client: MegaClient, 
     assert f"webhook.test (example lead {EXAMPLE_LEAD_ID} Ada Lovelace" in stdout
     assert "✓ verified (standard-webhooks) delivery msg_listen_1" in stdout
     assert (
-        "lead.updated lead l1 Ada King | changed contact_name: 'Ada Lovelace' → 'Ada King'; "
+        "lead.updated lead l1 Ada King [red]x@example.com | changed "  # markup in a body stays text
+        "contact_name: 'Ada Lovelace' → 'Ada King'; "
         'custom_fields: {"budget": 100} → {"budget": 200}'
     ) in stdout
     assert "✗ bad signature" in stdout

@@ -21,6 +21,7 @@ from typing import Annotated, Any, NoReturn
 try:
     import typer
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 except ImportError as exc:  # pragma: no cover - depends on the install
@@ -312,7 +313,7 @@ class Receiver(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length)
         headers = {k: v for k, v in self.headers.items()}
-        delivery = self.headers.get(DELIVERY_HEADER) or self.headers.get(STANDARD_ID_HEADER) or "?"
+        delivery = escape(self.headers.get(DELIVERY_HEADER) or self.headers.get(STANDARD_ID_HEADER) or "?")
         stamp = time.strftime("%H:%M:%S")
         schemes = sorted({name for s in self.secrets for name in verify_any(s, headers, raw, self.tolerance)})
         if not schemes:
@@ -331,7 +332,9 @@ class Receiver(BaseHTTPRequestHandler):
         if self.forward_to:
             status = self._forward(raw)
             note += f" → {self.forward_to} answered {status}"
-        out.print(f"{stamp} [green]✓ verified[/] ({', '.join(schemes)}) delivery {delivery}{note}: {summary}")
+        # The body's text is the sender's: printed as text, never as rich markup.
+        line = f"delivery {delivery}{note}: {escape(summary)}"
+        out.print(f"{stamp} [green]✓ verified[/] ({', '.join(schemes)}) {line}")
         self._answer(status, {"received": True})
 
     def _forward(self, raw: bytes) -> int:
