@@ -10,7 +10,13 @@ import httpx
 import pytest
 
 from conftest import Server, Tenant
-from mega_crm_client import AsyncMegaClient, InvalidRequestError, MemorySyncState, NotFoundError
+from mega_crm_client import (
+    AsyncMegaClient,
+    ConflictError,
+    InvalidRequestError,
+    MemorySyncState,
+    NotFoundError,
+)
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -71,6 +77,19 @@ def test_async_webhooks_surface(make_async: Callable[[], AsyncMegaClient]) -> No
             assert rotated.secret
             assert rotated.secret != created.secret
             assert (await c.webhooks.deliveries(hook_id)).deliveries == []
+            with pytest.raises(ConflictError):  # inactive
+                await c.webhooks.send_test(hook_id)
+            with pytest.raises(ConflictError):
+                await c.webhooks.recover(hook_id, "2026-01-01T00:00:00Z")
+            enabled = await c.webhooks.update(hook_id, is_active=True, signature_scheme="standard-webhooks")
+            assert enabled.webhook["signature_scheme"] == "standard-webhooks"
+            overlapped = await c.webhooks.rotate_secret(hook_id, overlap_seconds=30)
+            assert overlapped.secret not in (None, rotated.secret)
+            test = await c.webhooks.send_test(hook_id)
+            assert test["event"] == "webhook.test"
+            assert [d["id"] for d in (await c.webhooks.deliveries(hook_id)).deliveries] == [test["id"]]
+            # A window before the test event (its delivery to port 9 fails soon after).
+            assert await c.webhooks.recover(hook_id, "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z") == 0
             assert await c.webhooks.delete(hook_id) is True
             with pytest.raises(NotFoundError):
                 await c.webhooks.get(hook_id)

@@ -120,6 +120,36 @@ def test_post_without_a_key_and_patch_are_never_retried(stub: Scripted, status: 
     assert [m for m, *_ in stub.seen] == ["POST", "PATCH"]
 
 
+@pytest.mark.parametrize("status", [503, 429])
+def test_recover_test_event_and_rotation_are_never_retried(stub: Scripted, status: int) -> None:
+    """POST …/recover and …/test carry no Idempotency-Key (the server takes none there) and the
+    rotation is a PATCH: a lost answer is the caller's to judge, never repeated behind its back."""
+    stub.script = [(status, {"Retry-After": "0"})] * 6
+    with client_for(stub) as c:
+        with pytest.raises(APIError):
+            c.webhooks.recover("w1", "2026-11-28T00:00:00Z")
+        with pytest.raises(APIError):
+            c.webhooks.send_test("w1")
+        with pytest.raises(APIError):
+            c.webhooks.rotate_secret("w1", overlap_seconds=60)
+
+    async def scenario() -> None:
+        async with AsyncMegaClient(stub.url, "t", "c") as c:
+            with pytest.raises(APIError):
+                await c.webhooks.recover("w1", "2026-11-28T00:00:00Z")
+            with pytest.raises(APIError):
+                await c.webhooks.send_test("w1")
+
+    asyncio.run(scenario())
+    assert [(m, p) for m, p, *_ in stub.seen] == [
+        ("POST", "/api/agents/crm/lead-webhooks/w1/recover"),
+        ("POST", "/api/agents/crm/lead-webhooks/w1/test"),
+        ("PATCH", "/api/agents/crm/lead-webhooks/w1"),
+        ("POST", "/api/agents/crm/lead-webhooks/w1/recover"),
+        ("POST", "/api/agents/crm/lead-webhooks/w1/test"),
+    ]
+
+
 def test_gives_up_after_max_retries(stub: Scripted) -> None:
     stub.script = [(429, {"Retry-After": "0", "X-Request-Id": "req-9"})] * 3
     with client_for(stub, max_retries=2) as c, pytest.raises(RateLimitError) as info:

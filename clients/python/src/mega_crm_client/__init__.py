@@ -7,7 +7,7 @@
             ...
 
 Errors are the tree in `mega_crm_client._exceptions`; webhook receivers use
-`mega_crm_client.webhooks.verify_signature`.
+`mega_crm_client.webhooks` (verify_signature, verify_standard_webhook, parse_event).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -477,6 +478,34 @@ class _WebhookCalls:
     def redeliver(webhook_id: str, delivery_id: str) -> _Call:
         return _Call("POST", f"{_HOOKS}/{webhook_id}/deliveries/{delivery_id}/redeliver")
 
+    @staticmethod
+    def rotate(webhook_id: str, overlap_seconds: int) -> _Call:
+        body: dict[str, Any] = {"rotate_secret": True}
+        if overlap_seconds:  # 0 is the server's default; left out, the PATCH is the contract's own
+            body["secret_overlap_seconds"] = overlap_seconds
+        return _Call("PATCH", f"{_HOOKS}/{webhook_id}", json=body)
+
+    @staticmethod
+    def recover(webhook_id: str, since: datetime | str, until: datetime | str | None) -> _Call:
+        body = {"since": _instant(since)}
+        if until is not None:
+            body["until"] = _instant(until)
+        return _Call("POST", f"{_HOOKS}/{webhook_id}/recover", json=body)
+
+    @staticmethod
+    def send_test(webhook_id: str) -> _Call:
+        return _Call("POST", f"{_HOOKS}/{webhook_id}/test")
+
+
+def _instant(value: datetime | str) -> str:
+    """An RFC 3339 date-time for the API: a string as given; a naive datetime is taken as UTC
+    (the API refuses a date-time without an offset)."""
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
 
 def _with_secret(body: dict[str, Any]) -> WebhookWithSecret:
     return WebhookWithSecret(webhook=body["webhook"], secret=body.get("secret"))
@@ -501,8 +530,11 @@ class Webhooks:
         return hooks
 
     def create(self, url: str, **fields: Any) -> WebhookWithSecret:
-        """Register `url` (public HTTPS) for lead.created; fields: event_types, timeout_seconds
-        (1–60), retry_attempts (0–10), description, is_active. `.secret` is shown this once."""
+        """Register `url` (public HTTPS); fields: event_types (default ["lead.created"]; this
+        server also has "lead.updated"), timeout_seconds (1–60), retry_attempts (0–10),
+        description, is_active, signature_scheme ("mega", the default, or "standard-webhooks":
+        attempts also carry the Standard Webhooks headers; an extension of this server).
+        `.secret` is shown this once. Not retried automatically (POST without Idempotency-Key)."""
         return _with_secret(self._client._request(_WebhookCalls.create(url, fields)))
 
     def get(self, webhook_id: str) -> Webhook:
@@ -511,12 +543,23 @@ class Webhooks:
 
     def update(self, webhook_id: str, **fields: Any) -> WebhookWithSecret:
         """Change the fields given (url, event_types, timeout_seconds, retry_attempts, description,
-        is_active). Not retried automatically (PATCH)."""
+        is_active, signature_scheme). `is_active=True` also re-enables a webhook the server
+        disabled (`disabled_reason` "gone" or "failing"), clearing the reason and
+        `consecutive_failures`; `is_active=False` cancels its pending deliveries. For a new secret
+        use `rotate_secret`. Not retried automatically (PATCH)."""
         return _with_secret(self._client._request(_WebhookCalls.update(webhook_id, fields)))
 
-    def rotate_secret(self, webhook_id: str) -> WebhookWithSecret:
-        """Mint a new signing secret (returned once in `.secret`); later attempts use it."""
-        return self.update(webhook_id, rotate_secret=True)
+    def rotate_secret(self, webhook_id: str, *, overlap_seconds: int = 0) -> WebhookWithSecret:
+        """Mint a new signing secret (returned once in `.secret`); later attempts use it.
+
+        `overlap_seconds` (0–86,400; this server's extension `secret_overlap_seconds`): for that
+        long every attempt is signed with the new and the previous secret
+        (`X-Mega-Signature: sha256=<new>,sha256=<previous>`; two `v1,` signatures in
+        `webhook-signature`), so receivers holding either verify it while you deploy the new one.
+        0: the new secret alone at once (the field is not sent). At most two secrets are live:
+        rotating again drops the oldest. Out of range: InvalidRequestError. Not retried
+        automatically (PATCH)."""
+        return _with_secret(self._client._request(_WebhookCalls.rotate(webhook_id, overlap_seconds)))
 
     def delete(self, webhook_id: str) -> bool:
         """Delete the webhook and cancel its pending deliveries."""
@@ -533,6 +576,31 @@ class Webhooks:
         delivery: WebhookDelivery = self._client._request(_WebhookCalls.redeliver(webhook_id, delivery_id))[
             "delivery"
         ]
+        return delivery
+
+    def recover(self, webhook_id: str, since: datetime | str, until: datetime | str | None = None) -> int:
+        """Resend what failed in a window (this server's extension, POST …/{id}/recover, 202):
+        queue a fresh delivery of every event whose delivery to this webhook ended `failed` or
+        `cancelled` in [since, until) (by completion time; `until` default now), once per event,
+        leaving out events that meanwhile have a pending or succeeded delivery to it (so
+        recovering twice sends nothing new). Returns how many were queued.
+
+        `since`/`until`: datetimes (naive ones are taken as UTC) or RFC 3339 strings. Errors:
+        InvalidRequestError (bad window, or more than 10,000 to resend: narrow it),
+        ConflictError (the webhook is inactive: re-enable it first), NotFoundError. Not retried
+        automatically (a POST without Idempotency-Key): a repeat after a lost answer would queue
+        nothing twice, but would answer 0, not the count of the first."""
+        body = self._client._request(_WebhookCalls.recover(webhook_id, since, until))
+        return int(body["count"])
+
+    def send_test(self, webhook_id: str) -> WebhookDelivery:
+        """Send a signed `webhook.test` event (a fixed example lead, id
+        00000000-0000-4000-8000-000000000000) to this webhook now, whatever its event_types
+        (this server's extension, POST …/{id}/test, 201). Returns the delivery as queued; it is
+        retried and logged like any other. ConflictError when the webhook is inactive. Not
+        retried automatically: a POST without Idempotency-Key, and a repeat sends a second
+        test event."""
+        delivery: WebhookDelivery = self._client._request(_WebhookCalls.send_test(webhook_id))["delivery"]
         return delivery
 
 
@@ -556,8 +624,9 @@ class AsyncWebhooks:
     async def update(self, webhook_id: str, **fields: Any) -> WebhookWithSecret:
         return _with_secret(await self._client._request(_WebhookCalls.update(webhook_id, fields)))
 
-    async def rotate_secret(self, webhook_id: str) -> WebhookWithSecret:
-        return await self.update(webhook_id, rotate_secret=True)
+    async def rotate_secret(self, webhook_id: str, *, overlap_seconds: int = 0) -> WebhookWithSecret:
+        """See `Webhooks.rotate_secret`."""
+        return _with_secret(await self._client._request(_WebhookCalls.rotate(webhook_id, overlap_seconds)))
 
     async def delete(self, webhook_id: str) -> bool:
         return bool((await self._client._request(_WebhookCalls.delete(webhook_id)))["deleted"])
@@ -570,4 +639,18 @@ class AsyncWebhooks:
     async def redeliver(self, webhook_id: str, delivery_id: str) -> WebhookDelivery:
         body = await self._client._request(_WebhookCalls.redeliver(webhook_id, delivery_id))
         delivery: WebhookDelivery = body["delivery"]
+        return delivery
+
+    async def recover(
+        self, webhook_id: str, since: datetime | str, until: datetime | str | None = None
+    ) -> int:
+        """See `Webhooks.recover` (not retried automatically)."""
+        body = await self._client._request(_WebhookCalls.recover(webhook_id, since, until))
+        return int(body["count"])
+
+    async def send_test(self, webhook_id: str) -> WebhookDelivery:
+        """See `Webhooks.send_test` (not retried automatically)."""
+        delivery: WebhookDelivery = (await self._client._request(_WebhookCalls.send_test(webhook_id)))[
+            "delivery"
+        ]
         return delivery

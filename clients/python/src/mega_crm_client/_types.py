@@ -12,6 +12,8 @@ from typing import Literal, NotRequired, TypedDict
 CustomFieldValue = str | int | float | bool | None
 OnDuplicate = Literal["update", "skip"]
 RowStatus = Literal["created", "updated", "skipped", "failed"]
+SignatureScheme = Literal["mega", "standard-webhooks"]
+DisabledReason = Literal["gone", "failing"]
 
 
 class Stage(TypedDict):
@@ -108,6 +110,15 @@ class BulkImportResult:
 
 
 class Webhook(TypedDict):
+    """A webhook registration (contract component `Webhook`, plus this server's extensions).
+
+    The extensions (NotRequired: this server always sends them, a contract-only server does not):
+    `disabled_reason` why the server disabled it (`"gone"`: the endpoint answered 410;
+    `"failing"`: MEGA_WEBHOOK_DISABLE_AFTER_FAILURES deliveries in a row failed; None when active
+    or deactivated through the API), `disabled_at` when it last became inactive,
+    `consecutive_failures` deliveries ended failed since the last success or re-enabling,
+    `last_success_at` the last 2xx answer, `signature_scheme` how attempts are signed."""
+
     id: str
     url: str
     event_types: list[str]
@@ -117,6 +128,11 @@ class Webhook(TypedDict):
     description: str | None
     created_at: str
     updated_at: str
+    disabled_reason: NotRequired[DisabledReason | None]
+    disabled_at: NotRequired[str | None]
+    consecutive_failures: NotRequired[int]
+    last_success_at: NotRequired[str | None]
+    signature_scheme: NotRequired[SignatureScheme]
 
 
 @dataclass(frozen=True)
@@ -129,6 +145,9 @@ class WebhookWithSecret:
 
 
 class WebhookDelivery(TypedDict):
+    """One delivery of an event to a webhook; `id` is every attempt's X-Mega-Delivery header.
+    `event`: "lead.created", or this server's extensions "lead.updated" and "webhook.test"."""
+
     id: str
     webhook_id: str
     event: str

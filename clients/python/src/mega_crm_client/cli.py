@@ -21,6 +21,7 @@ from typing import Annotated, Any, NoReturn
 try:
     import typer
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 except ImportError as exc:  # pragma: no cover - depends on the install
@@ -32,7 +33,15 @@ from mega_crm_client import MegaClient, __version__
 from mega_crm_client._exceptions import APIConnectionError, APIError
 from mega_crm_client._retry import RetryEvent
 from mega_crm_client.csv_import import CsvImport, CsvImportError, export_csv
-from mega_crm_client.webhooks import DELIVERY_HEADER, EVENT_HEADER, parse_event, verify_signature
+from mega_crm_client.webhooks import (
+    DELIVERY_HEADER,
+    STANDARD_ID_HEADER,
+    LeadUpdatedEvent,
+    WebhookEvent,
+    WebhookTestEvent,
+    parse_event,
+    verify_any,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -265,8 +274,33 @@ def export(
 # --- listen ---------------------------------------------------------------------------------------
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe_event(event: WebhookEvent) -> str:
+    """One line for a delivery's event: the type, the lead (id and contact details), and for
+    lead.updated each changed field as `name: before → after`."""
+    lead = event.lead
+    who = " ".join(str(v) for v in (lead.get("contact_name"), lead.get("contact_email"),
+                                     lead.get("contact_phone")) if v)  # fmt: skip
+    if isinstance(event, WebhookTestEvent):
+        return f"webhook.test (example lead {lead['id']} {who})"
+    line = f"{event.event} lead {lead['id']} {who}".rstrip()
+    if isinstance(event, LeadUpdatedEvent):
+        after: dict[str, Any] = dict(lead)
+        before: dict[str, Any] = dict(event.previous)
+        changes = [
+            f"{name}: {_short(before.get(name))} → {_short(after.get(name))}" for name in event.changed_fields
+        ]
+        line += " | changed " + "; ".join(changes)
+    return line
+
+
 class Receiver(BaseHTTPRequestHandler):
-    """Verifies each delivery with any of the secrets, prints it, answers (or forwards it)."""
+    """Verifies each delivery with any of the secrets (X-Mega-Signature or Standard Webhooks'
+    webhook-signature), prints it, answers (or forwards it)."""
 
     secrets: list[str] = []
     forward_to: str | None = None
@@ -279,9 +313,10 @@ class Receiver(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length)
         headers = {k: v for k, v in self.headers.items()}
-        delivery = self.headers.get(DELIVERY_HEADER, "?")
+        delivery = escape(self.headers.get(DELIVERY_HEADER) or self.headers.get(STANDARD_ID_HEADER) or "?")
         stamp = time.strftime("%H:%M:%S")
-        if not any(verify_signature(s, headers, raw, self.tolerance) for s in self.secrets):
+        schemes = sorted({name for s in self.secrets for name in verify_any(s, headers, raw, self.tolerance)})
+        if not schemes:
             out.print(f"{stamp} [red]✗ bad signature[/] delivery {delivery} ({len(raw)} bytes): answered 400")
             self._answer(400, {"error": "signature does not verify"})
             return
@@ -289,11 +324,7 @@ class Receiver(BaseHTTPRequestHandler):
             repeat = delivery in self.seen
             self.seen.add(delivery)
         try:
-            event = parse_event(raw)
-            lead = event.lead
-            who = " ".join(str(v) for v in (lead.get("contact_name"), lead.get("contact_email"),
-                                              lead.get("contact_phone")) if v)  # fmt: skip
-            summary = f"{self.headers.get(EVENT_HEADER, event.event)} lead {lead['id']} {who}"
+            summary = describe_event(parse_event(raw))
         except ValueError as exc:
             summary = f"unparsed body: {exc}"
         note = " [yellow](repeat)[/]" if repeat else ""
@@ -301,7 +332,9 @@ class Receiver(BaseHTTPRequestHandler):
         if self.forward_to:
             status = self._forward(raw)
             note += f" → {self.forward_to} answered {status}"
-        out.print(f"{stamp} [green]✓ verified[/] delivery {delivery}{note}: {summary}")
+        # The body's text is the sender's: printed as text, never as rich markup.
+        line = f"delivery {delivery}{note}: {escape(summary)}"
+        out.print(f"{stamp} [green]✓ verified[/] ({', '.join(schemes)}) {line}")
         self._answer(status, {"received": True})
 
     def _forward(self, raw: bytes) -> int:
@@ -309,7 +342,7 @@ class Receiver(BaseHTTPRequestHandler):
         keep = {
             k: v
             for k, v in self.headers.items()
-            if k.lower().startswith("x-mega-") or k.lower() == "content-type"
+            if k.lower().startswith(("x-mega-", "webhook-")) or k.lower() == "content-type"
         }
         try:
             return httpx.post(self.forward_to, content=raw, headers=keep, timeout=30).status_code
@@ -337,7 +370,8 @@ def listen(
         typer.Option(
             "--secret",
             envvar="MEGA_WEBHOOK_SECRET",
-            help="Signing secret (mega_whsec_…); repeat for several (e.g. around a rotation).",
+            help="Signing secret (mega_whsec_…); repeat for several (e.g. around a rotation). "
+            "Deliveries verify by X-Mega-Signature or by the Standard Webhooks headers.",
         ),
     ] = None,  # fmt: skip
     forward_to: Annotated[
@@ -347,7 +381,8 @@ def listen(
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest timestamp age, seconds.")] = 300,
 ) -> None:
-    """Receive webhook deliveries locally: verify, print, answer 200 (like `stripe listen`)."""
+    """Receive webhook deliveries locally: verify (either signature scheme), print, answer 200
+    (like `stripe listen`)."""
     if not secret:
         fail("--secret is required (the mega_whsec_… shown when the webhook was created)")
     handler = type("BoundReceiver", (Receiver,), {
