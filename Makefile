@@ -37,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python clients/python/bench/import_bench.py
 
 clean:
-	rm -rf $(VENV) *.egg-info mega-crm.db mega-crm.db-wal mega-crm.db-shm
+	rm -rf $(VENV) *.egg-info mega-crm.db mega-crm.db-wal mega-crm.db-shm mega-crm.db.secret mega-crm.db.worker.lock

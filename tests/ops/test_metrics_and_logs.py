@@ -223,3 +223,25 @@ def test_no_secret_or_contact_detail_in_any_log_line(run):
         assert secret not in text, secret
     assert "@" not in text
     assert not re.search(r"mega_[0-9a-f]{16}|mega_whsec_", text)
+
+
+def test_the_documents_and_docs_assets_are_counted_under_their_own_routes(client):
+    """/openapi.json, /docs and the mounted docs assets are served routes, not `<unmatched>`."""
+    from prometheus_client import REGISTRY
+
+    def count(route: str) -> float:
+        labels = {"route": route, "method": "GET", "status": "200"}
+        return REGISTRY.get_sample_value("mega_http_requests_total", labels) or 0.0
+
+    before = {r: count(r) for r in ("/openapi.json", "/docs", "<unmatched>")}
+    assert client.get("/openapi.json").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    asset = re.search(r'src="(/[^"]+\.js)"', docs.text)
+    assert asset, docs.text[:500]
+    assert client.get(asset.group(1)).status_code == 200
+    mount = asset.group(1).rsplit("/", 1)[0] + "/{path}"
+    assert count("/openapi.json") == before["/openapi.json"] + 1
+    assert count("/docs") == before["/docs"] + 1
+    assert count(mount) >= 1
+    assert count("<unmatched>") == before["<unmatched>"]

@@ -103,7 +103,7 @@ def make_tenant(
     *,
     scopes: list[str] | None = None,
     limits: tuple[str | None, str | None] = (GENEROUS, GENEROUS),
-    fields: tuple[str, ...] = ("lead_line", "budget", "neighborhood"),
+    fields: tuple[str, ...] = ("budget", "neighborhood"),  # lead_line is built in, not a field
 ) -> Tenant:
     customer = admin.create_customer(server.db, f"Client test {uuid.uuid4().hex[:8]}")
     for slug in fields:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -93,6 +94,21 @@ def test_filters_are_passed_as_the_contract_names_them(client: MegaClient) -> No
     assert (
         client.leads.list(status="active", include_custom_fields=False).leads[0].get("custom_fields") is None
     )
+
+
+def test_date_filters_are_sent_as_rfc3339_whatever_python_value(client: MegaClient) -> None:
+    """The API takes RFC 3339 date-times with an offset only: naive datetimes and dates are UTC."""
+    lead = client.leads.create(contact_email="dated@example.com")
+    for since in (
+        datetime(2000, 1, 1),
+        date(2000, 1, 1),
+        datetime(2000, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+        "2000-01-01T00:00:00Z",
+    ):
+        assert lead["id"] in [found["id"] for found in client.leads.list(updated_since=since).leads]
+    assert client.leads.list(created_since=datetime(2999, 1, 1)).total == 0
+    with pytest.raises(InvalidRequestError):  # text is sent as given: the server judges it
+        client.leads.list(updated_since="2000-01-01")
 
 
 @pytest.mark.parametrize("store", ["file", "memory"])

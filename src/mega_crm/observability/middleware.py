@@ -16,6 +16,7 @@ import re
 import time
 from typing import Any
 
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mega_crm.observability import metrics
@@ -46,7 +47,18 @@ def new_request_id() -> str:
 def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else metrics.UNMATCHED_ROUTE
+    if isinstance(path, str):  # FastAPI's routes name themselves
+        return path
+    # Starlette's own routes (/openapi.json, /docs) and mounts (/docs-assets) leave only their
+    # endpoint in the scope: find the route or mount that holds it.
+    endpoint = scope.get("endpoint")
+    if endpoint is not None:
+        for candidate in getattr(scope.get("app"), "routes", ()):
+            if isinstance(candidate, Mount) and candidate.app is endpoint:
+                return candidate.path + "/{path}"
+            if getattr(candidate, "endpoint", None) is endpoint:
+                return str(candidate.path)
+    return metrics.UNMATCHED_ROUTE
 
 
 class ObservabilityMiddleware:

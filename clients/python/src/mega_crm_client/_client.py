@@ -71,8 +71,10 @@ def _query(filters: Mapping[str, Any]) -> dict[str, Any]:
             name = "stageId"
         if isinstance(value, bool):
             value = "true" if value else "false"
-        elif hasattr(value, "isoformat"):  # datetime, date
-            value = value.isoformat()
+        elif isinstance(value, datetime):  # RFC 3339; a naive datetime is taken as UTC
+            value = _instant(value)
+        elif hasattr(value, "isoformat"):  # a date: its midnight, UTC
+            value = _instant(datetime(value.year, value.month, value.day))
         elif not isinstance(value, str | int | float):  # UUID, enums…
             value = str(value)
         params[name] = value
