@@ -176,13 +176,17 @@ def keys_list(customer: CustomerOpt, as_json: JsonFlag = False) -> None:
         for k in keys
     ]
 
-    def human() -> None:
-        table = id_table("name", "token", "scopes", "revoked")
-        for r in rows:
-            table.add_row(r["id"], r["name"] or "", r["hint"], " ".join(r["scopes"]), r["revoked_at"] or "")
-        console.print(table)
-
-    emit(as_json, {"keys": rows}, human)
+    emit_listing(
+        as_json,
+        "keys",
+        rows,
+        {
+            "name": lambda r: r["name"] or "",
+            "token": lambda r: r["hint"],
+            "scopes": lambda r: " ".join(r["scopes"]),
+            "revoked": lambda r: r["revoked_at"] or "",
+        },
+    )
 
 
 def id_table(*columns: str) -> Table:
@@ -193,6 +197,21 @@ def id_table(*columns: str) -> Table:
     for column in columns:
         table.add_column(column, overflow="fold")
     return table
+
+
+def emit_listing(
+    as_json: bool, key: str, rows: list[dict[str, Any]], columns: dict[str, Callable[[dict[str, Any]], str]]
+) -> None:
+    """Print `rows` (each with an "id") as `{key: rows}` JSON, or as an id_table whose other
+    columns are `columns` (header -> the cell's text from a row)."""
+
+    def human() -> None:
+        table = id_table(*columns)
+        for row in rows:
+            table.add_row(row["id"], *(cell(row) for cell in columns.values()))
+        console.print(table)
+
+    emit(as_json, {key: rows}, human)
 
 
 @customers_app.command("list")
@@ -211,14 +230,18 @@ def customers_list(as_json: JsonFlag = False) -> None:
         for c in customers
     ]
 
-    def human() -> None:
-        table = id_table("name", "created", "limits (default / bulk)")
-        for r in rows:
-            limits = f"{r['rate_limit_default'] or 'server'} / {r['rate_limit_bulk'] or 'server'}"
-            table.add_row(r["id"], r["name"], r["created_at"], limits)
-        console.print(table)
-
-    emit(as_json, {"customers": rows}, human)
+    emit_listing(
+        as_json,
+        "customers",
+        rows,
+        {
+            "name": lambda r: r["name"],
+            "created": lambda r: r["created_at"],
+            "limits (default / bulk)": lambda r: (
+                f"{r['rate_limit_default'] or 'server'} / {r['rate_limit_bulk'] or 'server'}"
+            ),
+        },
+    )
 
 
 @stages_app.command("list")
@@ -232,13 +255,17 @@ def stages_list(customer: CustomerOpt, as_json: JsonFlag = False) -> None:
         for st in stages
     ]
 
-    def human() -> None:
-        table = id_table("position", "slug", "name", "color")
-        for r in rows:
-            table.add_row(r["id"], str(r["position"]), r["slug"], r["name"], r["color"] or "")
-        console.print(table)
-
-    emit(as_json, {"stages": rows}, human)
+    emit_listing(
+        as_json,
+        "stages",
+        rows,
+        {
+            "position": lambda r: str(r["position"]),
+            "slug": lambda r: r["slug"],
+            "name": lambda r: r["name"],
+            "color": lambda r: r["color"] or "",
+        },
+    )
 
 
 @owners_app.command("list")
@@ -249,13 +276,9 @@ def owners_list(customer: CustomerOpt, as_json: JsonFlag = False) -> None:
         owners = admin.list_owners(db, cid)
     rows = [{"id": str(o.id), "name": o.name, "role_name": o.role_name} for o in owners]
 
-    def human() -> None:
-        table = id_table("name", "role")
-        for r in rows:
-            table.add_row(r["id"], r["name"], r["role_name"] or "")
-        console.print(table)
-
-    emit(as_json, {"owners": rows}, human)
+    emit_listing(
+        as_json, "owners", rows, {"name": lambda r: r["name"], "role": lambda r: r["role_name"] or ""}
+    )
 
 
 @fields_app.command("list")
@@ -266,13 +289,7 @@ def fields_list(customer: CustomerOpt, as_json: JsonFlag = False) -> None:
         fields = admin.list_fields(db, cid)
     rows = [{"id": str(f.id), "slug": f.slug, "label": f.label} for f in fields]
 
-    def human() -> None:
-        table = id_table("slug", "label")
-        for r in rows:
-            table.add_row(r["id"], r["slug"], r["label"] or "")
-        console.print(table)
-
-    emit(as_json, {"fields": rows}, human)
+    emit_listing(as_json, "fields", rows, {"slug": lambda r: r["slug"], "label": lambda r: r["label"] or ""})
 
 
 @stages_app.command("add")
