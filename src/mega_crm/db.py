@@ -183,7 +183,10 @@ class Database:
                 engine_url,
                 pool_size=pool_size,
                 max_overflow=pool_size * 2,
-                pool_pre_ping=True,
+                # No ping per checkout (a round trip on every request): a connection found dead
+                # on use is dropped with the rest of the pool, and a read is retried once on a
+                # fresh one (Database.run).
+                pool_pre_ping=False,
                 pool_timeout=timeout,
                 connect_args=connect_args,
                 future=True,
@@ -245,6 +248,8 @@ class Database:
         (a stopped or partitioned PostgreSQL: the socket just waits), so the thread is left to
         finish when the server comes back; work still queued is cancelled and never runs."""
         job = functools.partial(fn, *args)
+        if not self.is_sqlite:
+            job = functools.partial(self._recovering, job, retry=lane != "write")
         if lane == "write" and self._write_lane is not None:
             future = self._write_lane.submit(job)
         else:
@@ -261,6 +266,23 @@ class Database:
             raise DatabaseTimeout(failures.DATABASE_UNAVAILABLE, headers={"Retry-After": "1"}) from None
         failures.database_outage.up()
         return result
+
+    def _recovering(self, job: Callable[[], T], *, retry: bool) -> T:
+        """PostgreSQL: `job()`; when it meets a lost connection (the server restarted, a proxy
+        or PgBouncer dropped it), every pooled connection is dropped (they were likely lost
+        too), and a read runs once more on a fresh connection. A write is not run again (its
+        COMMIT may have been the statement that failed): it fails (503, Retry-After) and the
+        client's retry finds a fresh pool. This replaces a ping per checkout."""
+        try:
+            return job()
+        except Exception as exc:
+            if not _lost_connection(exc):
+                raise
+            log.warning("a database connection was lost (%s); reconnecting", type(exc).__name__)
+            self.engine.dispose(close=False)  # checked-in connections are dropped, not used again
+            if not retry:
+                raise
+        return job()
 
     def _new_executor(self, key: Lane) -> ThreadPoolExecutor:
         with self._executor_lock:
@@ -290,6 +312,8 @@ class Database:
             try:
                 if driver is None:
                     connection.rollback()
+                elif driver.closed or driver.broken:  # lost: never back into the pool
+                    connection.invalidate()
                 else:
                     try:
                         driver.autocommit = False
@@ -372,6 +396,20 @@ class Database:
             executor.shutdown(wait=True)
         self._executors.clear()
         self.engine.dispose()
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """A connection that is gone (not a timeout, not a refused statement)."""
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError):
+        return bool(exc.connection_invalidated)
+    return (
+        isinstance(exc, psycopg.OperationalError)
+        and not isinstance(exc, psycopg.errors.QueryCanceled)
+        and "timeout" not in str(exc).lower()
+    )
 
 
 class _WriteLane:
