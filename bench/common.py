@@ -269,7 +269,7 @@ def _bare_routes(app: Any) -> None:
             "contact_name": body.get("contact_name"), "contact_email": body["contact_email"],
             "email_normalized": body["contact_email"].lower(),
             "source_platform": body.get("source_platform") or "other", "source_type": "form",
-            "status": "active", "custom_fields": body.get("custom_fields") or {},
+            "status": "active", "custom_fields": orjson.dumps(body.get("custom_fields") or {}).decode(),
             "interaction_count": 0, "created_at": now, "updated_at": now,
         }
         db = request.app.state.db
