@@ -68,7 +68,7 @@ def test_round_trips_per_request(counted):
     counts = f"createLead {create}, with an Idempotency-Key {keyed}, listLeads {page}"
     assert page <= 2, counts  # the key lookup and the page (issue 12's target)
     # Issue 12's targets are 3 and 4; these are today's counts, held so they do not grow:
-    # the key lookup, BEGIN, the customer's clock, stages and fields, the dedup candidates, the
+    # the key lookup, BEGIN, stages and fields, the customer's clock, the dedup candidates, the
     # lead, its count, the webhooks to notify, COMMIT; a key adds its claim and its response.
     assert create <= 9, counts
     assert keyed <= create + 2, counts
