@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from fastapi import Request  # module level: the route's annotation is resolved here
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,8 @@ HUGE_LIMIT = "1000000000/minute"  # per-customer limits high enough never to be 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/mega_bench"  # made if missing
 NOOP_PATH = "/bench/noop"
 AUTH_ONLY_PATH = "/bench/auth-only"
+BARE_CREATE_PATH = "/bench/bare-create"  # the floor of a database write: see _bare_routes
+BARE_PAGE_PATH = "/bench/bare-page"  # the floor of a page read
 LEADS_PATH = "/api/agents/crm/leads"
 
 
@@ -230,6 +233,8 @@ def _serve(url: str, port: int, observability: str | None = None) -> None:
         """The baseline: a route doing nothing, run in a worker thread (as the lead routes' work is)."""
         return {"ok": True}
 
+    _bare_routes(app)
+
     try:  # a diagnostic: what the key check + rate limit alone cost, with no lead work
         from starlette.responses import Response
 
@@ -243,6 +248,65 @@ def _serve(url: str, port: int, observability: str | None = None) -> None:
         return await serve(request, LEADS_READ, lambda _call: Response(b'{"ok":true}'))
 
     _run(app, port)
+
+
+def _bare_routes(app: Any) -> None:
+    """Issue 12's floors, on the same server, driver, pool and lanes as the lead routes, with no
+    key check, validation or rules: POST BARE_CREATE_PATH writes the body's contact as one lead
+    row (one INSERT and its commit, in a write session as createLead's); GET BARE_PAGE_PATH
+    reads 100 stored lead documents of the x-customer-id's active leads, newest first (one
+    SELECT by the (customer, status, created_at, id) index range)."""
+    from sqlalchemy import bindparam, insert, select
+    from starlette.responses import Response
+
+    from mega_crm.db import Query, RawConnection, new_id, utcnow
+    from mega_crm.leads.models import Lead
+
+    table = Lead.__table__
+    columns = [
+        "id", "customer_id", "contact_name", "contact_email", "email_normalized", "source_platform",
+        "source_type", "status", "custom_fields", "interaction_count", "created_at", "updated_at",
+    ]
+    create = Query(insert(table).values({name: bindparam(name) for name in columns}))
+    page = Query(
+        select(table.c.document)
+        .where(table.c.customer_id == bindparam("customer_id"), table.c.status == "active")
+        .order_by(table.c.created_at.desc(), table.c.id.desc())
+        .limit(100)
+    )
+
+    @app.post(BARE_CREATE_PATH, include_in_schema=False)
+    async def bare_create(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        now = utcnow()
+        row = {
+            "id": new_id(), "customer_id": uuid.UUID(request.headers["x-customer-id"]),
+            "contact_name": body.get("contact_name"), "contact_email": body["contact_email"],
+            "email_normalized": body["contact_email"].lower(),
+            "source_platform": body.get("source_platform") or "other", "source_type": "form",
+            "status": "active", "custom_fields": orjson.dumps(body.get("custom_fields") or {}).decode(),
+            "interaction_count": 0, "created_at": now, "updated_at": now,
+        }
+        db = request.app.state.db
+
+        def write() -> None:
+            with db.write_session() as session:
+                RawConnection.of(session).run(create, row)
+
+        await db.run("write", write)
+        return Response(orjson.dumps({"id": str(row["id"])}), 201, media_type="application/json")
+
+    @app.get(BARE_PAGE_PATH, include_in_schema=False)
+    async def bare_page(request: Request) -> Response:
+        customer_id = uuid.UUID(request.headers["x-customer-id"])
+        db = request.app.state.db
+
+        def read() -> bytes:
+            with db.raw_read() as raw:
+                documents = [d for (d,) in raw.all(page, {"customer_id": customer_id}) if d]
+            return b'{"leads":[' + ",".join(documents).encode() + b"]}"
+
+        return Response(await db.run("read", read), media_type="application/json")
 
 
 def _run(app: Any, port: int) -> None:

@@ -38,6 +38,8 @@ from sqlalchemy import delete, func, insert, select, text, update
 
 from bench.common import (
     AUTH_ONLY_PATH,
+    BARE_CREATE_PATH,
+    BARE_PAGE_PATH,
     BENCH_SECRET,
     LABEL_WIDTH,
     LEADS_PATH,
@@ -425,9 +427,9 @@ def throughput(ctx: Context) -> None:
     writer = make_tenant(ctx.db, f"{RUN_PREFIX}create-{uuid.uuid4().hex[:8]}")
     run = uuid.uuid4().hex[:6]
 
-    def create_request(idempotent: bool) -> Any:
+    def create_request(idempotent: bool, path: str = LEADS_PATH, salt: int = 0) -> Any:
         def make(i: int) -> bytes:
-            n = i * 2 + idempotent  # distinct contacts across both runs
+            n = i * 4 + idempotent + salt  # distinct contacts across every run
             body = orjson.dumps(
                 {
                     "contact_name": f"{FIRST_NAMES[n % 40]} {LAST_NAMES[n // 40 % 40]}",
@@ -441,19 +443,23 @@ def throughput(ctx: Context) -> None:
             headers = dict(writer.headers)
             if idempotent:
                 headers["Idempotency-Key"] = f"bench-{run}-{n}"
-            return http_request("POST", LEADS_PATH, headers, body)
+            return http_request("POST", path, headers, body)
 
         return make
 
     noop = http_request("GET", NOOP_PATH)
     listing = http_request("GET", LEADS_PATH + LIST_QUERY, ctx.small.headers)
     auth_only = http_request("GET", AUTH_ONLY_PATH, ctx.small.headers)
+    bare_page = http_request("GET", BARE_PAGE_PATH, ctx.small.headers)
     list_label = f"listLeads {LIST_QUERY} (of {SMALL:,})"
     cases: list[tuple[str, Any, int, float | None]] = [
         ("(diagnostic) key check + rate limit only", lambda _i: auth_only, 200, None),
         ("createLead", create_request(False), 201, 0.30),
         ("createLead with Idempotency-Key", create_request(True), 201, None),
         (list_label, lambda _i: listing, 200, 0.40),
+        # Issue 12's floors (bench.common._bare_routes): what a database request can reach.
+        ("(floor) bare create: one INSERT + commit", create_request(False, BARE_CREATE_PATH, 2), 201, None),
+        ("(floor) bare page: one SELECT of 100 rows", lambda _i: bare_page, 200, None),
     ]
 
     def measure(make: Any) -> Any:
@@ -486,6 +492,19 @@ def throughput(ctx: Context) -> None:
             note += f"  target ≥{goal:.0%}  " + ctx.target(f"{label} vs no-op", f"{ratio:.1%}", ok)
         line(label, fmt_rps(result.rps), note)
         print(f"      {detail(result, expected)}")
+    rps = {label: result.rps for label, result, _, _ in results}
+
+    def ratio(label: str, of: str, goal: float, on_sqlite: bool) -> None:
+        value = rps[label] / rps[of] if rps[of] else 0.0
+        note = f"{value:6.1%}"
+        if on_sqlite or not ctx.db.is_sqlite:
+            note += f"  target ≥{goal:.0%}  " + ctx.target(f"{label} vs {of}", f"{value:.1%}", value >= goal)
+        line(f"{label} / {of.split(':')[0]}", "", note)
+
+    heading("Ratios against the floors (issue 12; the floor targets are PostgreSQL's)")
+    ratio("createLead", "(floor) bare create: one INSERT + commit", 0.60, False)
+    ratio(list_label, "(floor) bare page: one SELECT of 100 rows", 0.70, False)
+    ratio("createLead with Idempotency-Key", "createLead", 0.80, True)
 
 
 # --- bulk --------------------------------------------------------------------------------------

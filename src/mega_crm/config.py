@@ -17,6 +17,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="Database URL; unset means an embedded SQLite file ./mega-crm.db"
     )
+    database_listen_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL (direct, not through a transaction pooler) the webhook worker "
+        "LISTENs on; unset: the database URL, or polling when that is behind a transaction pooler",
+    )
     redis_url: str | None = Field(default=None, description="Redis URL for shared rate-limit counters")
     secret_key: str | None = Field(
         default=None,

@@ -109,6 +109,33 @@ def normalize_database_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+# A query parameter of MEGA_DATABASE_URL (ours, never sent to PostgreSQL): the server at that
+# address is a pooler in transaction mode (PgBouncer's pool_mode=transaction), so one client's
+# consecutive transactions may run on different server connections. Then psycopg prepares no
+# named statements (a later transaction would not find them, or another client would meet
+# them), and no `options` startup parameter is sent (PgBouncer refuses it).
+POOL_MODE_PARAM = "pool_mode"
+
+
+def connection_options(url: str) -> tuple[str, bool]:
+    """-> (the URL without our `pool_mode` parameter, whether it says `transaction`).
+    Raises ValueError for any other pool_mode value (a typo must not pass silently)."""
+    parsed = make_url(url)
+    mode = parsed.query.get(POOL_MODE_PARAM)
+    if mode is None:
+        return url, False
+    if mode not in ("transaction", "session"):
+        raise ValueError(f"{POOL_MODE_PARAM} in the database URL must be 'transaction' or 'session'")
+    stripped = parsed.difference_update_query([POOL_MODE_PARAM]).render_as_string(hide_password=False)
+    return stripped, mode == "transaction"
+
+
+def driver_connect_args(transaction_pooling: bool) -> dict[str, Any]:
+    """psycopg's arguments for a URL behind a transaction pooler: no named prepared statements
+    (PgBouncer before 1.21 cannot track them; Debian 12 ships 1.18)."""
+    return {"prepare_threshold": None} if transaction_pooling else {}
+
+
 class Database:
     """The engine, its read and write sessions, raw reads for the hot paths, and the lanes of
     threads request work runs on."""
@@ -127,6 +154,8 @@ class Database:
         of this engine. Each fails with an OperationalError or sqlalchemy.exc.TimeoutError, which
         the API answers 503 (mega_crm.failures)."""
         self.url = normalize_database_url(url)
+        # `url` keeps pool_mode (for migrations and the CLI); the engine gets the URL without it.
+        engine_url, self.transaction_pooling = connection_options(self.url)
         self.timeout = timeout
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.Lock() if self.is_sqlite else None
@@ -142,18 +171,24 @@ class Database:
                 # libpq counts whole seconds, at least 2; psycopg enforces it client-side, so it
                 # also bounds a server that accepted the TCP connection and then went silent.
                 "connect_timeout": max(2, math.ceil(timeout)),
+                **driver_connect_args(self.transaction_pooling),
             }
-            if statement_timeout > 0:
+            # Behind a transaction pooler, statement_timeout is the role's or the database's
+            # setting (ALTER ROLE … SET statement_timeout): PgBouncer refuses `options`.
+            if statement_timeout > 0 and not self.transaction_pooling:
                 # Beside any `options` of the URL (e.g. a search_path), which this would replace.
                 given = make_url(self.url).query.get("options")
                 given = given if isinstance(given, str) else " ".join(given or ())
                 setting = f"-c statement_timeout={int(statement_timeout * 1000)}"
                 connect_args["options"] = f"{given} {setting}".strip()
             self.engine = create_engine(
-                self.url,
+                engine_url,
                 pool_size=pool_size,
                 max_overflow=pool_size * 2,
-                pool_pre_ping=True,
+                # No ping per checkout (a round trip on every request): a connection found dead
+                # on use is dropped with the rest of the pool, and a read is retried once on a
+                # fresh one (Database.run).
+                pool_pre_ping=False,
                 pool_timeout=timeout,
                 connect_args=connect_args,
                 future=True,
@@ -215,6 +250,8 @@ class Database:
         (a stopped or partitioned PostgreSQL: the socket just waits), so the thread is left to
         finish when the server comes back; work still queued is cancelled and never runs."""
         job = functools.partial(fn, *args)
+        if not self.is_sqlite:
+            job = functools.partial(self._recovering, job, retry=lane != "write")
         if lane == "write" and self._write_lane is not None:
             future = self._write_lane.submit(job)
         else:
@@ -232,6 +269,23 @@ class Database:
         failures.database_outage.up()
         return result
 
+    def _recovering(self, job: Callable[[], T], *, retry: bool) -> T:
+        """PostgreSQL: `job()`; when it meets a lost connection (the server restarted, a proxy
+        or PgBouncer dropped it), every pooled connection is dropped (they were likely lost
+        too), and a read runs once more on a fresh connection. A write is not run again (its
+        COMMIT may have been the statement that failed): it fails (503, Retry-After) and the
+        client's retry finds a fresh pool. This replaces a ping per checkout."""
+        try:
+            return job()
+        except Exception as exc:
+            if not _lost_connection(exc):
+                raise
+            log.warning("a database connection was lost (%s); reconnecting", type(exc).__name__)
+            self.engine.dispose(close=False)  # checked-in connections are dropped, not used again
+            if not retry:
+                raise
+        return job()
+
     def _new_executor(self, key: Lane) -> ThreadPoolExecutor:
         with self._executor_lock:
             if key not in self._executors:
@@ -246,11 +300,28 @@ class Database:
         statement hands the GIL over twice. Everything else uses sessions. On SQLite each
         statement is its own snapshot unless run inside `RawConnection.snapshot()`."""
         connection = self.engine.raw_connection()
+        # PostgreSQL: each read its own transaction: no BEGIN and no ROLLBACK round trips, and
+        # the connection holds no transaction while the request's write takes a second one.
+        # Behind a transaction pooler an open read transaction held a server connection for
+        # the whole request: with fewer server connections than twice the requests in flight,
+        # every request waited on the others (PgBouncer's query_wait_timeout).
+        driver = None if self.is_sqlite else connection.driver_connection
+        if driver is not None:
+            driver.autocommit = True
         try:
             yield RawConnection(connection, self.engine.dialect)
         finally:
             try:
-                connection.rollback()
+                if driver is None:
+                    connection.rollback()
+                elif driver.closed or driver.broken:  # lost: never back into the pool
+                    connection.invalidate()
+                else:
+                    try:
+                        driver.autocommit = False
+                    except Exception:  # a broken connection: never back into the pool
+                        connection.invalidate()
+                        raise
             finally:
                 connection.close()
 
@@ -327,6 +398,20 @@ class Database:
             executor.shutdown(wait=True)
         self._executors.clear()
         self.engine.dispose()
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """A connection that is gone (not a timeout, not a refused statement)."""
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError):
+        return bool(exc.connection_invalidated)
+    return (
+        isinstance(exc, psycopg.OperationalError)
+        and not isinstance(exc, psycopg.errors.QueryCanceled)
+        and "timeout" not in str(exc).lower()
+    )
 
 
 class _WriteLane:

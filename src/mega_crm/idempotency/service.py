@@ -19,10 +19,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mega_crm.db import Database, utcnow
+from mega_crm.db import Database, new_id, utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError
 from mega_crm.idempotency.models import IdempotencyRecord
 
@@ -71,7 +72,10 @@ def run_idempotent(
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise InvalidRequestError(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters.")
     _purge_if_due(db)
-    claim = _claim(db, customer_id, endpoint, key, fingerprint(), ttl)
+    hashed = fingerprint()
+    claim = (None if db.is_sqlite else _claim_new(db, customer_id, endpoint, key, hashed, ttl)) or _claim(
+        db, customer_id, endpoint, key, hashed, ttl
+    )
     if isinstance(claim, StoredResponse):
         return claim
     record_id, claimed_at = claim
@@ -94,6 +98,33 @@ def run_idempotent(
         _release(db, record_id, claimed_at)
         raise
     return StoredResponse(status, body, replayed=False)
+
+
+def _claim_new(
+    db: Database, customer_id: uuid.UUID, endpoint: str, key: str, fingerprint: str, ttl: timedelta
+) -> tuple[uuid.UUID, datetime] | None:
+    """PostgreSQL, a key not seen before (the usual case): the claim in one statement that
+    commits on its own (INSERT … ON CONFLICT DO NOTHING RETURNING, autocommit), one round trip
+    instead of BEGIN, SELECT, INSERT and COMMIT. -> (record id, claimed at), or None when the
+    key is already there (then `_claim` reads and judges it)."""
+    now = utcnow()
+    statement = (
+        pg_insert(IdempotencyRecord)
+        .values(
+            id=new_id(),
+            customer_id=customer_id,
+            endpoint=endpoint,
+            key=key,
+            request_hash=fingerprint,
+            created_at=now,
+            expires_at=now + ttl,
+        )
+        .on_conflict_do_nothing(index_elements=["customer_id", "endpoint", "key"])
+        .returning(IdempotencyRecord.id)
+    )
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        row = connection.execute(statement).first()
+    return (row[0], now) if row is not None else None
 
 
 def _claim(

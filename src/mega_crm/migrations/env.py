@@ -3,6 +3,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
+from mega_crm.db import connection_options, driver_connect_args
 from mega_crm.leads.models import described_by_models
 from mega_crm.models import Base
 
@@ -13,7 +14,10 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url
-    connectable = create_engine(url, poolclass=pool.NullPool)
+    url, transaction_pooling = connection_options(url)
+    connectable = create_engine(
+        url, poolclass=pool.NullPool, connect_args=driver_connect_args(transaction_pooling)
+    )
     with connectable.connect() as connection:
         context.configure(
             connection=connection,

@@ -34,7 +34,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from mega_crm.config import Settings
-from mega_crm.db import Database, utcnow
+from mega_crm.db import Database, connection_options, normalize_database_url, utcnow
 from mega_crm.observability.logging import get_logger
 from mega_crm.observability.metrics import WEBHOOKS_DISABLED, observe_webhook_attempt
 from mega_crm.webhooks import repository as repo
@@ -91,11 +91,23 @@ class DeliveryWorker:
             with contextlib.suppress(RuntimeError):  # the loop is shutting down
                 loop.call_soon_threadsafe(wake.set)
 
-    def _listen_for_notifications(self) -> None:
+    def listen_url(self) -> str | None:
+        """Where the worker LISTENs: MEGA_DATABASE_LISTEN_URL, else the database URL, except
+        behind a transaction pooler (`pool_mode=transaction`), where a LISTEN would hold no
+        server connection and hear nothing: then None, and the worker polls every
+        MEGA_WEBHOOK_POLL_SECONDS (plus the wake-ups of commits in its own process)."""
+        if self.db.is_sqlite:
+            return None
+        if self.settings.database_listen_url:
+            return self.settings.database_listen_url
+        return None if self.db.transaction_pooling else self.db.url
+
+    def _listen_for_notifications(self, url: str) -> None:
         """PostgreSQL LISTEN on its own connection (thread); reconnects after errors."""
         import psycopg
 
-        conninfo = make_url(self.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        direct, _ = connection_options(normalize_database_url(url))
+        conninfo = make_url(direct).set(drivername="postgresql").render_as_string(hide_password=False)
         while not self._listen_stop.is_set():
             try:
                 timeout = max(2, math.ceil(self.db.timeout))  # a silent server: retry, not hang
@@ -119,11 +131,18 @@ class DeliveryWorker:
         pool = ClientPool(tls=tls, per_client_connections=self.concurrency)
         add_wake_listener(self.wake)
         listener: threading.Thread | None = None
-        if not self.db.is_sqlite:
+        listen_url = self.listen_url()
+        if listen_url is not None:
             listener = threading.Thread(
-                target=self._listen_for_notifications, name="webhook-listen", daemon=True
+                target=self._listen_for_notifications, args=(listen_url,), name="webhook-listen", daemon=True
             )
             listener.start()
+        elif not self.db.is_sqlite:
+            log.info(
+                "webhook worker: behind a transaction pooler and no MEGA_DATABASE_LISTEN_URL; "
+                "polling every %gs",
+                self.settings.webhook_poll_seconds,
+            )
         owner_lock = await asyncio.to_thread(self._take_over_sqlite)
         pump = asyncio.create_task(self._pump(stop, pool))
         purger = asyncio.create_task(self._purge_periodically(stop))
