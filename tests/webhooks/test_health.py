@@ -88,7 +88,11 @@ def test_retry_after_with_non_ascii_digits_is_unreadable_not_an_internal_error(w
     hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=0)
     create_lead(wh_client, tenant)
     [delivery] = settled(wh_client, tenant, hook["id"])
-    assert (delivery["status"], delivery["last_status_code"], delivery["last_error"]) == ("failed", 429, "HTTP 429")
+    assert (delivery["status"], delivery["last_status_code"], delivery["last_error"]) == (
+        "failed",
+        429,
+        "HTTP 429",
+    )
 
 
 @pytest.mark.parametrize("status", [429, 503])
