@@ -443,6 +443,30 @@ def test_a_repeated_query_parameter_is_400_naming_it(client, tenant, hook_id, ro
     assert message.startswith("limit"), message
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["\u00b2", "\u0663", "1" * 5000, "9" * 19, "-0", " 1"],
+    ids=["superscript-2", "arabic-3", "5000-digits", "19-digits", "minus-0", "space-1"],
+)
+@pytest.mark.parametrize("name", ["offset", "limit"])
+def test_a_number_parameter_that_is_not_ascii_digits_or_is_huge_is_answered_not_a_500(
+    client, tenant, name, value
+):
+    # offset=\u00b2 and offset=<5,000 digits> were 500s: the lane choice read the raw value first.
+    r = client.get(LEADS, params={name: value}, headers=tenant.headers)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        assert bad_request(r).startswith(name)
+
+
+@PROPERTY
+@given(value=st.text(max_size=30) | st.text(string.digits + "\u00b2\u00b3\u0663 -+", max_size=30))
+def test_any_offset_or_limit_text_is_200_or_400(client, tenant, value):
+    for name in ("offset", "limit"):
+        r = client.get(LEADS, params={name: value}, headers=tenant.headers)
+        assert r.status_code in (200, 400), (name, value, r.text)
+
+
 def test_a_misspelt_filter_does_not_list_every_lead(client, tenant):
     """The report: `stage_id` (for `stageId`) was ignored, and the whole list came back."""
     client.post(LEADS, json=lead(), headers=tenant.headers)
