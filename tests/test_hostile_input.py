@@ -479,6 +479,30 @@ def test_status_given_twice_is_400(client, tenant):
     assert bad_request(r).startswith("status")
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (LEADS, {"contact_name": "x", "k" * 100_000: 1}),
+        (BULK, {"leads": [lead()], "k" * 100_000: 1}),
+        (WEBHOOKS, {"url": f"{PUBLIC}/long-key", "k" * 100_000: 1}),
+    ],
+    ids=["createLead", "bulkImportLeads", "createWebhook"],
+)
+def test_an_unknown_body_field_with_a_huge_name_is_named_shortly(client, tenant, path, body):
+    # The whole 100,000-character name was quoted back (a 1 MB name made a 1 MB error message).
+    message = bad_request(client.post(path, json=body, headers=tenant.headers))
+    assert message.startswith("k" * 64 + "…: is not a known field"), message[:200]
+    assert len(message) < 200
+
+
+def test_a_bulk_rows_unknown_field_with_a_huge_name_is_named_shortly(client, tenant):
+    r = client.post(BULK, json={"leads": [{**lead(), "k" * 100_000: 1}]}, headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    [row] = r.json()["results"]
+    assert row["status"] == "failed"
+    assert max(len(e) for e in row["errors"]) < 200, row["errors"][0][:200]
+
+
 def test_every_unknown_parameter_is_named(client, tenant):
     message = bad_request(client.get(LEADS, params={"stage_id": "1", "sortBy": "x"}, headers=tenant.headers))
     assert "stage_id" in message

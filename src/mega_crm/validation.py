@@ -110,6 +110,9 @@ _TYPE_NOUNS = {
 }
 
 
+_MAX_KEY_ECHO = 64  # as for unknown query parameters (mega_crm.endpoint)
+
+
 def _field_path(loc: Sequence[Any]) -> str:
     parts: list[str] = []
     after_dict = False
@@ -121,7 +124,9 @@ def _field_path(loc: Sequence[Any]) -> str:
             after_dict = item.startswith("dict[")
             continue
         after_dict = False
-        parts.append(f"[{item}]" if isinstance(item, int) else str(item))
+        name = str(item)  # a client's key, quoted back: a 1 MB key is not a 1 MB error message
+        name = name if len(name) <= _MAX_KEY_ECHO else name[:_MAX_KEY_ECHO] + "…"
+        parts.append(f"[{item}]" if isinstance(item, int) else name)
     return ".".join(parts).replace(".[", "[")
 
 
