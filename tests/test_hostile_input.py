@@ -650,3 +650,15 @@ def test_null_for_a_webhook_field_that_cannot_be_null_is_400_on_update(client, t
     cleared = client.patch(f"{WEBHOOKS}/{hook_id}", json={"description": None}, headers=tenant.headers)
     assert cleared.status_code == 200, cleared.text
     assert cleared.json()["webhook"]["description"] is None
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_a_too_long_description_is_described_as_text(client, tenant, hook_id, method):
+    # It said "Value should have at most 500 items after validation, not 501".
+    path, body = (
+        (WEBHOOKS, {"url": f"{PUBLIC}/long-description"})
+        if method == "POST"
+        else (f"{WEBHOOKS}/{hook_id}", {})
+    )
+    r = client.request(method, path, json={**body, "description": "x" * 501}, headers=tenant.headers)
+    assert bad_request(r) == "description: must be at most 500 characters"

@@ -144,6 +144,10 @@ def _one_message(path: str, errors: list[dict[str, Any]]) -> str:
         msg = "is not a known field"
     elif first.get("type") == "missing":
         msg = "is required"
+    elif first.get("type") == "too_long" and isinstance(first.get("input"), str):
+        # pydantic says "Value should have at most N items after validation" of a text checked
+        # by an AfterValidator (Text) before its length.
+        msg = f"must be at most {first.get('ctx', {}).get('max_length')} characters"
     elif len(errors) > 1 and all(k in _TYPE_NOUNS for k in kinds):  # the branches of a union
         nouns = list(dict.fromkeys(_TYPE_NOUNS[str(k)] for k in kinds))
         msg = "Input should be " + (", ".join(nouns[:-1]) + " or " + nouns[-1])
