@@ -199,6 +199,12 @@ def bad_inputs(customer_id: str) -> list[tuple[str, list[str], str]]:
         ("bad scope", [*keys, "issue", "--customer", cid, "--scope", "leads:all", "--json"], "scope"),
         ("bad limit", ["admin", "limits", "set", "--customer", cid, "--default", "lots", "--json"], "lots"),
         ("unknown key", [*keys, "revoke", NOBODY], NOBODY),
+        # serve used to say "running on :99999" (and listen elsewhere), exit 3, or print a traceback
+        ("port above 65535", ["serve", "--port", "99999"], "99999"),
+        ("port zero", ["serve", "--port", "0"], "--port"),
+        ("negative port", ["serve", "--port", "-1"], "--port"),
+        ("no workers", ["serve", "--workers", "0"], "--workers"),
+        ("host not UTF-8", ["serve", "--host", "local\udcffhost"], "--host"),
     ]
 
 

@@ -443,6 +443,30 @@ def test_a_repeated_query_parameter_is_400_naming_it(client, tenant, hook_id, ro
     assert message.startswith("limit"), message
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["\u00b2", "\u0663", "1" * 5000, "9" * 19, "-0", " 1"],
+    ids=["superscript-2", "arabic-3", "5000-digits", "19-digits", "minus-0", "space-1"],
+)
+@pytest.mark.parametrize("name", ["offset", "limit"])
+def test_a_number_parameter_that_is_not_ascii_digits_or_is_huge_is_answered_not_a_500(
+    client, tenant, name, value
+):
+    # offset=\u00b2 and offset=<5,000 digits> were 500s: the lane choice read the raw value first.
+    r = client.get(LEADS, params={name: value}, headers=tenant.headers)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        assert bad_request(r).startswith(name)
+
+
+@PROPERTY
+@given(value=st.text(max_size=30) | st.text(string.digits + "\u00b2\u00b3\u0663 -+", max_size=30))
+def test_any_offset_or_limit_text_is_200_or_400(client, tenant, value):
+    for name in ("offset", "limit"):
+        r = client.get(LEADS, params={name: value}, headers=tenant.headers)
+        assert r.status_code in (200, 400), (name, value, r.text)
+
+
 def test_a_misspelt_filter_does_not_list_every_lead(client, tenant):
     """The report: `stage_id` (for `stageId`) was ignored, and the whole list came back."""
     client.post(LEADS, json=lead(), headers=tenant.headers)
@@ -453,6 +477,30 @@ def test_a_misspelt_filter_does_not_list_every_lead(client, tenant):
 def test_status_given_twice_is_400(client, tenant):
     r = client.get(LEADS, params=[("status", "won"), ("status", "active")], headers=tenant.headers)
     assert bad_request(r).startswith("status")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (LEADS, {"contact_name": "x", "k" * 100_000: 1}),
+        (BULK, {"leads": [lead()], "k" * 100_000: 1}),
+        (WEBHOOKS, {"url": f"{PUBLIC}/long-key", "k" * 100_000: 1}),
+    ],
+    ids=["createLead", "bulkImportLeads", "createWebhook"],
+)
+def test_an_unknown_body_field_with_a_huge_name_is_named_shortly(client, tenant, path, body):
+    # The whole 100,000-character name was quoted back (a 1 MB name made a 1 MB error message).
+    message = bad_request(client.post(path, json=body, headers=tenant.headers))
+    assert message.startswith("k" * 64 + "…: is not a known field"), message[:200]
+    assert len(message) < 200
+
+
+def test_a_bulk_rows_unknown_field_with_a_huge_name_is_named_shortly(client, tenant):
+    r = client.post(BULK, json={"leads": [{**lead(), "k" * 100_000: 1}]}, headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    [row] = r.json()["results"]
+    assert row["status"] == "failed"
+    assert max(len(e) for e in row["errors"]) < 200, row["errors"][0][:200]
 
 
 def test_every_unknown_parameter_is_named(client, tenant):
@@ -602,3 +650,15 @@ def test_null_for_a_webhook_field_that_cannot_be_null_is_400_on_update(client, t
     cleared = client.patch(f"{WEBHOOKS}/{hook_id}", json={"description": None}, headers=tenant.headers)
     assert cleared.status_code == 200, cleared.text
     assert cleared.json()["webhook"]["description"] is None
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_a_too_long_description_is_described_as_text(client, tenant, hook_id, method):
+    # It said "Value should have at most 500 items after validation, not 501".
+    path, body = (
+        (WEBHOOKS, {"url": f"{PUBLIC}/long-description"})
+        if method == "POST"
+        else (f"{WEBHOOKS}/{hook_id}", {})
+    )
+    r = client.request(method, path, json={**body, "description": "x" * 501}, headers=tenant.headers)
+    assert bad_request(r) == "description: must be at most 500 characters"

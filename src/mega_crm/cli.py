@@ -417,6 +417,22 @@ def db_upgrade() -> None:
         console.print(f"Database is up to date ({db.engine.url.render_as_string(hide_password=True)})")
 
 
+def check_bind_address(host: str, port: int, workers: int) -> None:
+    """Exits 2 with a one-line error unless `host`/`port`/`workers` can be served: uvicorn would
+    otherwise report "running on :99999" (the kernel never sees that port), exit 3 on --workers 0,
+    or print a traceback for a host that is not an address (e.g. bytes that are not UTF-8)."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        fail(f"--port must be 1-65535, got {port}")
+    if workers < 1:
+        fail(f"--workers must be at least 1, got {workers}")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        fail(f"--host {host!r} is not an address this machine can listen on ({exc})")
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option("--host", help="Default: MEGA_HOST (127.0.0.1).")] = None,
@@ -434,6 +450,8 @@ def serve(
     import uvicorn
 
     settings = get_settings()
+    bind_host, bind_port = host or settings.host, settings.port if port is None else port
+    check_bind_address(bind_host, bind_port, workers)
     if no_worker:
         settings = settings.model_copy(update={"webhook_worker_in_process": False})
         os.environ["MEGA_WEBHOOK_WORKER_IN_PROCESS"] = "0"  # for the --workers processes too
@@ -465,8 +483,8 @@ def serve(
     try:
         uvicorn.run(
             application,
-            host=host or settings.host,
-            port=port or settings.port,
+            host=bind_host,
+            port=bind_port,
             workers=workers,
             log_level=settings.log_level.lower(),
             log_config=UVICORN_LOG_CONFIG,

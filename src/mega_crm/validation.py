@@ -110,6 +110,9 @@ _TYPE_NOUNS = {
 }
 
 
+_MAX_KEY_ECHO = 64  # as for unknown query parameters (mega_crm.endpoint)
+
+
 def _field_path(loc: Sequence[Any]) -> str:
     parts: list[str] = []
     after_dict = False
@@ -121,7 +124,9 @@ def _field_path(loc: Sequence[Any]) -> str:
             after_dict = item.startswith("dict[")
             continue
         after_dict = False
-        parts.append(f"[{item}]" if isinstance(item, int) else str(item))
+        name = str(item)  # a client's key, quoted back: a 1 MB key is not a 1 MB error message
+        name = name if len(name) <= _MAX_KEY_ECHO else name[:_MAX_KEY_ECHO] + "…"
+        parts.append(f"[{item}]" if isinstance(item, int) else name)
     return ".".join(parts).replace(".[", "[")
 
 
@@ -139,6 +144,10 @@ def _one_message(path: str, errors: list[dict[str, Any]]) -> str:
         msg = "is not a known field"
     elif first.get("type") == "missing":
         msg = "is required"
+    elif first.get("type") == "too_long" and isinstance(first.get("input"), str):
+        # pydantic says "Value should have at most N items after validation" of a text checked
+        # by an AfterValidator (Text) before its length.
+        msg = f"must be at most {first.get('ctx', {}).get('max_length')} characters"
     elif len(errors) > 1 and all(k in _TYPE_NOUNS for k in kinds):  # the branches of a union
         nouns = list(dict.fromkeys(_TYPE_NOUNS[str(k)] for k in kinds))
         msg = "Input should be " + (", ".join(nouns[:-1]) + " or " + nouns[-1])

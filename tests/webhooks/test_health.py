@@ -72,6 +72,29 @@ def test_retry_after_seconds_are_taken_up_to_ten_minutes(seconds):
     assert parse_retry_after(str(seconds)) == min(600.0, float(seconds))
 
 
+# What a header can carry (latin-1), and digit-like text (latin-1 has "\xb9\xb2\xb3") more often.
+@given(st.text(st.characters(codec="latin-1")) | st.text(st.sampled_from("0123456789\xb9\xb2\xb3 -+.e")))
+@settings(max_examples=200, deadline=None)
+def test_retry_after_never_raises_on_any_header_text(value):
+    # A receiver controls this header: any text reads as a delay within the cap, or as none.
+    seconds = parse_retry_after(value)
+    assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER_SECONDS
+
+
+def test_retry_after_with_non_ascii_digits_is_unreadable_not_an_internal_error(wh_client, tenant, receiver):
+    # "\xb2" is a legal header byte that str.isdigit() accepts and float() refuses: it was recorded
+    # as "internal error: ValueError" with no status code (and a traceback logged).
+    endpoint = receiver.endpoint(Reply(429, headers=(("Retry-After", "\xb2"),)))
+    hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=0)
+    create_lead(wh_client, tenant)
+    [delivery] = settled(wh_client, tenant, hook["id"])
+    assert (delivery["status"], delivery["last_status_code"], delivery["last_error"]) == (
+        "failed",
+        429,
+        "HTTP 429",
+    )
+
+
 @pytest.mark.parametrize("status", [429, 503])
 def test_retry_after_seconds_delays_the_next_attempt(wh_client, tenant, receiver, status):
     endpoint = receiver.endpoint(Reply(status, headers=(("Retry-After", "3"),)), 200)
