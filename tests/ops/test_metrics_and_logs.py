@@ -120,12 +120,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             ok_hook.wait_for(2)  # one delivery per created lead (the merge fires nothing)
             broken_hook.wait_for(2)
             deadline = time.monotonic() + 15
-            while True:  # until both attempts are recorded (the worker writes them after the answer)
+            # Until every attempt is counted and recorded: the counters move when an attempt
+            # ends, the pending gauge when the worker's batch of results is committed after it.
+            while True:
                 after_text = c.get("/metrics").text
                 after = parse_metrics(after_text)
                 if (
                     sample(after, "mega_webhook_deliveries_total", outcome="failed") >= 2
                     and sample(after, "mega_webhook_deliveries_total", outcome="succeeded") >= 2
+                    and sample(after, "mega_webhook_deliveries_pending") == 0
                     or time.monotonic() > deadline
                 ):
                     break
