@@ -560,12 +560,29 @@ class RawConnection:
             bound = [self._bind(query, row) for row in rows]
             self.connection.cursor().executemany(bound[0][0], [parameters for _, parameters in bound])
 
+    def run_values(self, statement: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        """SQLite: `statement` with its `{values}` replaced by one `(?, …)` group per row (the
+        row's `columns` in order, bound as run() binds them), run once per chunk of rows rather
+        than once per row. FTS5 flushes its pending index data when each statement ends, so one
+        statement per row cost ~50 µs a row more on `leads` (its search index, migration 0005)."""
+        per_chunk = max(1, _SQLITE_MAX_VARIABLES // len(columns))
+        group = "(" + ", ".join(["?"] * len(columns)) + ")"
+        for start in range(0, len(rows), per_chunk):
+            chunk = rows[start : start + per_chunk]
+            params = [
+                v if type(v) in _SQLITE_AS_IS else _sqlite_value(v)
+                for row in chunk
+                for v in (row[name] for name in columns)
+            ]
+            self.execute(statement.format(values=", ".join([group] * len(chunk))), params)
+
     def first(self, query: Query, params: dict[str, Any]) -> tuple[Any, ...] | None:
         rows = self.all(query, params)
         return rows[0] if rows else None
 
 
 _SQLITE_AS_IS = frozenset({str, int, float, type(None)})  # what sqlite3 binds unchanged
+_SQLITE_MAX_VARIABLES = 32766  # SQLite's default bound on ? per statement since 3.32
 
 
 def _sqlite_value(value: Any) -> Any:

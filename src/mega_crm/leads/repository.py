@@ -18,7 +18,6 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
-    insert,
     literal_column,
     or_,
     select,
@@ -151,12 +150,6 @@ def _record(row: tuple[Any, ...]) -> dict[str, Any]:
 
 # Columns an update may never change.
 _IMMUTABLE = {"id", "customer_id", "created_at"}
-_INSERT = Query(insert(LEADS))
-_BY_ID = (LEADS.c.id == bindparam("id")) & (LEADS.c.customer_id == bindparam("customer_id"))
-
-
-def _update_of(columns: list[str]) -> Query:
-    return Query(update(LEADS).where(_BY_ID).values({name: bindparam(name) for name in columns}))
 
 
 # SQLite rewrites the entries of every index holding a column an UPDATE sets, changed or not. A
@@ -173,8 +166,23 @@ _LIGHT_COLUMNS = [
     "document",
     "search_text",
 ]
-_LIGHT_UPDATE = _update_of(_LIGHT_COLUMNS)
-_FULL_UPDATE = _update_of([name for name in LEAD_COLUMNS if name not in _IMMUTABLE])
+
+
+def _sqlite_update_of(columns: list[str]) -> tuple[str, list[str]]:
+    """-> (UPDATE … FROM (VALUES {values}) for RawConnection.run_values, its row columns): the
+    rows' id and customer_id pick the lead (an id of another customer matches nothing)."""
+    bound = ["id", "customer_id", *columns]
+    sets = ", ".join(f"{name} = v.column{i}" for i, name in enumerate(bound, 1) if i > 2)
+    statement = (
+        f"UPDATE leads SET {sets} FROM (VALUES {{values}}) AS v "
+        "WHERE leads.id = v.column1 AND leads.customer_id = v.column2"
+    )
+    return statement, bound
+
+
+_SQLITE_INSERT = f"INSERT INTO leads ({', '.join(LEAD_COLUMNS)}) VALUES {{values}}"
+_SQLITE_LIGHT_UPDATE = _sqlite_update_of(_LIGHT_COLUMNS)
+_SQLITE_FULL_UPDATE = _sqlite_update_of([name for name in LEAD_COLUMNS if name not in _IMMUTABLE])
 
 # On PostgreSQL the batch travels as one JSON parameter expanded by json_populate_recordset:
 # one statement and one parameter whatever the row count (psycopg re-parses a statement with
@@ -189,13 +197,13 @@ _PG_UPSERT = Query(text(
 
 
 def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
-    """The whole batch in one DBAPI call (SQLite: executemany, a C loop over one prepared
-    statement; PostgreSQL: one statement)."""
+    """The whole batch in one statement (SQLite: a multi-row INSERT … VALUES, see
+    RawConnection.run_values; PostgreSQL: one JSON parameter)."""
     if not records:
         return
     raw = RawConnection.of(session)
     if raw.is_sqlite:
-        raw.run_many(_INSERT, records)
+        raw.run_values(_SQLITE_INSERT, LEAD_COLUMNS, records)
     else:
         raw.run(_PG_INSERT, {"rows": orjson.dumps(records).decode()})
 
@@ -203,8 +211,9 @@ def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
 def update_leads(session: Session, records: list[dict[str, Any]], changed: dict[uuid.UUID, set[str]]) -> None:
     """Full records of existing leads, written back by id within their customer; `changed`: the
     columns each record changed. PostgreSQL: one INSERT … ON CONFLICT (id) DO UPDATE of every
-    column, the conflict target being the primary key. SQLite: at most two executemany calls, see
-    _LIGHT_COLUMNS. Either way the unique indexes (email, phone) still refuse a duplicate."""
+    column, the conflict target being the primary key. SQLite: at most two UPDATE … FROM (VALUES
+    …) statements, see _LIGHT_COLUMNS. Either way the unique indexes (email, phone) still refuse a
+    duplicate."""
     if not records:
         return
     raw = RawConnection.of(session)
@@ -212,8 +221,10 @@ def update_leads(session: Session, records: list[dict[str, Any]], changed: dict[
         raw.run(_PG_UPSERT, {"rows": orjson.dumps(records).decode()})
         return
     light = [rec for rec in records if changed[rec["id"]].issubset(_LIGHT_COLUMNS)]
-    raw.run_many(_LIGHT_UPDATE, light)
-    raw.run_many(_FULL_UPDATE, [rec for rec in records if not changed[rec["id"]].issubset(_LIGHT_COLUMNS)])
+    full = [rec for rec in records if not changed[rec["id"]].issubset(_LIGHT_COLUMNS)]
+    for rows, (statement, columns) in ((light, _SQLITE_LIGHT_UPDATE), (full, _SQLITE_FULL_UPDATE)):
+        if rows:
+            raw.run_values(statement, columns, rows)
 
 
 def begin_customer_write(session: Session, customer_id: uuid.UUID, now: datetime) -> datetime | None:
