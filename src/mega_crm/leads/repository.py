@@ -35,7 +35,7 @@ from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_shared_uu
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
-from mega_crm.leads.search import SAMPLE_LEADS, probe, trigram_counts
+from mega_crm.leads.search import SAMPLE_LEADS, probe, rarest_trigrams, trigram_counts
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
 LEADS: Table = Lead.__table__  # type: ignore[assignment]
@@ -321,18 +321,28 @@ def _filter_params(customer_id: uuid.UUID, f: LeadFilters, reader: RawConnection
         value = getattr(f, name)
         if value is not None:
             params[name] = value
-    if f.search_text is not None:
-        params["search_probe"] = probe(f.search_text, _trigram_counts(reader))
-        params["search_probe_like"] = "%" + _escape_like(params["search_probe"]) + "%"
-    if f.search_phone_digits is not None:
-        params["search_phone_like"] = "%" + f.search_phone_digits + "%"
-    if f.search_text is not None or f.search_phone_digits is not None:
-        # SQLite: one FTS5 query for both, a phrase per column
-        phrases = (("search_text", params.get("search_probe")), ("search_phone", f.search_phone_digits))
-        params["search_match"] = " OR ".join(
-            f'{column} : "{value.replace(chr(34), chr(34) * 2)}"' for column, value in phrases if value
-        )
+    if not reader.is_sqlite:  # LIKE patterns over the pg_trgm indexes
+        if f.search_text is not None:
+            window = probe(f.search_text, _trigram_counts(reader))
+            params["search_probe_like"] = "%" + _escape_like(window) + "%"
+        if f.search_phone_digits is not None:
+            params["search_phone_like"] = "%" + f.search_phone_digits + "%"
+    elif (f.search_text is not None or f.search_phone_digits is not None):
+        # One FTS5 query for both: the text's rarest trigrams, or the phone digits as a phrase.
+        terms = []
+        if f.search_text is not None:
+            grams = rarest_trigrams(f.search_text, _trigram_counts(reader))
+            terms.append("(" + " AND ".join(f"search_text : {_fts_string(g)}" for g in grams) + ")")
+        if f.search_phone_digits is not None:
+            terms.append(f"search_phone : {_fts_string(f.search_phone_digits)}")
+        params["search_match"] = " OR ".join(terms)
     return params
+
+
+def _fts_string(value: str) -> str:
+    """`value` as an FTS5 string (a phrase of its trigrams): quoted, inner quotes doubled."""
+    return '"' + value.replace('"', '""') + '"'
+
 
 
 _SAMPLE = Query(text(f"SELECT search_text FROM leads WHERE search_text IS NOT NULL LIMIT {SAMPLE_LEADS}"))
@@ -351,8 +361,8 @@ def _trigram_counts(reader: RawConnection) -> Counter[str]:
 
 def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | None:
     """The leads a search matches (see leads/search.py), or None without one. The trigram index
-    is asked for a part of the query (search.probe), and the whole query is checked on
-    the rows it finds.
+    is asked for a part of the query (SQLite: search.rarest_trigrams; PostgreSQL: search.probe),
+    and the whole query is checked on the rows it finds.
     SQLite: rowids from the FTS5 table leads_search (migration 0005), plus the phone index's
     match, as one IN list the plan starts from; PostgreSQL: LIKE over the trigram-indexed columns
     (bitmap index scans), or'ed with the phone index's match. A 1-2 character text is a plain
