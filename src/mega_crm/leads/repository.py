@@ -327,7 +327,7 @@ def _filter_params(customer_id: uuid.UUID, f: LeadFilters, reader: RawConnection
             params["search_probe_like"] = "%" + _escape_like(window) + "%"
         if f.search_phone_digits is not None:
             params["search_phone_like"] = "%" + f.search_phone_digits + "%"
-    elif (f.search_text is not None or f.search_phone_digits is not None):
+    elif f.search_text is not None or f.search_phone_digits is not None:
         # One FTS5 query for both: the text's rarest trigrams, or the phone digits as a phrase.
         terms = []
         if f.search_text is not None:
@@ -344,8 +344,12 @@ def _fts_string(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-
-_SAMPLE = Query(text(f"SELECT search_text FROM leads WHERE search_text IS NOT NULL LIMIT {SAMPLE_LEADS}"))
+# In table order, not an index's: the first leads of an index on search_text (SQLite's, 0007)
+# all begin alike, and would make common trigrams look rare.
+_SAMPLE = {
+    dialect: Query(text(f"SELECT search_text FROM leads {hint} WHERE search_text IS NOT NULL LIMIT :n"))
+    for dialect, hint in (("sqlite", "NOT INDEXED"), ("postgresql", ""))
+}
 _TRIGRAMS: list[tuple[float, Counter[str]]] = []  # (when, counts): search.probe's estimate
 _TRIGRAMS_SECONDS = 3600.0
 
@@ -354,7 +358,9 @@ def _trigram_counts(reader: RawConnection) -> Counter[str]:
     """Trigram frequencies in a sample of the leads, counted again every _TRIGRAMS_SECONDS (a
     few tens of ms; two threads may both count, harmlessly)."""
     if not _TRIGRAMS or time.monotonic() - _TRIGRAMS[0][0] > _TRIGRAMS_SECONDS:
-        counts = trigram_counts([row[0] for row in reader.all(_SAMPLE, {})])
+        counts = trigram_counts(
+            [row[0] for row in reader.all(_SAMPLE[reader.dialect.name], {"n": SAMPLE_LEADS})]
+        )
         _TRIGRAMS[:] = [(time.monotonic(), counts)]
     return _TRIGRAMS[0][1]
 
