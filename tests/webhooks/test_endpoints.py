@@ -7,6 +7,7 @@ import uuid
 
 from sqlalchemy import select
 
+from mega_crm.api.state import app_state
 from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE
 from mega_crm.webhooks.models import Webhook
 from tests.fixtures.factories import issue_token, make_tenant
@@ -102,7 +103,7 @@ def test_same_url_twice_is_409_until_deleted(wh_client, tenant, receiver):
     r = wh_client.post(WEBHOOKS, json={"url": url.replace("http://", "HTTP://")}, headers=tenant.headers)
     assert r.status_code == 409
     # Another customer may register it.
-    other = make_tenant(wh_client.app.state.db)
+    other = make_tenant(app_state(wh_client.app).db)
     register(wh_client, other, url)
     # Moving another webhook onto it is refused (400: the reference's updateWebhook has no 409).
     second, _ = register(wh_client, tenant, receiver.endpoint().url)
@@ -164,7 +165,7 @@ def test_delete_is_soft_and_the_webhook_is_gone(wh_client, tenant, receiver):
 
 
 def test_another_customers_webhook_is_404_on_every_route(wh_client, tenant, receiver):
-    other = make_tenant(wh_client.app.state.db)
+    other = make_tenant(app_state(wh_client.app).db)
     hook, _ = register(wh_client, other, receiver.endpoint().url)
     wh_client.post(LEADS, json={"contact_name": "Other's lead"}, headers=other.headers)
     path = f"{WEBHOOKS}/{hook['id']}"

@@ -1,5 +1,5 @@
 """Who is calling: the key, its customer and scopes; then the rate limit of the route's bucket.
-Run by endpoint.serve() for every API request.
+Run by api.pipeline.serve() for every API request.
 
 Order of checks: x-customer-id present and a UUID, token well-formed and live (401); the key's
 rate limit (429; from here on every response carries the RateLimit-* headers, since the caller is
@@ -18,6 +18,7 @@ import orjson
 from fastapi import Request
 from sqlalchemy import bindparam, select
 
+from mega_crm.api.state import app_state
 from mega_crm.auth.models import ApiKey
 from mega_crm.customers.models import Customer
 from mega_crm.db import Query, RawConnection, as_uuid
@@ -111,13 +112,14 @@ def authorize(
 ) -> Principal:
     """Authenticate, count the request against the key's `bucket`, then check customer and scope."""
     key, requested_customer = authenticate(request, reader, known)
-    settings = request.app.state.settings
+    shared = app_state(request.app)
+    settings = shared.settings
     spec = (
         key.rate_limit_bulk or settings.rate_limit_bulk
         if bucket == BULK_BUCKET
         else key.rate_limit_default or settings.rate_limit_default
     )
-    state = request.app.state.limiter.hit(str(key.id), bucket, spec)
+    state = shared.limiter.hit(str(key.id), bucket, spec)
     if state is not None:
         request.state.rate_limit_headers = state.headers()
     if key.customer_id != requested_customer:
