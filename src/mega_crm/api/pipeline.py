@@ -29,7 +29,7 @@ from starlette.responses import Response
 
 from mega_crm.api.state import AppState, app_state
 from mega_crm.auth.access import Principal, authorize
-from mega_crm.db import Lane, RawConnection, per_transaction
+from mega_crm.db import Lane, RawConnection
 from mega_crm.errors import InvalidRequestError
 from mega_crm.ratelimit.limiter import DEFAULT_BUCKET
 from mega_crm.validation import describe_errors, text_refusal
@@ -163,7 +163,7 @@ def _authorized(
     group = db.group_session()
     if group is not None:  # in a group commit: check the key inside its transaction, once per key
         reader = RawConnection.of(group)
-        principal = authorize(request, scope, bucket, reader, per_transaction(group, "api_keys"))
+        principal = authorize(request, scope, bucket, reader)
         return work(_call(request, state, principal, raw, reader, params))
     with db.raw_read() as reader:
         principal = authorize(request, scope, bucket, reader)

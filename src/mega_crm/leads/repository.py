@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mega_crm.customers.models import Customer, Owner
-from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_shared_uuid, as_uuid, per_transaction
+from mega_crm.db import Memo, Query, RawConnection, as_datetime, as_json, as_shared_uuid, as_uuid, memoized
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
@@ -87,16 +87,19 @@ _MATCHING = {
 }  # fmt: skip
 
 
+# A customer's pipeline and custom-field slugs, per transaction (see customer_config).
+_CUSTOMER_CONFIG = Memo[uuid.UUID, tuple[list[StageRow], set[str]]](
+    "customer_config", tables={"stages", "custom_field_definitions"}
+)
+
+
 def customer_config(session: Session, customer_id: uuid.UUID) -> tuple[list[StageRow], set[str]]:
     """-> (the pipeline in order, the custom-field slugs). Read once per transaction and
-    customer: the writes a group commit runs together share it (only the operator CLI changes
-    a configuration, and not inside our write transaction)."""
-    memo = per_transaction(session, "customer_config")
-    if memo is None:
-        return _read_config(session, customer_id)
-    if customer_id not in memo:
-        memo[customer_id] = _read_config(session, customer_id)
-    stages, slugs = memo[customer_id]
+    customer: the writes a group commit runs together share it (a write to those tables in the
+    transaction reads them again)."""
+    stages, slugs = memoized(
+        session, _CUSTOMER_CONFIG, customer_id, lambda: _read_config(session, customer_id)
+    )
     return list(stages), set(slugs)
 
 
