@@ -52,7 +52,8 @@ def build_body(
     event_type: str, lead: dict[str, Any], delivered_at: datetime, details: dict[str, Any] | None = None
 ) -> bytes:
     """`details`: the event's other payload members (lead.updated: changed_fields, previous)."""
-    return orjson.dumps({"event": event_type, "delivered_at": format_time(delivered_at), "lead": lead, **(details or {})})
+    stamp = format_time(delivered_at)
+    return orjson.dumps({"event": event_type, "delivered_at": stamp, "lead": lead, **(details or {})})
 
 
 def signed_headers(

@@ -11,6 +11,7 @@ from sqlalchemy import Integer, Table, and_, bindparam, delete, insert, or_, sel
 from sqlalchemy.orm import Session
 
 from mega_crm.db import Query, RawConnection, as_json, as_uuid, per_transaction, utcnow
+from mega_crm.events.outbox import NOTIFY_CHANNEL
 from mega_crm.webhooks.models import (
     CANCELLED,
     DISABLED_FAILING,
@@ -22,9 +23,6 @@ from mega_crm.webhooks.models import (
     WebhookDelivery,
     WebhookEvent,
 )
-
-NOTIFY_CHANNEL = "mega_crm_webhook_deliveries"
-
 
 # --- registrations --------------------------------------------------------------------------
 

@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session
 
 from mega_crm.db import utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError, NotFoundError
+from mega_crm.events.outbox import wake_workers_on_commit
 from mega_crm.security import Signer
-from mega_crm.timestamps import format_time_or_none
+from mega_crm.timestamps import format_time_or_none as iso
 from mega_crm.webhooks import repository as repo
 from mega_crm.webhooks.models import EVENT_TYPES, PENDING, WEBHOOK_TEST, Webhook, WebhookDelivery
-from mega_crm.webhooks.outbox import wake_workers_on_commit
 from mega_crm.webhooks.schemas import WebhookCreateRequest, WebhookRecoverRequest, WebhookUpdateRequest
 from mega_crm.webhooks.signing import SecretBox, new_webhook_secret
 from mega_crm.webhooks.urls import Resolver, Target, UrlRefused, check_webhook_url
@@ -37,12 +37,12 @@ def webhook_body(webhook: Webhook) -> dict[str, Any]:
         "timeout_seconds": webhook.timeout_seconds,
         "retry_attempts": webhook.retry_attempts,
         "description": webhook.description,
-        "created_at": format_time_or_none(webhook.created_at),
-        "updated_at": format_time_or_none(webhook.updated_at),
+        "created_at": iso(webhook.created_at),
+        "updated_at": iso(webhook.updated_at),
         "disabled_reason": webhook.disabled_reason,
-        "disabled_at": format_time_or_none(webhook.disabled_at),
+        "disabled_at": iso(webhook.disabled_at),
         "consecutive_failures": webhook.consecutive_failures or 0,
-        "last_success_at": format_time_or_none(webhook.last_success_at),
+        "last_success_at": iso(webhook.last_success_at),
         "signature_scheme": webhook.signature_scheme,
     }
 
@@ -59,10 +59,10 @@ def delivery_body(delivery: WebhookDelivery, event_type: str, lead_id: uuid.UUID
         "last_status_code": delivery.last_status_code,
         "last_error": delivery.last_error,
         "last_latency_ms": delivery.last_latency_ms,
-        "last_attempt_at": format_time_or_none(delivery.last_attempt_at),
-        "next_attempt_at": format_time_or_none(delivery.next_attempt_at) if delivery.status == PENDING else None,
-        "created_at": format_time_or_none(delivery.created_at),
-        "completed_at": format_time_or_none(delivery.completed_at),
+        "last_attempt_at": iso(delivery.last_attempt_at),
+        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.status == PENDING else None,
+        "created_at": iso(delivery.created_at),
+        "completed_at": iso(delivery.completed_at),
     }
 
 

@@ -35,12 +35,12 @@ from sqlalchemy.engine import make_url
 
 from mega_crm.config import Settings
 from mega_crm.db import Database, connection_options, normalize_database_url, utcnow
+from mega_crm.events.outbox import add_wake_listener, remove_wake_listener
 from mega_crm.observability.logging import get_logger
 from mega_crm.observability.metrics import WEBHOOKS_DISABLED, observe_webhook_attempt
 from mega_crm.webhooks import repository as repo
 from mega_crm.webhooks.delivery import AttemptResult, ClientPool, attempt_delivery, retry_delay, ssl_context
 from mega_crm.webhooks.models import DISABLED_GONE, FAILED, PENDING, SUCCEEDED
-from mega_crm.webhooks.outbox import add_wake_listener, remove_wake_listener
 from mega_crm.webhooks.signing import SecretBox
 from mega_crm.webhooks.urls import Resolver
 
