@@ -176,9 +176,10 @@ def insert_deliveries(
     session: Session, event_id: uuid.UUID, webhook_ids: list[uuid.UUID], now: datetime
 ) -> list[uuid.UUID]:
     """A pending delivery of the event, due now, per webhook. -> their ids."""
+    ids = [uuid.uuid4() for _ in webhook_ids]
     rows = [
         {
-            "id": uuid.uuid4(),
+            "id": delivery_id,
             "webhook_id": webhook_id,
             "event_id": event_id,
             "status": PENDING,
@@ -187,11 +188,11 @@ def insert_deliveries(
             "created_at": now,
             "updated_at": now,
         }
-        for webhook_id in webhook_ids
+        for delivery_id, webhook_id in zip(ids, webhook_ids, strict=True)
     ]
     if rows:
         session.execute(insert(_DELIVERIES), rows)
-    return [row["id"] for row in rows]
+    return ids
 
 
 # --- lead events ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -134,12 +134,13 @@ class BulkImportRequest(BaseModel):
 # mega_crm.timestamps'), published as date-time.
 _TYPES: dict[str, type] = {"uuid": str, "text": str, "int": int, "bool": bool, "time": str}
 _DATE_TIME: dict[str, Any] = {"json_schema_extra": {"format": "date-time"}}
+_CustomFields: TypeAlias = CustomFieldMap | SkipJsonSchema[None]  # optional, never null in the schema
 
 
 def _definition(field: LeadField, objects: dict[str, type[BaseModel]]) -> tuple[Any, Any]:
     """(annotation, default or FieldInfo) of one field, for pydantic.create_model."""
     if field.kind == "custom_fields":
-        return CustomFieldMap | SkipJsonSchema[None], None
+        return _CustomFields, None
     if field.kind == "object":
         return objects[field.name] | None, None
     if field.kind == "count":
@@ -152,14 +153,18 @@ def _definition(field: LeadField, objects: dict[str, type[BaseModel]]) -> tuple[
 
 
 def _model(
-    name: str, fields: tuple[LeadField, ...], objects: dict[str, type[BaseModel]], **options: Any
+    name: str,
+    fields: tuple[LeadField, ...],
+    objects: dict[str, type[BaseModel]],
+    config: ConfigDict | None = None,
 ) -> Any:
-    definitions = {field.name: _definition(field, objects) for field in fields}
-    return create_model(name, __module__=__name__, **options, **definitions)
+    """The pydantic model `name` of `fields`; `objects`: the models of its object fields."""
+    definitions: dict[str, Any] = {field.name: _definition(field, objects) for field in fields}
+    return create_model(name, __module__=__name__, __config__=config, **definitions)
 
 
-Stage = _model("Stage", STAGE_FIELDS, {}, __config__=FIELDS_OPTIONAL_IN_SCHEMA)
-Owner = _model("Owner", OWNER_FIELDS, {}, __config__=FIELDS_OPTIONAL_IN_SCHEMA)
+Stage = _model("Stage", STAGE_FIELDS, {}, FIELDS_OPTIONAL_IN_SCHEMA)
+Owner = _model("Owner", OWNER_FIELDS, {}, FIELDS_OPTIONAL_IN_SCHEMA)
 Lead = _model("Lead", LEAD_MEMBERS, {"current_stage": Stage, "owner": Owner})
 
 
