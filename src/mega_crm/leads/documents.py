@@ -63,7 +63,8 @@ def lead_body(
     rec: dict[str, Any], stage: Any | None, owner: Any | None, *, include_custom_fields: bool = True
 ) -> dict[str, Any]:
     """A lead row (column -> value) as the contract's `Lead`, members in LEAD_FIELDS' order.
-    `stage` / `owner`: the joined rows (attributes named as the objects' fields), or None."""
+    `stage` / `owner`: the joined rows (attributes named as the objects' fields), or None; an
+    object field added to the table is one more of these."""
     joined = {"current_stage": stage, "owner": owner}
     body: dict[str, Any] = {}
     for name, source, convert, is_object in _STEPS:
@@ -92,6 +93,7 @@ def _object(name: str, values: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def custom_fields_of(rec: dict[str, Any]) -> dict[str, Any]:
+    """The Lead's `custom_fields`: the row's map, with its lead_line column as "lead_line"."""
     fields = dict(rec.get("custom_fields") or {})
     if rec.get("lead_line"):
         fields[LEAD_LINE] = rec["lead_line"]

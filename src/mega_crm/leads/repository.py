@@ -101,6 +101,7 @@ def _read_config(session: Session, customer_id: uuid.UUID) -> tuple[list[StageRo
 
 
 def owners_by_id(session: Session, customer_id: uuid.UUID, ids: set[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    """The customer's owners among `ids`: id -> row (id, name, role_name); others are left out."""
     if not ids:
         return {}
     rows = session.connection().execute(_OWNERS, {"customer_id": customer_id, "ids": list(ids)})
@@ -110,6 +111,8 @@ def owners_by_id(session: Session, customer_id: uuid.UUID, ids: set[uuid.UUID]) 
 def leads_matching(
     session: Session, customer_id: uuid.UUID, emails: set[str], phones: set[str]
 ) -> list[dict[str, Any]]:
+    """The customer's leads whose normalised email is in `emails` or phone key in `phones`, each
+    once, as records (column -> value, no document)."""
     if not emails and not phones:
         return []
     raw = RawConnection.of(session)
@@ -238,5 +241,6 @@ _LEADS_VERSION = Query(select(Customer.leads_version).where(Customer.id == bindp
 
 
 def leads_version(reader: RawConnection, customer_id: uuid.UUID) -> int:
+    """The customer's lead-write counter (begin_customer_write bumps it); 0 without a customer."""
     row = reader.first(_LEADS_VERSION, {"customer_id": customer_id})
     return int(row[0]) if row else 0
