@@ -172,13 +172,13 @@ def sample_lead(i: int) -> dict[str, Any]:
 def seed_deliveries(db: Any, customer_id: uuid.UUID, webhook_id: uuid.UUID, count: int) -> None:
     """`count` lead.created events with one pending delivery each, committed at once."""
     from mega_crm.db import utcnow
-    from mega_crm.webhooks import repository as repo
+    from mega_crm.events import outbox
 
     with db.write_session() as session:
         now = utcnow()
         for i in range(count):
             lead = sample_lead(i)
-            repo.insert_event_with_deliveries(
+            outbox.insert_event_with_deliveries(
                 session,
                 customer_id=customer_id,
                 event_type="lead.created",
@@ -187,7 +187,7 @@ def seed_deliveries(db: Any, customer_id: uuid.UUID, webhook_id: uuid.UUID, coun
                 webhook_ids=[webhook_id],
                 now=now,
             )
-        repo.notify_workers(session)
+        outbox.notify_workers(session)
 
 
 def pending_count(db: Any) -> int:

@@ -21,7 +21,7 @@ from mega_crm.leads import endpoints as lead_endpoints
 from mega_crm.leads.cursor import CursorCodec
 from mega_crm.leads.service import TotalsCache
 from mega_crm.observability.metrics import process_exited
-from mega_crm.observability.setup import install_observability
+from mega_crm.api.metrics_route import install_observability
 from mega_crm.ratelimit.limiter import RateLimiter, check_server_limits
 from mega_crm.security import load_secret_key
 from mega_crm.webhooks import endpoints as webhook_endpoints

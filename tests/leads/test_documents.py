@@ -209,3 +209,41 @@ def test_repository_reads_the_stored_text_unchanged(db: Database, client: TestCl
         )
     assert page.documents == [document]
     assert page.total == 1
+
+
+# --- the one definition (mega_crm/lead_shape.py) -------------------------------------------
+
+
+def test_every_form_of_a_lead_follows_the_field_table() -> None:
+    from mega_crm.events.outbox import webhook_lead
+    from mega_crm.lead_shape import DOCUMENT_FIELDS, LEAD_MEMBERS, WEBHOOK_ORDER
+    from mega_crm.leads import schemas
+    from mega_crm.webhooks.schemas import WebhookLead, WebhookLeadStage
+
+    columns = {c.key for c in Lead.__table__.columns}
+    assert {f.source for f in DOCUMENT_FIELDS} <= columns
+    assert list(schemas.Lead.model_fields) == [f.name for f in LEAD_MEMBERS]
+    for field in DOCUMENT_FIELDS:
+        if field.kind == "object":
+            model, table = (schemas.Stage, Stage) if field.name == "current_stage" else (schemas.Owner, Owner)
+            assert list(model.model_fields) == [p.name for p in field.parts]
+            assert {p.name for p in field.parts} <= {c.key for c in table.__table__.columns}
+    assert list(WebhookLead.model_fields) == list(WEBHOOK_ORDER)
+    assert list(WebhookLeadStage.model_fields) == ["slug", "name"]
+    lead = {
+        "id": str(uuid.uuid4()), "customer_id": str(uuid.uuid4()), "contact_name": "Ada",
+        "contact_phone": None, "contact_email": "ada@example.com", "source_platform": "direct",
+        "source_type": "manual", "status": "active", "score": None, "qualified": None,
+        "current_stage": {"id": str(uuid.uuid4()), "slug": "new", "name": "New", "color": None},
+        "owner": None, "last_interaction_at": None, "interaction_count": 0,
+        "created_at": "2026-01-01T00:00:00.000000Z", "updated_at": "2026-01-01T00:00:00.000000Z",
+        "custom_fields": {"lead_line": "buyer", "budget": 3},
+    }  # fmt: skip
+    payload = webhook_lead(lead)
+    assert list(payload) == list(WEBHOOK_ORDER)
+    assert WebhookLead.model_validate(payload).model_dump(mode="json") == {
+        **payload, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+    }
+    assert payload["lead_line"] == "buyer"
+    assert payload["current_stage"] == {"slug": "new", "name": "New"}
+    assert schemas.Lead.model_validate(lead).model_dump() == lead

@@ -163,10 +163,10 @@ def _authorized(
     group = db.group_session()
     if group is not None:  # in a group commit: check the key inside its transaction, once per key
         reader = RawConnection.of(group)
-        principal = authorize(request, scope, bucket, reader)
+        principal = authorize(request, scope, bucket, reader, state.settings, state.limiter)
         return work(_call(request, state, principal, raw, reader, params))
     with db.raw_read() as reader:
-        principal = authorize(request, scope, bucket, reader)
+        principal = authorize(request, scope, bucket, reader, state.settings, state.limiter)
         return work(_call(request, state, principal, raw, reader, params))
 
 

@@ -18,12 +18,12 @@ import orjson
 from fastapi import Request
 from sqlalchemy import bindparam, select
 
-from mega_crm.api.state import app_state
 from mega_crm.auth.models import ApiKey
+from mega_crm.config import Settings
 from mega_crm.customers.models import Customer
 from mega_crm.db import Memo, Query, RawConnection, as_uuid
 from mega_crm.errors import AuthenticationError, AuthorizationError
-from mega_crm.ratelimit.limiter import BULK_BUCKET
+from mega_crm.ratelimit.limiter import BULK_BUCKET, RateLimiter
 from mega_crm.security import TOKEN_RE, hash_api_token
 
 
@@ -110,17 +110,24 @@ def authenticate(request: Request, reader: RawConnection) -> tuple[LiveKey, uuid
     return key, requested_customer
 
 
-def authorize(request: Request, scope: str, bucket: str, reader: RawConnection) -> Principal:
-    """Authenticate, count the request against the key's `bucket`, then check customer and scope."""
+def authorize(
+    request: Request,
+    scope: str,
+    bucket: str,
+    reader: RawConnection,
+    settings: Settings,
+    limiter: RateLimiter,
+) -> Principal:
+    """Authenticate, count the request against the key's `bucket` in `limiter` (the key's own
+    limits, else `settings`' defaults), then check customer and scope. Raises
+    AuthenticationError (401), RateLimitError (429), AuthorizationError (403)."""
     key, requested_customer = authenticate(request, reader)
-    shared = app_state(request.app)
-    settings = shared.settings
     spec = (
         key.rate_limit_bulk or settings.rate_limit_bulk
         if bucket == BULK_BUCKET
         else key.rate_limit_default or settings.rate_limit_default
     )
-    state = shared.limiter.hit(str(key.id), bucket, spec)
+    state = limiter.hit(str(key.id), bucket, spec)
     if state is not None:
         request.state.rate_limit_headers = state.headers()
     if key.customer_id != requested_customer:

@@ -10,12 +10,15 @@ The same JSON also has an SQL form (`sql_document`) for rows written without the
 a page renders a NULL document on the fly, and `refresh_documents` stores it. Stages and owners
 are never renamed or removed through the API; an operation that did must refresh the documents
 of its leads. tests/leads/test_documents.py checks that both forms agree.
+
+Both forms follow the field table of mega_crm/lead_shape.py (LEAD_FIELDS): a field added there
+is rendered by both, and is in the response model and, if it says so, in webhook payloads.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -23,43 +26,58 @@ import orjson
 from sqlalchemy import Uuid, bindparam, text
 from sqlalchemy.orm import Session
 
+from mega_crm.lead_shape import DOCUMENT_FIELDS, LeadField
+from mega_crm.timestamps import format_time_or_none
+
 LEAD_LINE = "lead_line"
 
-
-def iso(value: datetime | None) -> str | None:
-    """UTC, always with microseconds (the same text whichever database the value came from)."""
-    return _iso(value) if value else None
+# The Python form, from the field table: (member, column, conversion or None for "as it is").
+_Convert = Callable[[Any], Any]
 
 
-@lru_cache(maxsize=1024)  # a write stamps its leads with one `now`, and a batch shares a few
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _uuid_text(value: Any) -> str:
+    return str(value)
+
+
+def _count(value: Any) -> Any:
+    return value or 0
+
+
+_CONVERSIONS: dict[str, _Convert | None] = {
+    "uuid": _uuid_text,
+    "text": None,
+    "int": None,
+    "bool": None,
+    "count": _count,
+    "time": format_time_or_none,
+}
+# In member order: (member, column, conversion, is an object). An object's row is an argument.
+_STEPS = [
+    (f.name, f.source, None if f.kind == "object" else _CONVERSIONS[f.kind], f.kind == "object")
+    for f in DOCUMENT_FIELDS
+]
+_OBJECT_PARTS = {f.name: f.parts for f in DOCUMENT_FIELDS if f.kind == "object"}
 
 
 def lead_body(
     rec: dict[str, Any], stage: Any | None, owner: Any | None, *, include_custom_fields: bool = True
 ) -> dict[str, Any]:
-    """A lead row as the contract's `Lead`; `stage` / `owner`: rows with their columns, or None."""
-    body: dict[str, Any] = {
-        "id": str(rec["id"]),
-        "customer_id": str(rec["customer_id"]),
-        "contact_name": rec["contact_name"],
-        "contact_phone": rec["contact_phone"],
-        "contact_email": rec["contact_email"],
-        "source_platform": rec["source_platform"],
-        "source_type": rec["source_type"],
-        "status": rec["status"],
-        "score": rec["score"],
-        "qualified": rec["qualified"],
-        "current_stage": _stage_object(stage.id, stage.slug, stage.name, stage.color)
-        if stage is not None
-        else None,
-        "owner": _owner_object(owner.id, owner.name, owner.role_name) if owner is not None else None,
-        "last_interaction_at": iso(rec["last_interaction_at"]),
-        "interaction_count": rec["interaction_count"] or 0,
-        "created_at": iso(rec["created_at"]),
-        "updated_at": iso(rec["updated_at"]),
-    }
+    """A lead row (column -> value) as the contract's `Lead`, members in LEAD_FIELDS' order.
+    `stage` / `owner`: the joined rows (attributes named as the objects' fields), or None; an
+    object field added to the table is one more of these."""
+    joined = {"current_stage": stage, "owner": owner}
+    body: dict[str, Any] = {}
+    for name, source, convert, is_object in _STEPS:
+        if is_object:
+            row = joined[name]
+            body[name] = (
+                None
+                if row is None
+                else _object(name, tuple(getattr(row, p.name) for p in _OBJECT_PARTS[name]))
+            )
+        else:
+            value = rec[source]
+            body[name] = value if convert is None else convert(value)
     if include_custom_fields:
         body["custom_fields"] = custom_fields_of(rec)
     return body
@@ -67,16 +85,15 @@ def lead_body(
 
 # A batch's leads share a few stages and owners. The cached objects are only serialised, never changed.
 @lru_cache(maxsize=1024)
-def _stage_object(id_: uuid.UUID, slug: str, name: str, color: str | None) -> dict[str, Any]:
-    return {"id": str(id_), "slug": slug, "name": name, "color": color}
-
-
-@lru_cache(maxsize=1024)
-def _owner_object(id_: uuid.UUID, name: str, role_name: str | None) -> dict[str, Any]:
-    return {"id": str(id_), "name": name, "role_name": role_name}
+def _object(name: str, values: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        part.name: (str(value) if part.kind == "uuid" and value is not None else value)
+        for part, value in zip(_OBJECT_PARTS[name], values, strict=True)
+    }
 
 
 def custom_fields_of(rec: dict[str, Any]) -> dict[str, Any]:
+    """The Lead's `custom_fields`: the row's map, with its lead_line column as "lead_line"."""
     fields = dict(rec.get("custom_fields") or {})
     if rec.get("lead_line"):
         fields[LEAD_LINE] = rec["lead_line"]
@@ -108,40 +125,50 @@ def _postgres_time(column: str) -> str:
     return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
+def _sql_value(dialect: str, field: LeadField, column: str) -> str:
+    """The SQL expression of one non-object field read from `column`."""
+    sqlite = dialect == "sqlite"
+    if field.kind == "uuid":
+        return (_sqlite_uuid if sqlite else _postgres_uuid)(column)
+    if field.kind == "time":
+        return (_sqlite_time if sqlite else _postgres_time)(column)
+    if field.kind == "count":
+        return f"coalesce({column}, 0)"
+    if field.kind == "bool" and sqlite:  # stored as 0/1
+        return f"CASE {column} WHEN 1 THEN json('true') WHEN 0 THEN json('false') END"
+    return column
+
+
+def _alias(field: LeadField) -> str:
+    return f"{field.name}_row"
+
+
 def _sql_document(dialect: str, row: str) -> str:
     """An SQL expression equal to render_document() (as JSON, not byte for byte) of the lead `row`
-    (a table alias), with its stage `s` and owner `o` joined in."""
-    if dialect == "sqlite":
-        obj, uid, when = "json_object", _sqlite_uuid, _sqlite_time
-        qualified = f"CASE {row}.qualified WHEN 1 THEN json('true') WHEN 0 THEN json('false') END"
-        suffix = ""
-    else:
-        obj, uid, when = "json_build_object", _postgres_uuid, _postgres_time
-        qualified = f"{row}.qualified"
-        suffix = "::text"
-    stage = f"{obj}('id', {uid('s.id')}, 'slug', s.slug, 'name', s.name, 'color', s.color)"
-    owner = f"{obj}('id', {uid('o.id')}, 'name', o.name, 'role_name', o.role_name)"
-    plain = "contact_name contact_phone contact_email source_platform source_type status score".split()
-    fields = [
-        ("id", uid(f"{row}.id")),
-        ("customer_id", uid(f"{row}.customer_id")),
-        *((name, f"{row}.{name}") for name in plain),
-        ("qualified", qualified),
-        ("current_stage", f"CASE WHEN s.id IS NOT NULL THEN {stage} END"),
-        ("owner", f"CASE WHEN o.id IS NOT NULL THEN {owner} END"),
-        ("last_interaction_at", when(f"{row}.last_interaction_at")),
-        ("interaction_count", f"coalesce({row}.interaction_count, 0)"),
-        ("created_at", when(f"{row}.created_at")),
-        ("updated_at", when(f"{row}.updated_at")),
-    ]
-    pairs = ", ".join(f"'{name}', {value}" for name, value in fields)
-    return f"{obj}({pairs}){suffix}"
+    (a table alias), with each object's row joined in as _alias(field) (see sql_document)."""
+    obj = "json_object" if dialect == "sqlite" else "json_build_object"
+    pairs = []
+    for field in DOCUMENT_FIELDS:
+        if field.kind == "object":
+            alias = _alias(field)
+            parts = ", ".join(
+                f"'{p.name}', {_sql_value(dialect, p, f'{alias}.{p.name}')}" for p in field.parts
+            )
+            value = f"CASE WHEN {alias}.id IS NOT NULL THEN {obj}({parts}) END"
+        else:
+            value = _sql_value(dialect, field, f"{row}.{field.source}")
+        pairs.append(f"'{field.name}', {value}")
+    return f"{obj}({', '.join(pairs)}){'' if dialect == 'sqlite' else '::text'}"
 
 
 def sql_document(dialect: str) -> str:
     """A scalar subquery: the document of the `leads` row in the enclosing statement."""
-    joined = "leads AS d LEFT JOIN stages s ON s.id = d.stage_id LEFT JOIN owners o ON o.id = d.owner_id"
-    return f"(SELECT {_sql_document(dialect, 'd')} FROM {joined} WHERE d.id = leads.id)"
+    joins = " ".join(
+        f"LEFT JOIN {f.table} {_alias(f)} ON {_alias(f)}.id = d.{f.column}"
+        for f in DOCUMENT_FIELDS
+        if f.kind == "object"
+    )
+    return f"(SELECT {_sql_document(dialect, 'd')} FROM leads AS d {joins} WHERE d.id = leads.id)"
 
 
 def sql_document_with_fields(dialect: str, document: str) -> str:

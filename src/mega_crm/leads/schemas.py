@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
-    StrictFloat,
-    StrictInt,
+    create_model,
 )
-from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 from typing_extensions import TypeAliasType
 
+from mega_crm.lead_shape import LEAD_MEMBERS, OWNER_FIELDS, STAGE_FIELDS, LeadField
+from mega_crm.schema_types import FIELDS_OPTIONAL_IN_SCHEMA, CustomFieldMap
 from mega_crm.validation import Text, rfc3339_or_none
+
+__all__ = ["FIELDS_OPTIONAL_IN_SCHEMA", "CustomFieldMap"]  # here first; kept for importers
 
 # Named aliases: the published schema refers to them as components, as the contract's does.
 SourcePlatform = TypeAliasType("SourcePlatform", Literal[
@@ -35,49 +36,6 @@ LeadLine = Literal["buyer", "seller"]
 SortBy = Literal["created_at", "updated_at", "last_interaction_at"]
 SortDir = Literal["asc", "desc"]
 
-
-# Values every store and the JSON encoder can hold: text any store can hold (validation.Text), JSON
-# has no NaN/Infinity, and the response encoder (like most JSON readers) stops at 64-bit integers.
-# Validators only, so the published schema stays the contract's.
-def _not_an_int(value: object) -> object:
-    if isinstance(value, int):  # an integer too large for the int branch: refuse, don't round
-        raise ValueError("must fit in a signed 64-bit integer")
-    return value
-
-
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    return value
-
-
-def _int64(value: int) -> int:
-    if not -(2**63) <= value < 2**63:
-        raise ValueError("must fit in a signed 64-bit integer")
-    return value
-
-
-CustomFieldValue = (
-    Text
-    | Annotated[StrictInt, AfterValidator(_int64)]
-    | Annotated[StrictFloat, BeforeValidator(_not_an_int), AfterValidator(_finite)]
-    | StrictBool
-    | None
-)
-CustomFieldMap = TypeAliasType(
-    "CustomFieldMap",
-    Annotated[
-        dict[Text, CustomFieldValue],
-        WithJsonSchema(
-            {
-                "type": "object",
-                "description": "Map of custom-field slug to a scalar value "
-                "(string | number | boolean | null).",
-                "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
-            }
-        ),
-    ],
-)
 
 # Optional in the request, `type: string` in the schema; an explicit null counts as absent.
 OptStr = Annotated[Text | SkipJsonSchema[None], Field()]
@@ -171,53 +129,47 @@ class BulkImportRequest(BaseModel):
     dry_run: StrictBool = False
 
 
-def _fields_optional_in_schema(schema: dict[str, Any]) -> None:
-    schema.pop("required", None)
+# The response's Lead, and its Stage and Owner, built from the field table (mega_crm/lead_shape.py):
+# a field's kind says its type, `required` whether it has a default. Times are text (the form is
+# mega_crm.timestamps'), published as date-time.
+_TYPES: dict[str, type] = {"uuid": str, "text": str, "int": int, "bool": bool, "time": str}
+_DATE_TIME: dict[str, Any] = {"json_schema_extra": {"format": "date-time"}}
+_CustomFields: TypeAlias = CustomFieldMap | SkipJsonSchema[None]  # optional, never null in the schema
 
 
-# For response shapes whose fields the contract publishes as optional; the server always sends them.
-FIELDS_OPTIONAL_IN_SCHEMA = ConfigDict(json_schema_extra=_fields_optional_in_schema)
+def _definition(field: LeadField, objects: dict[str, type[BaseModel]]) -> tuple[Any, Any]:
+    """(annotation, default or FieldInfo) of one field, for pydantic.create_model."""
+    if field.kind == "custom_fields":
+        return _CustomFields, None
+    if field.kind == "object":
+        return objects[field.name] | None, None
+    if field.kind == "count":
+        return int, 0
+    base = _TYPES[field.kind]
+    extra = _DATE_TIME if field.kind == "time" else {}
+    if field.required:
+        return base, Field(**extra)
+    return base | None, Field(None, **extra)
 
 
-class Stage(BaseModel):
-    model_config = FIELDS_OPTIONAL_IN_SCHEMA
-
-    id: str
-    slug: str
-    name: str
-    color: str | None = None
-
-
-class Owner(BaseModel):
-    model_config = FIELDS_OPTIONAL_IN_SCHEMA
-
-    id: str
-    name: str
-    role_name: str | None = None
+def _model(
+    name: str,
+    fields: tuple[LeadField, ...],
+    objects: dict[str, type[BaseModel]],
+    config: ConfigDict | None = None,
+) -> Any:
+    """The pydantic model `name` of `fields`; `objects`: the models of its object fields."""
+    definitions: dict[str, Any] = {field.name: _definition(field, objects) for field in fields}
+    return create_model(name, __module__=__name__, __config__=config, **definitions)
 
 
-class Lead(BaseModel):
-    id: str
-    customer_id: str
-    contact_name: str | None = None
-    contact_phone: str | None = None
-    contact_email: str | None = None
-    source_platform: str
-    source_type: str
-    status: str
-    score: int | None = None
-    qualified: bool | None = None
-    current_stage: Stage | None = None
-    owner: Owner | None = None
-    last_interaction_at: str | None = Field(None, json_schema_extra={"format": "date-time"})
-    interaction_count: int = 0
-    created_at: str = Field(json_schema_extra={"format": "date-time"})
-    updated_at: str = Field(json_schema_extra={"format": "date-time"})
-    custom_fields: CustomFieldMap | SkipJsonSchema[None] = None
+Stage = _model("Stage", STAGE_FIELDS, {}, FIELDS_OPTIONAL_IN_SCHEMA)
+Owner = _model("Owner", OWNER_FIELDS, {}, FIELDS_OPTIONAL_IN_SCHEMA)
+Lead = _model("Lead", LEAD_MEMBERS, {"current_stage": Stage, "owner": Owner})
 
 
 class LeadListResponse(BaseModel):
-    leads: list[Lead]
+    leads: list[Lead]  # type: ignore[valid-type]  # a model built from the field table
     total: int
     limit: int
     offset: int
@@ -225,7 +177,7 @@ class LeadListResponse(BaseModel):
 
 
 class LeadCreateResponse(BaseModel):
-    lead: Lead
+    lead: Lead  # type: ignore[valid-type]  # a model built from the field table
 
 
 class BulkRowResult(BaseModel):

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from mega_crm.db import RawConnection, utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError
+from mega_crm.events.outbox import record_lead_created, record_lead_updated
 from mega_crm.leads import repository as repo
 from mega_crm.leads.cursor import CursorCodec, CursorPosition
 from mega_crm.leads.dedup import LeadInput, MergeDefaults, MergePlan, RowOutcome, plan_merge
@@ -24,7 +25,6 @@ from mega_crm.leads.normalize import ContactError, normalize_email, normalize_ph
 from mega_crm.leads.schemas import BulkLeadRow, LeadCreateRequest, ListLeadsQuery
 from mega_crm.leads.search import SearchTerms, parse_search, search_columns
 from mega_crm.validation import describe_errors
-from mega_crm.webhooks.outbox import record_lead_created, record_lead_updated
 
 LEAD_STATUSES = ("active", "won", "lost", "nurture", "archived")
 LEAD_LINES = ("buyer", "seller")

@@ -143,18 +143,16 @@ class DeliveryBacklogCollector(Collector):
         self.db = db
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from sqlalchemy import func, select
+        from sqlalchemy import text
 
         from mega_crm.db import as_datetime, utcnow
-        from mega_crm.webhooks.models import PENDING, Webhook, WebhookDelivery
 
+        # By table name: the webhooks package imports this one (no import back, no cycle).
         with self.db.read_session() as session:
             pending, oldest = session.execute(
-                select(func.count(), func.min(WebhookDelivery.created_at)).where(
-                    WebhookDelivery.status == PENDING
-                )
+                text("SELECT count(*), min(created_at) FROM webhook_deliveries WHERE status = 'pending'")
             ).one()
-            inactive = session.scalar(select(func.count()).where(Webhook.is_active.is_(False)))
+            inactive = session.scalar(text("SELECT count(*) FROM webhooks WHERE is_active IS false"))
         oldest_at = as_datetime(oldest)
         age = (utcnow() - oldest_at).total_seconds() if oldest_at else 0.0
         yield GaugeMetricFamily(

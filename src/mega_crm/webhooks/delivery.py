@@ -24,6 +24,7 @@ import httpx
 import orjson
 
 from mega_crm import __version__ as server_version
+from mega_crm.timestamps import format_time
 from mega_crm.webhooks.signing import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -51,7 +52,7 @@ def build_body(
     event_type: str, lead: dict[str, Any], delivered_at: datetime, details: dict[str, Any] | None = None
 ) -> bytes:
     """`details`: the event's other payload members (lead.updated: changed_fields, previous)."""
-    stamp = delivered_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = format_time(delivered_at)
     return orjson.dumps({"event": event_type, "delivered_at": stamp, "lead": lead, **(details or {})})
 
 

@@ -10,9 +10,8 @@ from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, 
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mega_crm.db import Base, UTCDateTime, new_id
+from mega_crm.events.outbox import LEAD_CREATED, LEAD_UPDATED  # noqa: F401  (their home: events)
 
-LEAD_CREATED = "lead.created"
-LEAD_UPDATED = "lead.updated"  # a single createLead merged into a lead and changed it
 EVENT_TYPES = (LEAD_CREATED, LEAD_UPDATED)  # what a webhook can subscribe to
 WEBHOOK_TEST = "webhook.test"  # sent on request (POST …/{id}/test) to one webhook, unsubscribed
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, and_, bindparam, delete, insert, or_, select, text, update
+from sqlalchemy import Integer, Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from mega_crm.db import Memo, Query, RawConnection, as_json, as_uuid, memoized, utcnow
+from mega_crm.db import utcnow
 from mega_crm.webhooks.models import (
     CANCELLED,
     DISABLED_FAILING,
@@ -22,9 +22,6 @@ from mega_crm.webhooks.models import (
     WebhookDelivery,
     WebhookEvent,
 )
-
-NOTIFY_CHANNEL = "mega_crm_webhook_deliveries"
-
 
 # --- registrations --------------------------------------------------------------------------
 
@@ -69,87 +66,6 @@ def cancel_pending_deliveries(session: Session, webhook_id: uuid.UUID, now: date
         .values(status=CANCELLED, next_attempt_at=None, completed_at=now, updated_at=now)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-# --- the outbox -----------------------------------------------------------------------------
-
-
-# Runs in every createLead: raw (see mega_crm.db.Query).
-_SUBSCRIBED = Query(
-    select(Webhook.id, Webhook.event_types).where(
-        Webhook.customer_id == bindparam("customer_id"),
-        Webhook.is_active.is_(True),
-        Webhook.deleted_at.is_(None),
-    )
-)
-
-
-# Each customer's live webhooks as (id, event_types) rows, per transaction (a group commit's creates).
-_SUBSCRIPTIONS = Memo[uuid.UUID, list[tuple[Any, ...]]]("webhook_subscriptions", tables={"webhooks"})
-
-
-def subscribed_webhook_ids(session: Session, customer_id: uuid.UUID, event_type: str) -> list[uuid.UUID]:
-    """Read once per transaction and customer (a group commit's creates share it); a webhook
-    written in the same transaction makes the next call read them again (mega_crm.db.memos)."""
-    rows = memoized(session, _SUBSCRIPTIONS, customer_id, lambda: _subscriptions(session, customer_id))
-    # event_types is a short JSON list; filtering here keeps the query portable.
-    return [as_uuid(webhook_id) for webhook_id, types in rows if event_type in (as_json(types) or [])]
-
-
-def _subscriptions(session: Session, customer_id: uuid.UUID) -> list[tuple[Any, ...]]:
-    return RawConnection.of(session).all(_SUBSCRIBED, {"customer_id": customer_id})
-
-
-def insert_event_with_deliveries(
-    session: Session,
-    *,
-    customer_id: uuid.UUID,
-    event_type: str,
-    lead_id: uuid.UUID | None,
-    lead: dict[str, Any],
-    webhook_ids: list[uuid.UUID],
-    now: datetime,
-    details: dict[str, Any] | None = None,
-) -> list[uuid.UUID]:
-    event = WebhookEvent(
-        id=uuid.uuid4(),
-        customer_id=customer_id,
-        event_type=event_type,
-        lead_id=lead_id,
-        lead=lead,
-        details=details,
-        created_at=now,
-    )
-    session.add(event)
-    session.flush()
-    return insert_deliveries(session, event.id, webhook_ids, now)
-
-
-def insert_deliveries(
-    session: Session, event_id: uuid.UUID, webhook_ids: list[uuid.UUID], now: datetime
-) -> list[uuid.UUID]:
-    deliveries = [
-        WebhookDelivery(
-            id=uuid.uuid4(),
-            webhook_id=webhook_id,
-            event_id=event_id,
-            status=PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
-        )
-        for webhook_id in webhook_ids
-    ]
-    session.add_all(deliveries)
-    session.flush()
-    return [d.id for d in deliveries]
-
-
-def notify_workers(session: Session) -> None:
-    """PostgreSQL: wake LISTENing workers when this transaction commits (a no-op on rollback)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
 
 
 # --- the delivery log -----------------------------------------------------------------------

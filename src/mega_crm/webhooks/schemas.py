@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 from pydantic.json_schema import SkipJsonSchema
 
 from mega_crm.api.openapi import component
-from mega_crm.leads.schemas import FIELDS_OPTIONAL_IN_SCHEMA, CustomFieldMap
+from mega_crm.schema_types import FIELDS_OPTIONAL_IN_SCHEMA, CustomFieldMap
 from mega_crm.validation import Rfc3339, Text
 from mega_crm.webhooks.urls import MAX_URL_LENGTH
 
@@ -218,7 +218,7 @@ class WebhookLead(BaseModel):
     updated_at: datetime
 
 
-# Built by webhooks/outbox.py; tests/webhooks/test_delivery.py checks a delivered body against it.
+# Built by events/outbox.py; tests/webhooks/test_delivery.py checks a delivered body against it.
 @component
 class LeadCreatedWebhookPayload(BaseModel):
     """Body POSTed to your webhook URL for a `lead.created` event."""
@@ -244,7 +244,7 @@ class WebhookLeadPrevious(BaseModel):
     custom_fields: CustomFieldMap | None = None
 
 
-# Built by webhooks/outbox.py; tests/webhooks/test_lead_updated.py checks a delivered body against it.
+# Built by events/outbox.py; tests/webhooks/test_lead_updated.py checks a delivered body against it.
 @component
 class LeadUpdatedWebhookPayload(BaseModel):
     """Body POSTed for a `lead.updated` event (an extension): a single createLead merged into an

@@ -16,17 +16,15 @@ from sqlalchemy.orm import Session
 
 from mega_crm.db import utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError, NotFoundError
+from mega_crm.events import outbox
+from mega_crm.events.outbox import wake_workers_on_commit
 from mega_crm.security import Signer
+from mega_crm.timestamps import format_time_or_none as iso
 from mega_crm.webhooks import repository as repo
 from mega_crm.webhooks.models import EVENT_TYPES, PENDING, WEBHOOK_TEST, Webhook, WebhookDelivery
-from mega_crm.webhooks.outbox import wake_workers_on_commit
 from mega_crm.webhooks.schemas import WebhookCreateRequest, WebhookRecoverRequest, WebhookUpdateRequest
 from mega_crm.webhooks.signing import SecretBox, new_webhook_secret
 from mega_crm.webhooks.urls import Resolver, Target, UrlRefused, check_webhook_url
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def webhook_body(webhook: Webhook) -> dict[str, Any]:
@@ -277,8 +275,8 @@ EXAMPLE_LEAD: dict[str, Any] = {
     "lead_line": "buyer",
     "current_stage": {"slug": "new", "name": "New"},
     "custom_fields": {"lead_line": "buyer"},
-    "created_at": "2026-01-01T00:00:00.000Z",
-    "updated_at": "2026-01-01T00:00:00.000Z",
+    "created_at": "2026-01-01T00:00:00.000000Z",
+    "updated_at": "2026-01-01T00:00:00.000000Z",
 }
 
 
@@ -288,7 +286,7 @@ def send_test_event(session: Session, customer_id: uuid.UUID, webhook_id: uuid.U
     webhook = _webhook_or_404(session, customer_id, webhook_id)
     if not webhook.is_active:
         raise ConflictError("This webhook is inactive; activate it before sending a test event.")
-    [delivery_id] = repo.insert_event_with_deliveries(
+    [delivery_id] = outbox.insert_event_with_deliveries(
         session,
         customer_id=customer_id,
         event_type=WEBHOOK_TEST,
@@ -352,7 +350,7 @@ def redeliver(
     if not webhook.is_active:
         raise ConflictError("This webhook is inactive; activate it before redelivering.")
     now = utcnow()
-    [new_id] = repo.insert_deliveries(session, original.event_id, [webhook.id], now)
+    [new_id] = outbox.insert_deliveries(session, original.event_id, [webhook.id], now)
     wake_workers_on_commit(session)
     created = repo.delivery_of(session, webhook.id, new_id)
     assert created is not None

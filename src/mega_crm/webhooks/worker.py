@@ -36,12 +36,12 @@ from sqlalchemy.engine import make_url
 from mega_crm.api.state import app_state
 from mega_crm.config import Settings
 from mega_crm.db import Database, connection_options, normalize_database_url, utcnow
+from mega_crm.events.outbox import NOTIFY_CHANNEL, add_wake_listener, remove_wake_listener
 from mega_crm.observability.logging import get_logger
 from mega_crm.observability.metrics import WEBHOOKS_DISABLED, observe_webhook_attempt
 from mega_crm.webhooks import repository as repo
 from mega_crm.webhooks.delivery import AttemptResult, ClientPool, attempt_delivery, retry_delay, ssl_context
 from mega_crm.webhooks.models import DISABLED_GONE, FAILED, PENDING, SUCCEEDED
-from mega_crm.webhooks.outbox import add_wake_listener, remove_wake_listener
 from mega_crm.webhooks.signing import SecretBox
 from mega_crm.webhooks.urls import Resolver
 
@@ -113,7 +113,7 @@ class DeliveryWorker:
             try:
                 timeout = max(2, math.ceil(self.db.timeout))  # a silent server: retry, not hang
                 with psycopg.connect(conninfo, autocommit=True, connect_timeout=timeout) as conn:
-                    conn.execute(f"LISTEN {repo.NOTIFY_CHANNEL}")
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.wake()  # anything committed while we were not listening
                     while not self._listen_stop.is_set():
                         for _ in conn.notifies(timeout=1.0):

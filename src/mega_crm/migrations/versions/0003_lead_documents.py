@@ -56,10 +56,8 @@ POSTGRES_TRIGGERS = [
 def upgrade() -> None:
     op.add_column("leads", sa.Column("document", sa.Text(), nullable=True))
     dialect = op.get_bind().dialect.name
-    # Existing leads get their documents now. The renderer is the application's own: a
-    # document is a copy of the row, in today's shape.
-    from mega_crm.leads.documents import sql_document
-
+    # Existing leads get their documents now, in this revision's shape (a later shape is the
+    # business of the migration that changes it, and of documents.refresh_documents).
     op.execute(f"UPDATE leads SET document = {sql_document(dialect)}")
     for ddl in SQLITE_TRIGGERS if dialect == "sqlite" else POSTGRES_TRIGGERS:
         op.execute(ddl)
@@ -77,3 +75,62 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS leads_document_stale()")
     with op.batch_alter_table("leads") as batch:
         batch.drop_column("document")
+
+
+# --- the document's SQL form, frozen as of this revision ---------------------------------------
+# A copy of mega_crm/leads/documents.py's SQL rendering when this revision was written: a
+# migration never imports application code, so that a later change to the document cannot
+# change what this revision does.
+
+
+def _sqlite_uuid(column: str) -> str:  # SQLite stores UUIDs as 32 hex digits
+    parts = ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
+    return " || '-' || ".join(f"substr({column}, {start}, {length})" for start, length in parts)
+
+
+def _sqlite_time(column: str) -> str:  # stored as "YYYY-MM-DD HH:MM:SS.ffffff" UTC
+    return f"replace({column}, ' ', 'T') || 'Z'"
+
+
+def _postgres_uuid(column: str) -> str:
+    return column
+
+
+def _postgres_time(column: str) -> str:
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
+def _document(dialect: str, row: str) -> str:
+    """The Lead JSON (without custom_fields) of the lead `row` (a table alias), with its stage `s`
+    and owner `o` joined in."""
+    if dialect == "sqlite":
+        obj, uid, when = "json_object", _sqlite_uuid, _sqlite_time
+        qualified = f"CASE {row}.qualified WHEN 1 THEN json('true') WHEN 0 THEN json('false') END"
+        suffix = ""
+    else:
+        obj, uid, when = "json_build_object", _postgres_uuid, _postgres_time
+        qualified = f"{row}.qualified"
+        suffix = "::text"
+    stage = f"{obj}('id', {uid('s.id')}, 'slug', s.slug, 'name', s.name, 'color', s.color)"
+    owner = f"{obj}('id', {uid('o.id')}, 'name', o.name, 'role_name', o.role_name)"
+    plain = "contact_name contact_phone contact_email source_platform source_type status score".split()
+    fields = [
+        ("id", uid(f"{row}.id")),
+        ("customer_id", uid(f"{row}.customer_id")),
+        *((name, f"{row}.{name}") for name in plain),
+        ("qualified", qualified),
+        ("current_stage", f"CASE WHEN s.id IS NOT NULL THEN {stage} END"),
+        ("owner", f"CASE WHEN o.id IS NOT NULL THEN {owner} END"),
+        ("last_interaction_at", when(f"{row}.last_interaction_at")),
+        ("interaction_count", f"coalesce({row}.interaction_count, 0)"),
+        ("created_at", when(f"{row}.created_at")),
+        ("updated_at", when(f"{row}.updated_at")),
+    ]
+    pairs = ", ".join(f"'{name}', {value}" for name, value in fields)
+    return f"{obj}({pairs}){suffix}"
+
+
+def sql_document(dialect: str) -> str:
+    """A scalar subquery: the document of the `leads` row in the enclosing statement."""
+    joined = "leads AS d LEFT JOIN stages s ON s.id = d.stage_id LEFT JOIN owners o ON o.id = d.owner_id"
+    return f"(SELECT {_document(dialect, 'd')} FROM {joined} WHERE d.id = leads.id)"

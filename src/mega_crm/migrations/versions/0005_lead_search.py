@@ -7,6 +7,12 @@ Create Date: 2026-11-30 00:20:00
 
 from __future__ import annotations
 
+import re
+import unicodedata
+import uuid
+from typing import Any
+
+import phonenumbers
 import sqlalchemy as sa
 from alembic import op
 
@@ -43,9 +49,8 @@ def upgrade() -> None:
     op.add_column("leads", sa.Column("search_text", sa.Text(), nullable=True))
     op.add_column("leads", sa.Column("search_phone", sa.String(length=64), nullable=True))
     bind = op.get_bind()
-    # Existing leads, with the application's own folding (it is the rule searches are read by).
-    from mega_crm.leads.search import refresh_search
-
+    # Existing leads, folded by this revision's rule (the copy below; a later rule is the
+    # business of the migration that changes it, and of search.refresh_search).
     refresh_search(bind)
     if bind.dialect.name == "sqlite":
         for ddl in SQLITE_DDL:
@@ -79,3 +84,78 @@ def downgrade() -> None:
         op.drop_index(f"ix_leads_{name}_trgm", table_name="leads")
     op.drop_column("leads", "search_phone")
     op.drop_column("leads", "search_text")
+
+
+# --- the searchable forms, frozen as of this revision ------------------------------------------
+# A copy of mega_crm/leads/search.py's fold / search_text / search_phone / refresh_search (and
+# normalize.digits_of) when this revision was written: a migration never imports application
+# code, so that a later change to the rule cannot change what this revision does.
+
+SEPARATOR = "\x1f"
+_NON_DIGITS = re.compile(r"\D+")
+_REFRESH_BATCH = 5_000
+
+
+def _digits_of(value: str) -> str:
+    return _NON_DIGITS.sub("", value)
+
+
+def _fold(value: str) -> str:
+    """NFKC, full case folding, combining marks removed, whitespace runs as one space, trimmed."""
+    if value.isascii():
+        return " ".join(value.lower().split())
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", value).casefold())
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(unicodedata.normalize("NFKC", bare).split())
+
+
+def _search_text(name: str | None, email: str | None) -> str:
+    return f"{_fold(name) if name else ''}{SEPARATOR}{_fold(email) if email else ''}"
+
+
+def _search_phone(e164: str | None) -> str | None:
+    """The digits of the E.164 number, then those of its national format when not a part of them."""
+    if not e164:
+        return None
+    digits = _digits_of(e164)
+    if e164.startswith("+1"):
+        return digits
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return digits
+    national = _digits_of(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
+    return digits if national in digits else f"{digits} {national}"
+
+
+def refresh_search(connection: sa.Connection) -> int:
+    """Compute `search_text` / `search_phone` of every lead, in batches. -> leads rewritten."""
+    is_sqlite = connection.dialect.name == "sqlite"
+    select_batch = sa.text(
+        "SELECT id, contact_name, contact_email, contact_phone FROM leads WHERE id > :after "
+        "ORDER BY id LIMIT :n"
+    )
+    if is_sqlite:
+        update = sa.text("UPDATE leads SET search_text = :t, search_phone = :p WHERE id = :id")
+    else:  # one statement per batch
+        update = sa.text(
+            "UPDATE leads SET search_text = b.t, search_phone = b.p FROM unnest("
+            "CAST(:ids AS uuid[]), CAST(:ts AS text[]), CAST(:ps AS text[])) AS b(id, t, p) "
+            "WHERE leads.id = b.id"
+        )
+    after: Any = "" if is_sqlite else uuid.UUID(int=0)
+    done = 0
+    while True:
+        rows = connection.execute(select_batch, {"after": after, "n": _REFRESH_BATCH}).all()
+        if not rows:
+            return done
+        values = [(row[0], _search_text(row[1], row[2]), _search_phone(row[3])) for row in rows]
+        if is_sqlite:
+            connection.execute(update, [{"id": i, "t": t, "p": p} for i, t, p in values])
+        else:
+            connection.execute(
+                update, {"ids": [i for i, _, _ in values], "ts": [t for _, t, _ in values],
+                         "ps": [p for _, _, p in values]}
+            )  # fmt: skip
+        done += len(rows)
+        after = rows[-1][0]

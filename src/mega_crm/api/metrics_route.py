@@ -1,4 +1,4 @@
-"""Wiring into the app: GET /metrics and the outermost request middleware."""
+"""Wiring observability into the app: GET /metrics and the outermost request middleware."""
 
 from __future__ import annotations
 

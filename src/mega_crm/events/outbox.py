@@ -1,0 +1,267 @@
+"""The transactional outbox: lead events written in the lead's own transaction.
+
+The event and its deliveries commit or roll back with the lead, so a crash can never leave a
+lead without its deliveries nor deliveries without their lead. Workers are woken when the
+transaction commits: in this process directly, in others through PostgreSQL NOTIFY.
+
+This module writes the outbox's rows (webhook_events, webhook_deliveries) and reads the
+subscriptions (webhooks) by table name, with the columns it needs; the tables are defined in
+webhooks/models.py, which it must not import (the lead service calls it: leads -> events <-
+webhooks). The webhook payload's `lead` follows the field table of mega_crm/lead_shape.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Integer,
+    String,
+    Uuid,
+    bindparam,
+    column,
+    event,
+    insert,
+    select,
+    table,
+    text,
+)
+from sqlalchemy.orm import Session
+
+from mega_crm.db import Memo, Query, RawConnection, UTCDateTime, as_json, as_uuid, memoized, utcnow
+from mega_crm.lead_shape import WEBHOOK_FIELDS
+
+LEAD_CREATED = "lead.created"
+LEAD_UPDATED = "lead.updated"  # a single createLead merged into a lead and changed it
+NOTIFY_CHANNEL = "mega_crm_webhook_deliveries"  # PostgreSQL LISTEN/NOTIFY: new deliveries are due
+PENDING = "pending"  # a new delivery's status (webhooks.models.PENDING)
+
+_WEBHOOKS = table(
+    "webhooks",
+    column("id", Uuid),
+    column("customer_id", Uuid),
+    column("event_types", JSON),
+    column("is_active", Boolean),
+    column("deleted_at", UTCDateTime),
+)
+_EVENTS = table(
+    "webhook_events",
+    column("id", Uuid),
+    column("customer_id", Uuid),
+    column("event_type", String),
+    column("lead_id", Uuid),
+    column("lead", JSON),
+    column("details", JSON),
+    column("created_at", UTCDateTime),
+)
+_DELIVERIES = table(
+    "webhook_deliveries",
+    column("id", Uuid),
+    column("webhook_id", Uuid),
+    column("event_id", Uuid),
+    column("status", String),
+    column("attempts", Integer),
+    column("next_attempt_at", UTCDateTime),
+    column("created_at", UTCDateTime),
+    column("updated_at", UTCDateTime),
+)
+
+# --- waking the workers ---------------------------------------------------------------------
+
+_wake_listeners: list[Callable[[], None]] = []
+_listeners_lock = threading.Lock()
+
+
+def add_wake_listener(listener: Callable[[], None]) -> None:
+    """Call `listener` (no arguments, quick) whenever a transaction with new deliveries commits."""
+    with _listeners_lock:
+        _wake_listeners.append(listener)
+
+
+def remove_wake_listener(listener: Callable[[], None]) -> None:
+    with _listeners_lock:
+        if listener in _wake_listeners:
+            _wake_listeners.remove(listener)
+
+
+def _wake_local_workers(_session: Session) -> None:
+    with _listeners_lock:
+        listeners = list(_wake_listeners)
+    for listener in listeners:
+        listener()
+
+
+def notify_workers(session: Session) -> None:
+    """PostgreSQL: wake LISTENing workers when this transaction commits (a no-op on rollback)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+
+def wake_workers_on_commit(session: Session) -> None:
+    """New deliveries in this transaction: have workers look as soon as it commits."""
+    notify_workers(session)
+    if not session.info.get("mega_webhooks_wake"):
+        session.info["mega_webhooks_wake"] = True
+        event.listen(session, "after_commit", _wake_local_workers, once=True)
+
+
+# --- the outbox's rows ------------------------------------------------------------------------
+
+# Runs in every createLead: raw (see mega_crm.db.Query).
+_SUBSCRIBED = Query(
+    select(_WEBHOOKS.c.id, _WEBHOOKS.c.event_types).where(
+        _WEBHOOKS.c.customer_id == bindparam("customer_id"),
+        _WEBHOOKS.c.is_active.is_(True),
+        _WEBHOOKS.c.deleted_at.is_(None),
+    )
+)
+# Each customer's live webhooks as (id, event_types) rows, per transaction (a group commit's
+# creates share them); a write to `webhooks` in the transaction drops them (mega_crm.db.memos).
+_SUBSCRIPTIONS = Memo[uuid.UUID, list[tuple[Any, ...]]]("webhook_subscriptions", tables={"webhooks"})
+
+
+def subscribed_webhook_ids(session: Session, customer_id: uuid.UUID, event_type: str) -> list[uuid.UUID]:
+    """The customer's active webhooks subscribed to `event_type`, read once per transaction and
+    customer."""
+    rows = memoized(session, _SUBSCRIPTIONS, customer_id, lambda: _subscriptions(session, customer_id))
+    # event_types is a short JSON list; filtering here keeps the query portable.
+    return [as_uuid(webhook_id) for webhook_id, types in rows if event_type in (as_json(types) or [])]
+
+
+def _subscriptions(session: Session, customer_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    return RawConnection.of(session).all(_SUBSCRIBED, {"customer_id": customer_id})
+
+
+def insert_event_with_deliveries(
+    session: Session,
+    *,
+    customer_id: uuid.UUID,
+    event_type: str,
+    lead_id: uuid.UUID | None,
+    lead: dict[str, Any],
+    webhook_ids: list[uuid.UUID],
+    now: datetime,
+    details: dict[str, Any] | None = None,
+) -> list[uuid.UUID]:
+    """One event row (`lead`: the payload's lead; `details`: the payload's other members) and a
+    pending delivery, due now, per webhook. -> the deliveries' ids, in `webhook_ids` order."""
+    event_id = uuid.uuid4()
+    session.execute(
+        insert(_EVENTS).values(
+            id=event_id,
+            customer_id=customer_id,
+            event_type=event_type,
+            lead_id=lead_id,
+            lead=lead,
+            details=details,
+            created_at=now,
+        )
+    )
+    return insert_deliveries(session, event_id, webhook_ids, now)
+
+
+def insert_deliveries(
+    session: Session, event_id: uuid.UUID, webhook_ids: list[uuid.UUID], now: datetime
+) -> list[uuid.UUID]:
+    """A pending delivery of the event, due now, per webhook. -> their ids."""
+    ids = [uuid.uuid4() for _ in webhook_ids]
+    rows = [
+        {
+            "id": delivery_id,
+            "webhook_id": webhook_id,
+            "event_id": event_id,
+            "status": PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for delivery_id, webhook_id in zip(ids, webhook_ids, strict=True)
+    ]
+    if rows:
+        session.execute(insert(_DELIVERIES), rows)
+    return ids
+
+
+# --- lead events ----------------------------------------------------------------------------
+
+
+def webhook_lead(lead: dict[str, Any]) -> dict[str, Any]:
+    """The `lead` object of the webhook payloads (WebhookLead), from the contract's Lead: the
+    fields lead_shape.LEAD_FIELDS marks `webhook`, in WEBHOOK_ORDER."""
+    custom_fields = dict(lead.get("custom_fields") or {})
+    body: dict[str, Any] = {}
+    for field in WEBHOOK_FIELDS:
+        if field.kind == "custom_fields":
+            body[field.name] = custom_fields
+        elif field.kind == "lead_line":
+            body[field.name] = custom_fields.get("lead_line")
+        elif field.kind == "object":
+            value = lead.get(field.name)
+            body[field.name] = {part: value[part] for part in field.webhook_parts} if value else None
+        else:
+            body[field.name] = lead[field.name] if field.required else lead.get(field.name)
+    return body
+
+
+def record_lead_created(session: Session, customer_id: uuid.UUID, lead: dict[str, Any]) -> None:
+    """Called by createLead in the transaction that inserted a genuinely new lead: one event and
+    one pending delivery per active webhook of the customer subscribed to lead.created."""
+    webhook_ids = subscribed_webhook_ids(session, customer_id, LEAD_CREATED)
+    if not webhook_ids:
+        return
+    insert_event_with_deliveries(
+        session,
+        customer_id=customer_id,
+        event_type=LEAD_CREATED,
+        lead_id=uuid.UUID(lead["id"]),
+        lead=webhook_lead(lead),
+        webhook_ids=webhook_ids,
+        now=utcnow(),
+    )
+    wake_workers_on_commit(session)
+
+
+# The payload's fields a merge can change (id, source and created_at never change; updated_at
+# always does, so it is not news by itself).
+_MERGEABLE = (
+    "contact_name",
+    "contact_phone",
+    "contact_email",
+    "lead_line",
+    "current_stage",
+    "custom_fields",
+)
+
+
+def record_lead_updated(
+    session: Session, customer_id: uuid.UUID, lead: dict[str, Any], before: dict[str, Any]
+) -> None:
+    """Called by createLead in the transaction that merged into an existing lead: when that
+    changed at least one of the payload's fields, one lead.updated event (the lead after, the
+    names of the fields that changed and their values before) and a pending delivery per active
+    webhook subscribed to lead.updated. `lead`, `before`: the contract's Lead after and before."""
+    after, previous = webhook_lead(lead), webhook_lead(before)
+    changed = [name for name in _MERGEABLE if after[name] != previous[name]]
+    if not changed:
+        return
+    webhook_ids = subscribed_webhook_ids(session, customer_id, LEAD_UPDATED)
+    if not webhook_ids:
+        return
+    insert_event_with_deliveries(
+        session,
+        customer_id=customer_id,
+        event_type=LEAD_UPDATED,
+        lead_id=uuid.UUID(lead["id"]),
+        lead=after,
+        webhook_ids=webhook_ids,
+        now=utcnow(),
+        details={"changed_fields": changed, "previous": {name: previous[name] for name in changed}},
+    )
+    wake_workers_on_commit(session)
