@@ -29,7 +29,7 @@ from mega_crm.ratelimit.limiter import RateLimiter, check_server_limits
 from mega_crm.security import load_secret_key
 from mega_crm.validation import describe_errors
 from mega_crm.webhooks import endpoints as webhook_endpoints
-from mega_crm.webhooks.worker import webhook_worker_lifespan
+from mega_crm.webhooks.running import webhook_worker_lifespan
 
 log = logging.getLogger("mega_crm")
 
