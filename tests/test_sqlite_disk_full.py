@@ -1,7 +1,9 @@
 """SQLite on a full disk (issue 8, item 11): writes are 503s, the checkpoint thread logs once per
 change of state (not a traceback a second), and writes work again once space is freed.
 
-A real small filesystem: a tmpfs of a few MB mounted for the test (needs root)."""
+A real small filesystem: a tmpfs of a few MB mounted for the test (needs root). 8 MB: in WAL
+mode a checkpoint needs room for the log and the pages it copies at once, and a bulk import
+fills a log with more distinct pages than row-by-row writes did."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:

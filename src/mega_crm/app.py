@@ -11,21 +11,21 @@ from fastapi import FastAPI
 from mega_crm.api import health
 from mega_crm.api.docs import install_docs
 from mega_crm.api.handlers import install_error_handlers
+from mega_crm.api.metrics_route import install_observability
 from mega_crm.api.middleware import BodySizeLimitMiddleware, RateLimitHeadersMiddleware
 from mega_crm.api.openapi import contract_openapi
+from mega_crm.api.routes import leads as lead_endpoints
+from mega_crm.api.routes import webhooks as webhook_endpoints
 from mega_crm.api.state import AppState, app_state
 from mega_crm.config import Settings, get_settings
 from mega_crm.db import Database
 from mega_crm.failures import UnexpectedErrorMiddleware
-from mega_crm.leads import endpoints as lead_endpoints
 from mega_crm.leads.cursor import CursorCodec
 from mega_crm.leads.service import TotalsCache
 from mega_crm.observability.metrics import process_exited
-from mega_crm.api.metrics_route import install_observability
 from mega_crm.ratelimit.limiter import RateLimiter, check_server_limits
 from mega_crm.security import load_secret_key
-from mega_crm.webhooks import endpoints as webhook_endpoints
-from mega_crm.webhooks.worker import webhook_worker_lifespan
+from mega_crm.webhooks.running import in_process_worker
 
 log = logging.getLogger("mega_crm")
 
@@ -33,8 +33,9 @@ log = logging.getLogger("mega_crm")
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """A serving process: background WAL checkpoints (SQLite) and the in-process webhook worker."""
-    with app_state(app).db.checkpoints():
-        async with webhook_worker_lifespan(app):
+    state = app_state(app)
+    with state.db.checkpoints():
+        async with in_process_worker(state.db, state.settings, state.secret_key):
             yield
     process_exited()  # metrics: drop this process's live gauges (multiprocess mode)
 

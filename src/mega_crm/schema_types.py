@@ -4,9 +4,17 @@ imports the other (tests/test_import_cycles.py)."""
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, StrictBool, StrictFloat, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+)
 from pydantic.json_schema import WithJsonSchema
 from typing_extensions import TypeAliasType
 
@@ -63,3 +71,16 @@ def _fields_optional_in_schema(schema: dict[str, Any]) -> None:
 
 # For response shapes whose fields the contract publishes as optional; the server always sends them.
 FIELDS_OPTIONAL_IN_SCHEMA = ConfigDict(json_schema_extra=_fields_optional_in_schema)
+
+
+# Models published among the OpenAPI component schemas although no route takes or returns them
+# (api.openapi adds them): here, below the packages that declare them.
+COMPONENT_MODELS: list[type[BaseModel]] = []
+M = TypeVar("M", bound=BaseModel)
+
+
+def component(model: type[M]) -> type[M]:
+    """Publish `model` among the component schemas although no route takes or returns it (the
+    body the server POSTs to webhooks)."""
+    COMPONENT_MODELS.append(model)
+    return model

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from mega_crm.api.state import app_state
 from mega_crm.app import create_app
 from mega_crm.db import Database, utcnow
-from mega_crm.webhooks import repository as repo
+from mega_crm.webhooks import queue as repo
 from mega_crm.webhooks.delivery import MAX_RETRY_AFTER_SECONDS, parse_retry_after
 from mega_crm.webhooks.models import FAILED, SUCCEEDED, Webhook
 from tests.conftest import ContractClient, make_settings

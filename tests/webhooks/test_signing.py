@@ -11,7 +11,7 @@ from mega_crm.db import Database
 from mega_crm.webhooks import verify_signature
 from mega_crm.webhooks.delivery import AttemptResult, retry_delay
 from mega_crm.webhooks.models import FAILED, PENDING, SUCCEEDED
-from mega_crm.webhooks.repository import ClaimedDelivery
+from mega_crm.webhooks.queue import ClaimedDelivery
 from mega_crm.webhooks.signing import SecretBox, compute_signature, new_webhook_secret
 from mega_crm.webhooks.worker import DeliveryWorker
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from mega_crm.schema_types import COMPONENT_MODELS
+
 REF = "#/components/schemas/{model}"
-M = TypeVar("M", bound=BaseModel)
 IDEMPOTENCY_KEY = "Idempotency-Key"
 _CUSTOMER_ID_TEXT = "The customer this request acts on. Must match the customer your key is locked to."
 _IDEMPOTENCY_TEXT = (
@@ -76,16 +77,6 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
     """A route's `openapi_extra` publishing `model` (parsed by api.pipeline, `Call.body`) as its JSON body."""
     _REQUEST_MODELS[model.__name__] = model
     return {"x-request-schema": model.__name__}
-
-
-_COMPONENT_MODELS: list[type[BaseModel]] = []
-
-
-def component(model: type[M]) -> type[M]:
-    """Publish `model` among the component schemas although no route takes or returns it (the
-    body the server POSTs to webhooks)."""
-    _COMPONENT_MODELS.append(model)
-    return model
 
 
 def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:
@@ -177,7 +168,7 @@ def contract_openapi(app: FastAPI) -> dict[str, Any]:
                 "content": {"application/json": {"schema": {"$ref": REF.format(model=name)}}},
                 "required": True,
             }
-    for model in _COMPONENT_MODELS:
+    for model in COMPONENT_MODELS:
         _add_schema(schemas, model)
     app.openapi_schema = doc
     return doc

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -20,97 +19,13 @@ from mega_crm.events.outbox import record_lead_created, record_lead_updated
 from mega_crm.leads import repository as repo
 from mega_crm.leads.cursor import CursorCodec, CursorPosition
 from mega_crm.leads.dedup import LeadInput, MergeDefaults, MergePlan, RowOutcome, plan_merge
-from mega_crm.leads.documents import LEAD_LINE, lead_body, render_document
-from mega_crm.leads.normalize import ContactError, normalize_email, normalize_phone
+from mega_crm.leads.documents import lead_body, render_document
+from mega_crm.leads.rows import CustomerConfig, load_config, parse_uuid, resolve_row
 from mega_crm.leads.schemas import BulkLeadRow, LeadCreateRequest, ListLeadsQuery
 from mega_crm.leads.search import SearchTerms, parse_search, search_columns
 from mega_crm.validation import describe_errors
 
 LEAD_STATUSES = ("active", "won", "lost", "nurture", "archived")
-LEAD_LINES = ("buyer", "seller")
-
-
-# --- validation against the customer's configuration ----------------------------------------
-
-
-@dataclass
-class CustomerConfig:
-    stages: list[Any]  # rows: id, slug, name, color, in pipeline order
-    field_slugs: set[str]
-    owners: dict[uuid.UUID, Any] = field(default_factory=dict)  # rows: id, name, role_name
-
-    @property
-    def default_stage_id(self) -> uuid.UUID | None:
-        return self.stages[0].id if self.stages else None
-
-    @property
-    def owner_ids(self) -> set[uuid.UUID]:
-        return set(self.owners)
-
-    def stage(self, stage_id: uuid.UUID | None) -> Any | None:
-        return next((s for s in self.stages if s.id == stage_id), None) if stage_id else None
-
-
-def resolve_row(
-    row: LeadCreateRequest | BulkLeadRow, config: CustomerConfig, phone_region: str
-) -> tuple[LeadInput | None, list[str], list[str]]:
-    """-> (input or None, errors, ignored custom-field slugs)."""
-    errors: list[str] = []
-    lead = LeadInput(
-        contact_name=row.contact_name or None,
-        source_platform=row.source_platform,
-        source_type=row.source_type,
-    )
-    if not (row.contact_name or row.contact_phone or row.contact_email):
-        errors.append("At least one of contact_name, contact_phone, contact_email is required.")
-    if row.contact_email:
-        try:
-            lead.contact_email, lead.email_normalized = normalize_email(row.contact_email)
-        except ContactError as exc:
-            errors.append(str(exc))
-    if row.contact_phone:
-        try:
-            lead.contact_phone, lead.phone_last10 = normalize_phone(row.contact_phone, phone_region)
-        except ContactError as exc:
-            errors.append(str(exc))
-    if row.stage_slug:
-        stage = next((s for s in config.stages if s.slug == row.stage_slug), None)
-        if stage is None:
-            errors.append(f"stage_slug '{row.stage_slug}' is not a stage of this customer's pipeline.")
-        else:
-            lead.stage_id = stage.id
-    if isinstance(row, BulkLeadRow):
-        if row.owner_id:
-            owner_id = _parse_uuid(row.owner_id)
-            if owner_id is None or owner_id not in config.owner_ids:
-                errors.append(f"owner_id '{row.owner_id}' is not a team member of this customer.")
-            else:
-                lead.owner_id = owner_id
-        lead.lead_line = row.lead_line
-    ignored: list[str] = []
-    for slug, value in (row.custom_fields or {}).items():
-        if slug == LEAD_LINE:
-            if value is not None and value not in LEAD_LINES:
-                errors.append("custom_fields.lead_line must be 'buyer' or 'seller'.")
-            elif value is not None:
-                lead.lead_line = lead.lead_line or str(value)
-        elif slug in config.field_slugs:
-            lead.custom_fields[slug] = value
-        else:
-            ignored.append(slug)
-    return (None if errors else lead), errors, ignored
-
-
-def _parse_uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
-
-
-def load_config(session: Session, customer_id: uuid.UUID, owner_ids: set[uuid.UUID]) -> CustomerConfig:
-    stages, field_slugs = repo.customer_config(session, customer_id)
-    return CustomerConfig(stages, field_slugs, repo.owners_by_id(session, customer_id, owner_ids))
 
 
 # --- writes ---------------------------------------------------------------------------------
@@ -225,10 +140,29 @@ def bulk_import(
 ) -> tuple[int, dict[str, Any]]:
     """bulkImportLeads inside the caller's write transaction (rolled back by the caller on dry_run).
 
-    Set-based: a fixed number of statements whatever the row count.
+    Set-based: a fixed number of statements whatever the row count. In phases: parse the rows,
+    check them against the customer's configuration, match them to existing leads and plan the
+    merge, write the plan (unless `dry_run`), and summarise the outcome of each row.
     """
     now = _begin_lead_write(session, customer_id)
-    parsed: list[tuple[BulkLeadRow | None, RowOutcome]] = []
+    parsed = _parse_rows(raw_rows)
+    owner_ids = {u for row, _ in parsed if row and row.owner_id and (u := parse_uuid(row.owner_id))}
+    config = load_config(session, customer_id, owner_ids)
+    resolved, unknown = _resolve_rows(parsed, config, phone_region)
+    plan, before = _plan_import(session, customer_id, resolved, config, now, on_duplicate)
+    if not dry_run:
+        _apply_plan(session, customer_id, plan, before, config)
+    return 200, _import_report(plan, unknown, dry_run)
+
+
+ParsedRow = tuple[BulkLeadRow | None, RowOutcome]  # None: the row failed, its outcome says why
+ResolvedRow = tuple[LeadInput | None, RowOutcome]
+
+
+def _parse_rows(raw_rows: list[Any]) -> list[ParsedRow]:
+    """Phase 1: each raw JSON row read as a BulkLeadRow (its shape and types), with the outcome
+    it will report (`row_ref` echoed when it is a string; failed, with errors, until planned)."""
+    parsed: list[ParsedRow] = []
     for raw in raw_rows:
         if not isinstance(raw, dict):
             parsed.append(
@@ -242,10 +176,16 @@ def bulk_import(
         except ValidationError as exc:
             outcome.errors = describe_errors(exc.errors())
             parsed.append((None, outcome))
-    owner_ids = {u for row, _ in parsed if row and row.owner_id and (u := _parse_uuid(row.owner_id))}
-    config = load_config(session, customer_id, owner_ids)
+    return parsed
 
-    resolved: list[tuple[LeadInput | None, RowOutcome]] = []
+
+def _resolve_rows(
+    parsed: list[ParsedRow], config: CustomerConfig, phone_region: str
+) -> tuple[list[ResolvedRow], dict[str, None]]:
+    """Phase 2: the parsed rows checked against the customer's configuration (resolve_row) ->
+    (each row's merge input, or None with its outcome's errors set; the custom-field slugs
+    ignored by any row, in first-seen order)."""
+    resolved: list[ResolvedRow] = []
     unknown: dict[str, None] = {}
     for row, outcome in parsed:
         if row is None:
@@ -257,7 +197,19 @@ def bulk_import(
         if lead_input is None:
             outcome.errors = errors
         resolved.append((lead_input, outcome))
+    return resolved, unknown
 
+
+def _plan_import(
+    session: Session,
+    customer_id: uuid.UUID,
+    resolved: list[ResolvedRow],
+    config: CustomerConfig,
+    now: datetime,
+    on_duplicate: str,
+) -> tuple[MergePlan, dict[uuid.UUID, repo.Bucket]]:
+    """Phase 3: the existing leads the rows match (by email or phone) and the merge plan
+    (leads/dedup.py's rule) -> (the plan, each matched lead's count bucket before the merge)."""
     emails = {i.email_normalized for i, _ in resolved if i and i.email_normalized}
     phones = {i.phone_last10 for i, _ in resolved if i and i.phone_last10}
     existing = repo.leads_matching(session, customer_id, emails, phones)
@@ -270,10 +222,11 @@ def bulk_import(
         counts_as_interaction=False,
     )
     before = {rec["id"]: repo.bucket_of(rec) for rec in existing}
-    plan = plan_merge(resolved, existing, defaults, on_duplicate=on_duplicate)
-    if not dry_run:
-        _apply_plan(session, customer_id, plan, before, config)
+    return plan_merge(resolved, existing, defaults, on_duplicate=on_duplicate), before
 
+
+def _import_report(plan: MergePlan, unknown: dict[str, None], dry_run: bool) -> dict[str, Any]:
+    """Phase 5: the response body: a summary by status and one result per row, in row order."""
     results = []
     summary = {"total": len(plan.outcomes), "created": 0, "updated": 0, "skipped": 0, "failed": 0}
     # A dry run creates nothing, so a row resolved to a would-be-new lead (created, or merged into
@@ -292,7 +245,7 @@ def bulk_import(
                 "ignored_custom_fields": outcome.ignored_custom_fields,
             }
         )
-    return 200, {
+    return {
         "dry_run": dry_run,
         "summary": summary,
         "results": results,
