@@ -116,6 +116,12 @@ def tenant(db: Database) -> Tenant:
     return make_tenant(db)
 
 
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """Where a server or CLI subprocess runs (tests/fixtures/processes.py): its files and logs."""
+    return tmp_path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,8 +27,8 @@ from mega_crm.auth.models import ApiKey
 from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
 from mega_crm.db import Base, Database, UTCDateTime
 from mega_crm.webhooks.urls import MAX_URL_BYTES
+from tests.cli.test_cli import READ, Cli
 from tests.fixtures.factories import Tenant, lead
-from tests.test_cli import READ, Cli
 
 LEADS = "/api/agents/crm/leads"
 BULK = "/api/agents/crm/leads/bulk"

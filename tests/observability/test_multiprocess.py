@@ -11,7 +11,17 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import POSTGRES_URL, TEST_SECRET
-from tests.ops.conftest import COMMAND, HOOKS, WRITE, Served, clean_env, cli, cli_json, parse_metrics, sample
+from tests.fixtures.processes import (
+    COMMAND,
+    HOOKS,
+    WRITE,
+    Served,
+    clean_env,
+    cli,
+    cli_json,
+    parse_metrics,
+    sample,
+)
 from tests.webhooks.conftest import Receiver
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="MEGA_TEST_POSTGRES_URL is not set")

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import POSTGRES_URL, REDIS_URL, TEST_SECRET
-from tests.ops.conftest import Served, clean_env, cli
+from tests.fixtures.processes import Served, clean_env, cli
 
 
 def closed_port() -> int:

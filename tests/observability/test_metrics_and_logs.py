@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.ops.conftest import (
+from tests.fixtures.processes import (
     HOOKS,
     READ,
     WRITE,

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.ops.conftest import COMMAND, READ, Served, clean_env, cli, cli_json
+from tests.fixtures.processes import COMMAND, READ, Served, clean_env, cli, cli_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
