@@ -9,7 +9,6 @@ Every response that goes through `client` is validated against the reference Ope
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from mega_crm.db import Database
 from mega_crm.migrate import upgrade
 from tests.fixtures.contract import reference_available, validate_response
 from tests.fixtures.factories import Tenant, make_tenant
+from tests.fixtures.processes import free_port
 
 POSTGRES_URL = os.environ.get("MEGA_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("MEGA_TEST_REDIS_URL")
@@ -120,12 +120,6 @@ def tenant(db: Database) -> Tenant:
 def workdir(tmp_path: Path) -> Path:
     """Where a server or CLI subprocess runs (tests/fixtures/processes.py): its files and logs."""
     return tmp_path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LiveServer:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_SECRET, free_port
+from tests.conftest import TEST_SECRET
+from tests.fixtures.processes import free_port
 
 HEADER_TIMEOUT = 2.0
 FD_LIMIT = 1024

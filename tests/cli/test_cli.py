@@ -24,7 +24,8 @@ from fastapi.testclient import TestClient
 from mega_crm.admin import service as admin
 from mega_crm.app import create_app
 from mega_crm.db import Database
-from tests.conftest import free_port, make_settings
+from tests.conftest import make_settings
+from tests.fixtures.processes import free_port
 
 SCRIPT = Path(sys.executable).with_name("mega-crm")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "mega_crm.cli"]

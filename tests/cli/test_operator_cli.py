@@ -17,8 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.fixtures.processes import COMMAND, READ, Served, clean_env, cli, cli_json
+from tests.fixtures.processes import COMMAND, READ, Served, clean_env, cli, cli_json, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

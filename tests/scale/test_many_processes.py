@@ -24,8 +24,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from mega_crm.db import Database
-from tests.conftest import POSTGRES_URL, REDIS_URL, TEST_SECRET, free_port
+from tests.conftest import POSTGRES_URL, REDIS_URL, TEST_SECRET
 from tests.fixtures.factories import lead, make_tenant
+from tests.fixtures.processes import free_port
 from tests.scale.pgbouncer import fresh_database
 from tests.webhooks.conftest import Receiver, WorkerProcess, wait_until
 
