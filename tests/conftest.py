@@ -98,6 +98,8 @@ def app(db_url: str, db: Database) -> FastAPI:
 class ContractClient(TestClient):
     """A TestClient that checks every JSON response against the reference OpenAPI schema."""
 
+    app: FastAPI  # always made with the app itself (TestClient says only "an ASGI app")
+
     def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
         response = super().request(method, url, *args, **kwargs)
         if reference_available() and response.headers.get("content-type", "").startswith("application/json"):

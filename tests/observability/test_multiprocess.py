@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -41,7 +42,7 @@ def _schema(action: str) -> None:
     engine.dispose()
 
 
-def test_workers_and_a_separate_worker_add_up(tmp_path):
+def test_workers_and_a_separate_worker_add_up(tmp_path: Path) -> None:
     assert POSTGRES_URL
     _schema("create")
     separator = "&" if "?" in POSTGRES_URL else "?"

@@ -113,7 +113,7 @@ def post(base: str, headers: dict[str, str], body: dict[str, Any]) -> httpx.Resp
     return httpx.post(f"{base}{LEADS}", json=body, headers=headers, timeout=30)
 
 
-def test_one_keys_rate_limit_holds_across_every_process(deployment):
+def test_one_keys_rate_limit_holds_across_every_process(deployment: tuple[str, list[str]]) -> None:
     url, bases = deployment
     db = Database(url)
     try:
@@ -134,7 +134,7 @@ def test_one_keys_rate_limit_holds_across_every_process(deployment):
         assert r.status_code == 429, r.text
 
 
-def test_shared_idempotency_dedup_and_outbox_across_processes(deployment):
+def test_shared_idempotency_dedup_and_outbox_across_processes(deployment: tuple[str, list[str]]) -> None:
     url, bases = deployment
     db = Database(url)
     tenant = make_tenant(db)
