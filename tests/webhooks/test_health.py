@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -46,7 +47,7 @@ def create_lead(client: TestClient, tenant: Tenant) -> str:
     return str(r.json()["lead"]["id"])
 
 
-def get_hook(client: TestClient, tenant: Tenant, hook_id: str) -> dict:
+def get_hook(client: TestClient, tenant: Tenant, hook_id: str) -> dict[str, Any]:
     r = client.get(f"{WEBHOOKS}/{hook_id}", headers=tenant.headers)
     assert r.status_code == 200, r.text
     return dict(r.json()["webhook"])
