@@ -211,8 +211,8 @@ def _serve(url: str, port: int, observability: str | None = None) -> None:
     try:  # a diagnostic: what the key check + rate limit alone cost, with no lead work
         from starlette.responses import Response
 
+        from mega_crm.api.pipeline import serve
         from mega_crm.auth.scopes import LEADS_READ
-        from mega_crm.endpoint import serve
     except ImportError:  # pragma: no cover - the request pipeline moved: the bench skips this route
         return _run(app, port)
 
@@ -232,8 +232,11 @@ def _bare_routes(app: Any) -> None:
     from sqlalchemy import bindparam, insert, select
     from starlette.responses import Response
 
+    from mega_crm.api.state import app_state
     from mega_crm.db import Query, RawConnection, new_id, utcnow
     from mega_crm.leads.models import Lead
+
+    db = app_state(app).db
 
     table = Lead.__table__
     columns = [
@@ -260,7 +263,6 @@ def _bare_routes(app: Any) -> None:
             "status": "active", "custom_fields": orjson.dumps(body.get("custom_fields") or {}).decode(),
             "interaction_count": 0, "created_at": now, "updated_at": now,
         }
-        db = request.app.state.db
 
         def write() -> None:
             with db.write_session() as session:
@@ -272,7 +274,6 @@ def _bare_routes(app: Any) -> None:
     @app.get(BARE_PAGE_PATH, include_in_schema=False)
     async def bare_page(request: Request) -> Response:
         customer_id = uuid.UUID(request.headers["x-customer-id"])
-        db = request.app.state.db
 
         def read() -> bytes:
             with db.raw_read() as raw:
@@ -287,7 +288,7 @@ def _run(app: Any, port: int) -> None:
 
     # What `mega-crm serve` runs, minus the per-request access log (it is off at log level warning).
     try:
-        from mega_crm.connections import uvicorn_options
+        from mega_crm.api.connections import uvicorn_options
         from mega_crm.observability.logging import UVICORN_LOG_CONFIG
     except ImportError:  # pragma: no cover - an older server
         options: dict[str, Any] = {}

@@ -100,7 +100,7 @@ class ContractClient(TestClient):
 
     app: FastAPI  # always made with the app itself (TestClient says only "an ASGI app")
 
-    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> httpx.Response:
         response = super().request(method, url, *args, **kwargs)
         if reference_available() and response.headers.get("content-type", "").startswith("application/json"):
             validate_response(method, httpx.URL(str(url)).path, response.status_code, response.json())

@@ -475,7 +475,7 @@ def serve(
             application = "mega_crm.asgi:app"
     except ConfigurationError as exc:
         fail(str(exc))
-    from mega_crm.connections import raise_fd_limit, uvicorn_options
+    from mega_crm.api.connections import raise_fd_limit, uvicorn_options
     from mega_crm.observability.logging import UVICORN_LOG_CONFIG
 
     raise_fd_limit()  # before uvicorn_options(), which sizes the backlog from it
@@ -491,7 +491,7 @@ def serve(
             access_log=False,  # the request line of mega_crm.observability replaces it
             proxy_headers=bool(settings.forwarded_allow_ips),
             forwarded_allow_ips=settings.forwarded_allow_ips,
-            **uvicorn_options(),  # header timeout, connection cap (mega_crm.connections)
+            **uvicorn_options(),  # header timeout, connection cap (mega_crm.api.connections)
         )
     finally:
         if metrics_dir:

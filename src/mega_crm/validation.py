@@ -2,7 +2,7 @@
 messages for the 400 envelope.
 
 One seam for text: `text_refusal` says why a string cannot be stored (the `Text` type of the
-request schemas, the query string in endpoint.Call, the operator commands in admin.service all
+request schemas, the query string in api.pipeline, the operator commands in admin.service all
 use it). One parser for dates: `parse_rfc3339`.
 """
 
@@ -110,7 +110,7 @@ _TYPE_NOUNS = {
 }
 
 
-_MAX_KEY_ECHO = 64  # as for unknown query parameters (mega_crm.endpoint)
+_MAX_KEY_ECHO = 64  # as for unknown query parameters (mega_crm.api.pipeline)
 
 
 def _field_path(loc: Sequence[Any]) -> str:

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mega_crm.admin import service as admin
+from mega_crm.api.state import app_state
 from mega_crm.auth.models import ApiKey
 from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE, WEBHOOKS_MANAGE
 from mega_crm.db import Database
@@ -209,7 +210,7 @@ def test_a_body_that_is_not_json_does_not_get_past_auth(
     assert_error(post({**tenant.headers, "x-customer-id": "nope"}), 401, "authentication_error")
     unknown = {**tenant.headers, "Authorization": f"Bearer mega_{secrets.token_hex(32)}"}
     assert_error(post(unknown), 401, "authentication_error")
-    other = make_tenant(client.app.state.db)
+    other = make_tenant(app_state(client.app).db)
     foreign = {**other.headers, "x-customer-id": str(tenant.customer_id)}
     assert_error(post(foreign), 403, "authorization_error")
     # With a good key it is the body's fault: 400, and the request was counted like any other.

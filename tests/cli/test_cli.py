@@ -22,6 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mega_crm.admin import service as admin
+from mega_crm.api.state import app_state
 from mega_crm.app import create_app
 from mega_crm.db import Database
 from tests.conftest import make_settings
@@ -150,7 +151,7 @@ def test_keys_issue_gives_a_working_token_of_which_only_the_hash_is_stored(
 def test_keys_revoke_takes_effect_on_the_next_request(
     cli: Cli, customer: dict[str, Any], api: TestClient
 ) -> None:
-    issued = admin.issue_key(api.app.state.db, uuid.UUID(customer["id"]), [READ])  # type: ignore[attr-defined]
+    issued = admin.issue_key(app_state(api.app).db, uuid.UUID(customer["id"]), [READ])  # type: ignore[arg-type]
     headers = auth(issued.token, customer["id"])
     assert api.get(LEADS, headers=headers).status_code == 200
     assert cli.json("admin", "keys", "revoke", str(issued.id)) == {"id": str(issued.id), "revoked": True}

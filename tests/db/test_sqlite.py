@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
+from mega_crm.api.state import app_state
 from mega_crm.app import create_app
 from mega_crm.db import Database
 from mega_crm.leads.models import Lead
@@ -176,7 +177,7 @@ def test_writes_queued_behind_a_write_commit_together_and_fail_alone(sqlite_db: 
 def test_requests_grouped_in_one_commit_are_each_authorised(client: ContractClient, tenant: Tenant) -> None:
     """In a group commit the key is checked inside the group's transaction: a bad key still gets
     its 401 alone, the others their own leads."""
-    app_db = client.app.state.db
+    app_db = app_state(client.app).db
     if not app_db.is_sqlite:
         pytest.skip("group commit is SQLite's write lane")
     other = make_tenant(app_db)

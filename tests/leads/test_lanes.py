@@ -12,10 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.requests import Request
 
+from mega_crm.api.pipeline import parse_query
+from mega_crm.api.state import app_state
 from mega_crm.db import Database
-from mega_crm.leads.endpoints import _list_lane
+from mega_crm.leads.models import list_lane
+from mega_crm.leads.schemas import ListLeadsQuery
+from tests.conftest import ContractClient
 from tests.fixtures.factories import Tenant
-from tests.leads.api import create, listing
+from tests.leads.api import LEADS, create, listing
 
 
 @pytest.mark.parametrize(
@@ -28,10 +32,10 @@ from tests.leads.api import create, listing
         ("search=smith", "slow"),
         ("search=", "read"),
         ("updated_since=2026-01-01T00:00:00Z", "slow"),
-        ("created_since=2026-01-01", "slow"),
+        ("created_since=2026-01-01T00:00:00Z", "slow"),
         ("status=won&sort_by=created_at&sort_dir=desc", "read"),
         ("status=won&sort_by=last_interaction_at", "slow"),
-        ("stageId=x&sort_by=created_at", "slow"),
+        ("stageId=7f0c2a52-5b1e-4d4e-9a57-0c6f8e1d2b3a&sort_by=created_at", "slow"),
         ("lead_line=buyer", "read"),
         ("status=won&lead_line=buyer", "slow"),
         ("sort_by=last_interaction_at&sort_dir=desc", "read"),
@@ -42,17 +46,17 @@ def test_reads_that_may_scan_run_in_the_slow_lane(query: str, lane: str) -> None
     request = Request(
         {"type": "http", "method": "GET", "path": "/", "query_string": query.encode(), "headers": []}
     )
-    assert _list_lane(request) == lane
+    assert list_lane(parse_query(request, ListLeadsQuery)) == lane
 
 
 def test_a_busy_slow_lane_does_not_hold_up_page_reads(
-    client: TestClient, db: Database, tenant: Tenant
+    client: ContractClient, db: Database, tenant: Tenant
 ) -> None:
     if not db.is_sqlite:
         pytest.skip("lanes are separate threads on SQLite; PostgreSQL shares one pool")
     create(client, tenant, {"contact_name": "Somebody"})
     release = threading.Event()
-    app_db: Database = client.app.state.db  # type: ignore[attr-defined]
+    app_db = app_state(client.app).db
     # Fill both threads of the slow lane with work that waits until released.
     blockers = [
         threading.Thread(target=asyncio.run, args=(app_db.run("slow", release.wait),)) for _ in range(2)
@@ -76,3 +80,17 @@ def test_a_busy_slow_lane_does_not_hold_up_page_reads(
             thread.join(timeout=30)
     assert pages["plain"]["total"] == 1
     assert pages["search"]["total"] == 1
+
+
+def test_a_query_that_does_not_parse_is_refused_after_the_key_check(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """The query string is parsed before the lane is chosen, but its 400 waits for the key check
+    (as a body's does): an anonymous caller learns nothing about it."""
+    params = {"search": "smith", "offset": "many"}
+    anonymous = client.get(LEADS, params=params)
+    assert anonymous.status_code == 401, anonymous.text
+    refused = client.get(LEADS, params=params, headers=tenant.headers)
+    assert refused.status_code == 400, refused.text
+    assert "offset" in refused.json()["error"]["message"]
+    assert "ratelimit-remaining" in refused.headers  # counted like any other request

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from mega_crm.api.state import app_state
 from mega_crm.app import create_app
 from mega_crm.db import Database
 from tests.conftest import POSTGRES_URL, TEST_SECRET, LiveServer, make_settings
@@ -76,8 +77,8 @@ def served(pgb_url: str) -> Iterator[tuple[str, Database]]:
     settings = make_settings(pgb_url, webhook_allow_private_targets=True, db_pool_size=8)
     app = create_app(settings)
     with LiveServer(app) as server:
-        yield server.url, app.state.db
-    app.state.db.dispose()
+        yield server.url, app_state(app).db
+    app_state(app).db.dispose()
 
 
 def test_every_route_and_the_worker_process_through_pgbouncer(

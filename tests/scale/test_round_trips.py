@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from mega_crm.api.state import app_state
 from mega_crm.app import create_app
 from mega_crm.db import Database
 from tests.conftest import POSTGRES_URL, make_settings
@@ -42,8 +43,8 @@ def counted() -> Iterator[tuple[TestClient, RoundTripCounter, Database]]:
         settings = make_settings(url)
         app = create_app(settings)
         with TestClient(app) as client:
-            yield client, counter, app.state.db
-        app.state.db.dispose()
+            yield client, counter, app_state(app).db
+        app_state(app).db.dispose()
 
 
 def round_trips(

@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 from fastapi.testclient import TestClient
 
+from mega_crm.api.state import app_state
 from mega_crm.db import Database
 from mega_crm.webhooks import verify_signature
 from tests.conftest import ContractClient
@@ -239,14 +240,14 @@ def test_deactivating_cancels_pending_retries(
     endpoint = receiver.endpoint(*[500] * 10)
     hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=10)
     # Slow the retries down so the delivery is still pending when it is deactivated.
-    wh_client.app.state.settings.webhook_retry_base_seconds = 5.0
+    app_state(wh_client.app).settings.webhook_retry_base_seconds = 5.0
     try:
         create_lead(wh_client, tenant)
         endpoint.wait_for(1)
         r = wh_client.patch(f"{WEBHOOKS}/{hook['id']}", json={"is_active": False}, headers=tenant.headers)
         assert r.status_code == 200
     finally:
-        wh_client.app.state.settings.webhook_retry_base_seconds = 0.05
+        app_state(wh_client.app).settings.webhook_retry_base_seconds = 0.05
     [delivery] = settled(wh_client, tenant, hook["id"])
     assert delivery["status"] == "cancelled"
     assert delivery["next_attempt_at"] is None

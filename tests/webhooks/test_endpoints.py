@@ -8,6 +8,7 @@ import uuid
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from mega_crm.api.state import app_state
 from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE
 from mega_crm.db import Database
 from mega_crm.webhooks.models import Webhook
@@ -111,7 +112,7 @@ def test_same_url_twice_is_409_until_deleted(
     r = wh_client.post(WEBHOOKS, json={"url": url.replace("http://", "HTTP://")}, headers=tenant.headers)
     assert r.status_code == 409
     # Another customer may register it.
-    other = make_tenant(wh_client.app.state.db)
+    other = make_tenant(app_state(wh_client.app).db)
     register(wh_client, other, url)
     # Moving another webhook onto it is refused (400: the reference's updateWebhook has no 409).
     second, _ = register(wh_client, tenant, receiver.endpoint().url)
@@ -179,7 +180,7 @@ def test_delete_is_soft_and_the_webhook_is_gone(
 def test_another_customers_webhook_is_404_on_every_route(
     wh_client: ContractClient, tenant: Tenant, receiver: Receiver
 ) -> None:
-    other = make_tenant(wh_client.app.state.db)
+    other = make_tenant(app_state(wh_client.app).db)
     hook, _ = register(wh_client, other, receiver.endpoint().url)
     wh_client.post(LEADS, json={"contact_name": "Other's lead"}, headers=other.headers)
     path = f"{WEBHOOKS}/{hook['id']}"

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from sqlalchemy.orm import Session
 
+from mega_crm.api.state import app_state
 from mega_crm.app import create_app
 from mega_crm.db import Database, utcnow
 from mega_crm.webhooks import repository as repo
@@ -257,7 +258,7 @@ def test_a_failure_whose_lease_was_lost_does_not_count(
     """A late write from a worker whose claim was taken over changes nothing, count included."""
     hook, _ = register(wh_client, tenant, receiver.endpoint().url)
     webhook_id = uuid.UUID(hook["id"])
-    with wh_client.app.state.db.write_session() as session:
+    with app_state(wh_client.app).db.write_session() as session:
         # Records of deliveries that do not exist (or whose lease token is not theirs): no-ops.
         repo.record_attempts(session, [_record(webhook_id, FAILED) for _ in range(4)], disable_after=3)
     state = get_hook(wh_client, tenant, hook["id"])

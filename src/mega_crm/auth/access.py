@@ -1,5 +1,5 @@
 """Who is calling: the key, its customer and scopes; then the rate limit of the route's bucket.
-Run by endpoint.serve() for every API request.
+Run by api.pipeline.serve() for every API request.
 
 Order of checks: x-customer-id present and a UUID, token well-formed and live (401); the key's
 rate limit (429; from here on every response carries the RateLimit-* headers, since the caller is
@@ -18,9 +18,10 @@ import orjson
 from fastapi import Request
 from sqlalchemy import bindparam, select
 
+from mega_crm.api.state import app_state
 from mega_crm.auth.models import ApiKey
 from mega_crm.customers.models import Customer
-from mega_crm.db import Query, RawConnection, as_uuid
+from mega_crm.db import Memo, Query, RawConnection, as_uuid
 from mega_crm.errors import AuthenticationError, AuthorizationError
 from mega_crm.ratelimit.limiter import BULK_BUCKET
 from mega_crm.security import TOKEN_RE, hash_api_token
@@ -77,18 +78,21 @@ _KEY_LOOKUP = Query(
     .join(Customer, Customer.id == ApiKey.customer_id)
     .where(ApiKey.token_hash == bindparam("token_hash"))
 )
+# The keys a group commit's transaction has looked up (token hash -> _KEY_LOOKUP's row). Not
+# dropped by writes to customers: every lead write bumps its customer's clock, and the limits
+# read here change only from the operator CLI, never inside a request's transaction.
+_KNOWN_KEYS = Memo[str, tuple[Any, ...]]("api_keys", tables={"api_keys"})
 
 
-def authenticate(
-    request: Request, reader: RawConnection, known: dict[str, Any] | None = None
-) -> tuple[LiveKey, uuid.UUID]:
+def authenticate(request: Request, reader: RawConnection) -> tuple[LiveKey, uuid.UUID]:
     """-> (the live key with its customer's limits, the customer the request names); 401 otherwise.
-    `known`: the keys already looked up in the reader's transaction (a group commit's)."""
+    A reader in a session's transaction (a group commit's) looks each key up once in it."""
     requested_customer = _customer_header(request)
     token = _bearer_token(request)
     if not TOKEN_RE.fullmatch(token):
         raise AuthenticationError("Invalid API key.")
     token_hash = hash_api_token(token)
+    known = reader.memos.entries(_KNOWN_KEYS) if reader.memos is not None else None
     row = known.get(token_hash) if known is not None else None
     if row is None:
         row = reader.first(_KEY_LOOKUP, {"token_hash": token_hash})
@@ -106,18 +110,17 @@ def authenticate(
     return key, requested_customer
 
 
-def authorize(
-    request: Request, scope: str, bucket: str, reader: RawConnection, known: dict[str, Any] | None = None
-) -> Principal:
+def authorize(request: Request, scope: str, bucket: str, reader: RawConnection) -> Principal:
     """Authenticate, count the request against the key's `bucket`, then check customer and scope."""
-    key, requested_customer = authenticate(request, reader, known)
-    settings = request.app.state.settings
+    key, requested_customer = authenticate(request, reader)
+    shared = app_state(request.app)
+    settings = shared.settings
     spec = (
         key.rate_limit_bulk or settings.rate_limit_bulk
         if bucket == BULK_BUCKET
         else key.rate_limit_default or settings.rate_limit_default
     )
-    state = request.app.state.limiter.hit(str(key.id), bucket, spec)
+    state = shared.limiter.hit(str(key.id), bucket, spec)
     if state is not None:
         request.state.rate_limit_headers = state.headers()
     if key.customer_id != requested_customer:

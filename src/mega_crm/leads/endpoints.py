@@ -8,13 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from mega_crm.api.openapi import IDEMPOTENCY_KEY, query_parameters, request_body
+from mega_crm.api.pipeline import Call, serve
+from mega_crm.api.responses import json_response
 from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE
-from mega_crm.db import Lane
-from mega_crm.endpoint import Call, serve
 from mega_crm.errors import error_responses
-from mega_crm.http import json_response
 from mega_crm.idempotency.service import StoredResponse, request_fingerprint, run_idempotent
 from mega_crm.leads import service
+from mega_crm.leads.models import list_lane
 from mega_crm.leads.schemas import (
     BulkImportEnvelope,
     BulkImportRequest,
@@ -25,7 +26,6 @@ from mega_crm.leads.schemas import (
     ListLeadsQuery,
 )
 from mega_crm.observability import metrics
-from mega_crm.openapi import IDEMPOTENCY_KEY, query_parameters, request_body
 from mega_crm.ratelimit.limiter import BULK_BUCKET
 
 router = APIRouter(prefix="/api/agents/crm", tags=["Leads"])
@@ -49,36 +49,7 @@ def _reply(result: StoredResponse, operation: str) -> Response:
     openapi_extra=query_parameters(ListLeadsQuery),
 )
 async def list_leads(request: Request) -> Response:
-    return await serve(request, LEADS_READ, _list_leads, lane=_list_lane(request), query=ListLeadsQuery)
-
-
-# Beyond this, an OFFSET walks that many index entries: a scan, not a page read.
-_SHALLOW_OFFSET = 1000
-# The sorts an index serves in order, per filter (see leads/models.py). Other combinations sort
-# every match before the first row comes out.
-_INDEXED_SORTS = {
-    None: {"updated_at", "created_at", "last_interaction_at"},
-    "status": {"updated_at", "created_at"},
-    "stageId": {"updated_at"},
-    "lead_line": {"updated_at"},
-}
-
-
-def _list_lane(request: Request) -> Lane:
-    """A page one index range serves runs in the read lane; searches, date filters, deep offsets
-    and unindexed filter/sort combinations may scan, and run in the slow lane."""
-    params = request.query_params
-    if params.get("search") or params.get("created_since") or params.get("updated_since"):
-        return "slow"
-    offset = params.get("offset", "")
-    # Not yet validated: "²" passes str.isdigit and fails int(), as do 4,301+ digits.
-    if offset.isascii() and offset.isdigit() and (len(offset) > 18 or int(offset) > _SHALLOW_OFFSET):
-        return "slow"
-    filters = [name for name in ("status", "stageId", "lead_line") if params.get(name)]
-    if len(filters) > 1:
-        return "slow"
-    sorts = _INDEXED_SORTS[filters[0] if filters else None]
-    return "read" if params.get("sort_by", "updated_at") in sorts else "slow"
+    return await serve(request, LEADS_READ, _list_leads, lane=list_lane, query=ListLeadsQuery)
 
 
 def _list_leads(call: Call) -> Response:

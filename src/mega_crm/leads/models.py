@@ -3,12 +3,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mega_crm.db import Base, UTCDateTime, new_id
+
+if TYPE_CHECKING:
+    from mega_crm.db import Lane
+    from mega_crm.leads.schemas import ListLeadsQuery
 
 
 class Lead(Base):
@@ -66,18 +70,52 @@ class Lead(Base):
     search_phone: Mapped[str | None] = mapped_column(String(64))
 
 
+def _keyset_sorts() -> dict[str | None, frozenset[str]]:
+    """{filter column, or None for no filter: the sort columns a keyset index of Lead serves in
+    order}, read off the (customer_id, [filter], sort, id) indexes above."""
+    sorts: dict[str | None, set[str]] = {}
+    for index in Lead.metadata.tables[Lead.__tablename__].indexes:
+        names = [column.name for column in index.columns]
+        if index.unique or names[0] != "customer_id" or names[-1] != "id":
+            continue
+        *filters, sort = names[1:-1]
+        sorts.setdefault(filters[0] if filters else None, set()).add(sort)
+    return {filter_: frozenset(columns) for filter_, columns in sorts.items()}
+
+
+_KEYSET_SORTS = _keyset_sorts()
+# Beyond this, an OFFSET walks that many index entries: a scan, not a page read.
+_SHALLOW_OFFSET = 1000
+
+
+def list_lane(query: ListLeadsQuery) -> Lane:
+    """The database lane (see mega_crm.db) of a listLeads request: "read" for a page one of the
+    indexes above serves as a range, "slow" for what may scan or sort every match (a search, a
+    date filter, an offset past 1000, two filters at once, or a sort no index serves with the
+    filter), so it never holds up page reads."""
+    if query.search or query.created_since or query.updated_since or query.offset > _SHALLOW_OFFSET:
+        return "slow"
+    given = {"status": query.status, "stage_id": query.stage_id, "lead_line": query.lead_line}
+    filters = [column for column, value in given.items() if value]
+    if len(filters) > 1:
+        return "slow"
+    return "read" if query.sort_by in _KEYSET_SORTS.get(filters[0] if filters else None, ()) else "slow"
+
+
 def described_by_models(dialect: str) -> Callable[..., bool]:
     """Alembic's include_object for comparing a database with the models (`alembic check`,
     tests/test_migrations.py): each database's search index is its own (migration 0005). On
     SQLite it is an FTS5 table (`leads_search` and its shadow tables) that no model describes,
-    and the models' trigram indexes, PostgreSQL's, are not there."""
+    and the models' trigram indexes, PostgreSQL's, are not there; nor is SQLite's index of
+    (customer_id, search_text) for short searches (migration 0007)."""
 
     def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
         if dialect != "sqlite" or name is None:
             return True
         if type_ == "table" and reflected:
             return not name.startswith("leads_search")
-        return not (type_ == "index" and name.endswith("_trgm"))
+        # SQLite: its short-search index (migration 0007) instead of the trigram ones
+        return not (type_ == "index" and (name.endswith("_trgm") or name == "ix_leads_customer_search_text"))
 
     return include
 

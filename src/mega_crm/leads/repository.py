@@ -18,7 +18,6 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
-    insert,
     literal_column,
     or_,
     select,
@@ -32,11 +31,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mega_crm.customers.models import Customer, Owner
-from mega_crm.db import Query, RawConnection, as_datetime, as_json, as_shared_uuid, as_uuid, per_transaction
+from mega_crm.db import Memo, Query, RawConnection, as_datetime, as_json, as_shared_uuid, as_uuid, memoized
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
 from mega_crm.leads.models import Lead, LeadCount
-from mega_crm.leads.search import SAMPLE_LEADS, probe, trigram_counts
+from mega_crm.leads.search import SAMPLE_LEADS, probe, rarest_trigrams, trigram_counts
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]
 LEADS: Table = Lead.__table__  # type: ignore[assignment]
@@ -88,16 +87,19 @@ _MATCHING = {
 }  # fmt: skip
 
 
+# A customer's pipeline and custom-field slugs, per transaction (see customer_config).
+_CUSTOMER_CONFIG = Memo[uuid.UUID, tuple[list[StageRow], set[str]]](
+    "customer_config", tables={"stages", "custom_field_definitions"}
+)
+
+
 def customer_config(session: Session, customer_id: uuid.UUID) -> tuple[list[StageRow], set[str]]:
     """-> (the pipeline in order, the custom-field slugs). Read once per transaction and
-    customer: the writes a group commit runs together share it (only the operator CLI changes
-    a configuration, and not inside our write transaction)."""
-    memo = per_transaction(session, "customer_config")
-    if memo is None:
-        return _read_config(session, customer_id)
-    if customer_id not in memo:
-        memo[customer_id] = _read_config(session, customer_id)
-    stages, slugs = memo[customer_id]
+    customer: the writes a group commit runs together share it (a write to those tables in the
+    transaction reads them again)."""
+    stages, slugs = memoized(
+        session, _CUSTOMER_CONFIG, customer_id, lambda: _read_config(session, customer_id)
+    )
     return list(stages), set(slugs)
 
 
@@ -151,12 +153,6 @@ def _record(row: tuple[Any, ...]) -> dict[str, Any]:
 
 # Columns an update may never change.
 _IMMUTABLE = {"id", "customer_id", "created_at"}
-_INSERT = Query(insert(LEADS))
-_BY_ID = (LEADS.c.id == bindparam("id")) & (LEADS.c.customer_id == bindparam("customer_id"))
-
-
-def _update_of(columns: list[str]) -> Query:
-    return Query(update(LEADS).where(_BY_ID).values({name: bindparam(name) for name in columns}))
 
 
 # SQLite rewrites the entries of every index holding a column an UPDATE sets, changed or not. A
@@ -173,8 +169,23 @@ _LIGHT_COLUMNS = [
     "document",
     "search_text",
 ]
-_LIGHT_UPDATE = _update_of(_LIGHT_COLUMNS)
-_FULL_UPDATE = _update_of([name for name in LEAD_COLUMNS if name not in _IMMUTABLE])
+
+
+def _sqlite_update_of(columns: list[str]) -> tuple[str, list[str]]:
+    """-> (UPDATE … FROM (VALUES {values}) for RawConnection.run_values, its row columns): the
+    rows' id and customer_id pick the lead (an id of another customer matches nothing)."""
+    bound = ["id", "customer_id", *columns]
+    sets = ", ".join(f"{name} = v.column{i}" for i, name in enumerate(bound, 1) if i > 2)
+    statement = (
+        f"UPDATE leads SET {sets} FROM (VALUES {{values}}) AS v "
+        "WHERE leads.id = v.column1 AND leads.customer_id = v.column2"
+    )
+    return statement, bound
+
+
+_SQLITE_INSERT = f"INSERT INTO leads ({', '.join(LEAD_COLUMNS)}) VALUES {{values}}"
+_SQLITE_LIGHT_UPDATE = _sqlite_update_of(_LIGHT_COLUMNS)
+_SQLITE_FULL_UPDATE = _sqlite_update_of([name for name in LEAD_COLUMNS if name not in _IMMUTABLE])
 
 # On PostgreSQL the batch travels as one JSON parameter expanded by json_populate_recordset:
 # one statement and one parameter whatever the row count (psycopg re-parses a statement with
@@ -189,13 +200,13 @@ _PG_UPSERT = Query(text(
 
 
 def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
-    """The whole batch in one DBAPI call (SQLite: executemany, a C loop over one prepared
-    statement; PostgreSQL: one statement)."""
+    """The whole batch in one statement (SQLite: a multi-row INSERT … VALUES, see
+    RawConnection.run_values; PostgreSQL: one JSON parameter)."""
     if not records:
         return
     raw = RawConnection.of(session)
     if raw.is_sqlite:
-        raw.run_many(_INSERT, records)
+        raw.run_values(_SQLITE_INSERT, LEAD_COLUMNS, records)
     else:
         raw.run(_PG_INSERT, {"rows": orjson.dumps(records).decode()})
 
@@ -203,8 +214,9 @@ def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
 def update_leads(session: Session, records: list[dict[str, Any]], changed: dict[uuid.UUID, set[str]]) -> None:
     """Full records of existing leads, written back by id within their customer; `changed`: the
     columns each record changed. PostgreSQL: one INSERT … ON CONFLICT (id) DO UPDATE of every
-    column, the conflict target being the primary key. SQLite: at most two executemany calls, see
-    _LIGHT_COLUMNS. Either way the unique indexes (email, phone) still refuse a duplicate."""
+    column, the conflict target being the primary key. SQLite: at most two UPDATE … FROM (VALUES
+    …) statements, see _LIGHT_COLUMNS. Either way the unique indexes (email, phone) still refuse a
+    duplicate."""
     if not records:
         return
     raw = RawConnection.of(session)
@@ -212,8 +224,10 @@ def update_leads(session: Session, records: list[dict[str, Any]], changed: dict[
         raw.run(_PG_UPSERT, {"rows": orjson.dumps(records).decode()})
         return
     light = [rec for rec in records if changed[rec["id"]].issubset(_LIGHT_COLUMNS)]
-    raw.run_many(_LIGHT_UPDATE, light)
-    raw.run_many(_FULL_UPDATE, [rec for rec in records if not changed[rec["id"]].issubset(_LIGHT_COLUMNS)])
+    full = [rec for rec in records if not changed[rec["id"]].issubset(_LIGHT_COLUMNS)]
+    for rows, (statement, columns) in ((light, _SQLITE_LIGHT_UPDATE), (full, _SQLITE_FULL_UPDATE)):
+        if rows:
+            raw.run_values(statement, columns, rows)
 
 
 def begin_customer_write(session: Session, customer_id: uuid.UUID, now: datetime) -> datetime | None:
@@ -310,21 +324,35 @@ def _filter_params(customer_id: uuid.UUID, f: LeadFilters, reader: RawConnection
         value = getattr(f, name)
         if value is not None:
             params[name] = value
-    if f.search_text is not None:
-        params["search_probe"] = probe(f.search_text, _trigram_counts(reader))
-        params["search_probe_like"] = "%" + _escape_like(params["search_probe"]) + "%"
-    if f.search_phone_digits is not None:
-        params["search_phone_like"] = "%" + f.search_phone_digits + "%"
-    if f.search_text is not None or f.search_phone_digits is not None:
-        # SQLite: one FTS5 query for both, a phrase per column
-        phrases = (("search_text", params.get("search_probe")), ("search_phone", f.search_phone_digits))
-        params["search_match"] = " OR ".join(
-            f'{column} : "{value.replace(chr(34), chr(34) * 2)}"' for column, value in phrases if value
-        )
+    if not reader.is_sqlite:  # LIKE patterns over the pg_trgm indexes
+        if f.search_text is not None:
+            window = probe(f.search_text, _trigram_counts(reader))
+            params["search_probe_like"] = "%" + _escape_like(window) + "%"
+        if f.search_phone_digits is not None:
+            params["search_phone_like"] = "%" + f.search_phone_digits + "%"
+    elif f.search_text is not None or f.search_phone_digits is not None:
+        # One FTS5 query for both: the text's rarest trigrams, or the phone digits as a phrase.
+        terms = []
+        if f.search_text is not None:
+            grams = rarest_trigrams(f.search_text, _trigram_counts(reader))
+            terms.append("(" + " AND ".join(f"search_text : {_fts_string(g)}" for g in grams) + ")")
+        if f.search_phone_digits is not None:
+            terms.append(f"search_phone : {_fts_string(f.search_phone_digits)}")
+        params["search_match"] = " OR ".join(terms)
     return params
 
 
-_SAMPLE = Query(text(f"SELECT search_text FROM leads WHERE search_text IS NOT NULL LIMIT {SAMPLE_LEADS}"))
+def _fts_string(value: str) -> str:
+    """`value` as an FTS5 string (a phrase of its trigrams): quoted, inner quotes doubled."""
+    return '"' + value.replace('"', '""') + '"'
+
+
+# In table order, not an index's: the first leads of an index on search_text (SQLite's, 0007)
+# all begin alike, and would make common trigrams look rare.
+_SAMPLE = {
+    dialect: Query(text(f"SELECT search_text FROM leads {hint} WHERE search_text IS NOT NULL LIMIT :n"))
+    for dialect, hint in (("sqlite", "NOT INDEXED"), ("postgresql", ""))
+}
 _TRIGRAMS: list[tuple[float, Counter[str]]] = []  # (when, counts): search.probe's estimate
 _TRIGRAMS_SECONDS = 3600.0
 
@@ -333,15 +361,17 @@ def _trigram_counts(reader: RawConnection) -> Counter[str]:
     """Trigram frequencies in a sample of the leads, counted again every _TRIGRAMS_SECONDS (a
     few tens of ms; two threads may both count, harmlessly)."""
     if not _TRIGRAMS or time.monotonic() - _TRIGRAMS[0][0] > _TRIGRAMS_SECONDS:
-        counts = trigram_counts([row[0] for row in reader.all(_SAMPLE, {})])
+        counts = trigram_counts(
+            [row[0] for row in reader.all(_SAMPLE[reader.dialect.name], {"n": SAMPLE_LEADS})]
+        )
         _TRIGRAMS[:] = [(time.monotonic(), counts)]
     return _TRIGRAMS[0][1]
 
 
 def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | None:
     """The leads a search matches (see leads/search.py), or None without one. The trigram index
-    is asked for a part of the query (search.probe), and the whole query is checked on
-    the rows it finds.
+    is asked for a part of the query (SQLite: search.rarest_trigrams; PostgreSQL: search.probe),
+    and the whole query is checked on the rows it finds.
     SQLite: rowids from the FTS5 table leads_search (migration 0005), plus the phone index's
     match, as one IN list the plan starts from; PostgreSQL: LIKE over the trigram-indexed columns
     (bitmap index scans), or'ed with the phone index's match. A 1-2 character text is a plain

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,7 +33,17 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-disable_created_metrics()  # the *_created series double the output and nothing here uses them
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from mega_crm.db import Database
+
+# prometheus-client leaves these three unannotated: typed here once, as its source defines them.
+_disable_created_metrics = cast(Callable[[], None], disable_created_metrics)
+_multiprocess_collector = cast(Callable[[CollectorRegistry], Collector], multiprocess.MultiProcessCollector)
+_mark_process_dead = cast(Callable[[int], None], multiprocess.mark_process_dead)
+
+_disable_created_metrics()  # the *_created series double the output and nothing here uses them
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 UNMATCHED_ROUTE = "<unmatched>"  # any path no route serves: one label value, whatever was asked
@@ -77,8 +88,8 @@ DB_POOL_IN_USE = Gauge(
     multiprocess_mode="livesum",
 )  # fmt: skip
 
-_http_children: dict[tuple[str, str, int], Any] = {}
-_latency_children: dict[str, Any] = {}
+_http_children: dict[tuple[str, str, int], Counter] = {}
+_latency_children: dict[str, Histogram] = {}
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
@@ -104,13 +115,16 @@ def observe_webhook_attempt(succeeded: bool, final: bool, latency_ms: int | None
         WEBHOOK_ATTEMPT_LATENCY.observe(latency_ms / 1000)
 
 
-def instrument_pool(engine: Any) -> None:
+_instrumented_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def instrument_pool(engine: Engine) -> None:
     """Keep DB_POOL_IN_USE current from the engine's pool checkout/checkin events."""
     from sqlalchemy import event
 
-    if getattr(engine, "_mega_pool_metrics", False):  # one app per engine in production; tests share
+    if engine in _instrumented_engines:  # one app per engine in production; tests share
         return
-    engine._mega_pool_metrics = True
+    _instrumented_engines.add(engine)
 
     @event.listens_for(engine, "checkout")
     def _checkout(*_args: Any) -> None:
@@ -125,7 +139,7 @@ class DeliveryBacklogCollector(Collector):
     """Scrape-time gauges from the database: pending deliveries, the age of the oldest one, and
     webhooks that are inactive. One aggregate query each, across customers."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -163,13 +177,13 @@ WEBHOOKS_DISABLED = Counter(
 REDIS_CIRCUIT_STATES = {"closed": 0, "open": 1, "half_open": 2}
 
 
-def render(db: Any, redis_circuit: str | None = None) -> tuple[bytes, str]:
+def render(db: Database, redis_circuit: str | None = None) -> tuple[bytes, str]:
     """-> (the exposition text of every metric of this deployment's processes, its content type).
     `redis_circuit`: the Redis breaker's state in this process ("closed", "open", "half_open"),
     None without Redis. Blocking (database queries): call it off the event loop."""
     if MULTIPROCESS:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        _multiprocess_collector(registry)  # registers itself
         body = generate_latest(registry)
     else:
         body = generate_latest(REGISTRY)
@@ -195,4 +209,4 @@ def render(db: Any, redis_circuit: str | None = None) -> tuple[bytes, str]:
 def process_exited() -> None:
     """In multiprocess mode, drop this process's live gauges (call at shutdown)."""
     if MULTIPROCESS:
-        multiprocess.mark_process_dead(os.getpid())
+        _mark_process_dead(os.getpid())

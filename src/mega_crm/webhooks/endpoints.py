@@ -10,11 +10,11 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from mega_crm.api.openapi import query_parameters, request_body
+from mega_crm.api.pipeline import Call, serve
+from mega_crm.api.responses import json_response
 from mega_crm.auth.scopes import WEBHOOKS_MANAGE
-from mega_crm.endpoint import Call, serve
 from mega_crm.errors import error_responses
-from mega_crm.http import json_response
-from mega_crm.openapi import query_parameters, request_body
 from mega_crm.webhooks import service
 from mega_crm.webhooks.schemas import (
     WebhookCreateRequest,
@@ -48,7 +48,7 @@ def _box(call: Call) -> SecretBox:
 
 
 def _allow_private(call: Call) -> bool:
-    return bool(call.state.settings.webhook_allow_private_targets)
+    return call.state.settings.webhook_allow_private_targets
 
 
 @router.get(

@@ -10,7 +10,7 @@ from typing import Any, cast
 from sqlalchemy import Integer, Table, and_, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from mega_crm.db import Query, RawConnection, as_json, as_uuid, per_transaction, utcnow
+from mega_crm.db import Memo, Query, RawConnection, as_json, as_uuid, memoized, utcnow
 from mega_crm.webhooks.models import (
     CANCELLED,
     DISABLED_FAILING,
@@ -84,24 +84,20 @@ _SUBSCRIBED = Query(
 )
 
 
+# Each customer's live webhooks as (id, event_types) rows, per transaction (a group commit's creates).
+_SUBSCRIPTIONS = Memo[uuid.UUID, list[tuple[Any, ...]]]("webhook_subscriptions", tables={"webhooks"})
+
+
 def subscribed_webhook_ids(session: Session, customer_id: uuid.UUID, event_type: str) -> list[uuid.UUID]:
-    """Read once per transaction and customer (a group commit's creates share it); the webhook
-    writes in the same transaction call forget_subscriptions()."""
-    memo = per_transaction(session, _SUBSCRIPTIONS)
-    rows = memo.get(customer_id) if memo is not None else None
-    if rows is None:
-        rows = RawConnection.of(session).all(_SUBSCRIBED, {"customer_id": customer_id})
-        if memo is not None:
-            memo[customer_id] = rows
+    """Read once per transaction and customer (a group commit's creates share it); a webhook
+    written in the same transaction makes the next call read them again (mega_crm.db.memos)."""
+    rows = memoized(session, _SUBSCRIPTIONS, customer_id, lambda: _subscriptions(session, customer_id))
     # event_types is a short JSON list; filtering here keeps the query portable.
     return [as_uuid(webhook_id) for webhook_id, types in rows if event_type in (as_json(types) or [])]
 
 
-_SUBSCRIPTIONS = "webhook_subscriptions"
-
-
-def forget_subscriptions(session: Session) -> None:
-    session.info.pop(_SUBSCRIPTIONS, None)
+def _subscriptions(session: Session, customer_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    return RawConnection.of(session).all(_SUBSCRIBED, {"customer_id": customer_id})
 
 
 def insert_event_with_deliveries(

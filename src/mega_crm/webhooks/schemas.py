@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from mega_crm.api.openapi import component
 from mega_crm.leads.schemas import FIELDS_OPTIONAL_IN_SCHEMA, CustomFieldMap
-from mega_crm.openapi import component
 from mega_crm.validation import Rfc3339, Text
 from mega_crm.webhooks.urls import MAX_URL_LENGTH
 

@@ -106,7 +106,6 @@ def _url_in_use() -> InvalidRequestError:
 def create_webhook(
     session: Session, customer_id: uuid.UUID, request: WebhookCreateRequest, target: Target, box: SecretBox
 ) -> dict[str, Any]:
-    repo.forget_subscriptions(session)  # createLead reads them once per transaction
     if repo.url_registered(session, customer_id, target.url):
         raise _url_taken()
     now = utcnow()
@@ -154,7 +153,6 @@ def update_webhook(
     target: Target | None,
     box: SecretBox,
 ) -> dict[str, Any]:
-    repo.forget_subscriptions(session)  # createLead reads them once per transaction
     webhook = _webhook_or_404(session, customer_id, webhook_id)
     sent = request.model_fields_set
     now = utcnow()
@@ -211,7 +209,6 @@ def update_webhook(
 
 
 def delete_webhook(session: Session, customer_id: uuid.UUID, webhook_id: uuid.UUID) -> dict[str, Any]:
-    repo.forget_subscriptions(session)  # createLead reads them once per transaction
     webhook = _webhook_or_404(session, customer_id, webhook_id)
     now = utcnow()
     repo.cancel_pending_deliveries(session, webhook.id, now)

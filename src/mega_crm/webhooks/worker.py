@@ -33,6 +33,7 @@ from typing import IO, Any
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
+from mega_crm.api.state import app_state
 from mega_crm.config import Settings
 from mega_crm.db import Database, connection_options, normalize_database_url, utcnow
 from mega_crm.observability.logging import get_logger
@@ -572,10 +573,11 @@ class WorkerThread:
 @contextlib.asynccontextmanager
 async def webhook_worker_lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The in-process worker, unless MEGA_WEBHOOK_WORKER_IN_PROCESS=0."""
-    settings: Settings = app.state.settings
+    state = app_state(app)
+    settings = state.settings
     runner: WorkerThread | None = None
     if settings.webhook_worker_in_process:
-        runner = WorkerThread(DeliveryWorker(app.state.db, settings, app.state.secret_key))
+        runner = WorkerThread(DeliveryWorker(state.db, settings, state.secret_key))
         runner.start()
     try:
         yield

@@ -44,7 +44,7 @@ _REQUEST_MODELS: dict[str, type[BaseModel]] = {}
 
 
 def query_parameters(model: type[BaseModel]) -> dict[str, Any]:
-    """A route's `openapi_extra` publishing `model` (parsed by endpoint.Call.query) as its query."""
+    """A route's `openapi_extra` publishing `model` (parsed by api.pipeline, `Call.query`) as its query."""
     properties = model.model_json_schema(by_alias=True)["properties"]
     parameters = []
     for name, field in model.model_fields.items():
@@ -73,7 +73,7 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def request_body(model: type[BaseModel]) -> dict[str, Any]:
-    """A route's `openapi_extra` publishing `model` (parsed by endpoint.Call.body) as its JSON body."""
+    """A route's `openapi_extra` publishing `model` (parsed by api.pipeline, `Call.body`) as its JSON body."""
     _REQUEST_MODELS[model.__name__] = model
     return {"x-request-schema": model.__name__}
 
@@ -166,7 +166,7 @@ def contract_openapi(app: FastAPI) -> dict[str, Any]:
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
 
-    # Request bodies are parsed in the route (endpoint.Call.body); publish the documented schema.
+    # Request bodies are parsed in the route (api.pipeline, `Call.body`); publish the documented schema.
     for path_item in doc.get("paths", {}).values():
         for operation in path_item.values():
             name = operation.pop("x-request-schema", None)

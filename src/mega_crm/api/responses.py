@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 
 
 class FastJSONResponse(JSONResponse):
+    """A JSON response encoded by orjson rather than the json module."""
+
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
 
@@ -16,4 +18,5 @@ class FastJSONResponse(JSONResponse):
 def json_response(
     body: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> FastJSONResponse:
+    """`body` as JSON with `status_code` and any extra `headers`."""
     return FastJSONResponse(body, status_code=status_code, headers=headers)

@@ -13,10 +13,16 @@ import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
+
+from mega_crm.api.state import app_state
+
+if TYPE_CHECKING:
+    from mega_crm.config import Settings
+    from mega_crm.db import Database
 
 router = APIRouter(include_in_schema=False)
 
@@ -29,8 +35,7 @@ async def livez() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    checks = _readiness(request.app)
-    results = await checks.run()
+    results = await app_state(request.app).readiness.run()
     ready = all(v == "ok" for v in results.values())
     failed = [name for name, v in results.items() if v != "ok"]
     body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": results}
@@ -39,24 +44,19 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-def _readiness(app: FastAPI) -> Readiness:
-    checks = getattr(app.state, "readiness", None)
-    if checks is None:
-        checks = app.state.readiness = Readiness(app.state.db, app.state.settings)
-    return checks  # type: ignore[no-any-return]
-
-
 class Readiness:
     """The checks of one app. Each runs on a small thread pool of its own, so a database that
-    hangs holds one of these threads, never a request lane; the answer comes at the timeout."""
+    hangs holds one of these threads, never a request lane; the answer comes at the timeout.
+    Nothing connects before the first check (the pool's threads start with it)."""
 
-    def __init__(self, db: Any, settings: Any) -> None:
+    def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.timeout: float = settings.readyz_timeout_seconds
         self.redis_url: str | None = settings.redis_url
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mega-readyz")
 
     async def run(self) -> dict[str, str]:
+        """-> {check ("database", and "redis" when configured): "ok" or what failed}."""
         checks: dict[str, Callable[[], str]] = {"database": self.check_database}
         if self.redis_url:
             checks["redis"] = self.check_redis
@@ -92,6 +92,7 @@ class Readiness:
         return create_engine(self.db.url, poolclass=NullPool, connect_args={"connect_timeout": timeout})
 
     def check_database(self) -> str:
+        """"ok" when the database answers with its migrations at Alembic's head (blocking)."""
         from sqlalchemy import text
 
         with self._engine.connect() as conn:
@@ -112,6 +113,7 @@ class Readiness:
         )
 
     def check_redis(self) -> str:
+        """"ok" when Redis answers a PING (blocking; raises when it does not)."""
         self._redis.ping()
         return "ok"
 

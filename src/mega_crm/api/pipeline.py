@@ -1,10 +1,12 @@
 """How every API route runs: one call on a database thread per request.
 
-A route is an `async def` that hands its work to `serve()`. The body is read on the event loop;
-then a single call on one of the database's threads (`Database.run`) does, in this order:
-authenticate the key (401), count the request against its rate limit (429), check customer and
-scope (403), parse query and body (400), and the work itself. So an anonymous caller learns
-nothing about the input, and a request costs one thread hop, not one per dependency.
+A route is an `async def` that hands its work to `serve()`. The body is read, and the query
+string parsed, on the event loop (a route may choose its lane from the parsed query: listLeads,
+`leads.models.list_lane`); then a single call on one of the database's threads (`Database.run`)
+does, in this order: authenticate the key (401), count the request against its rate limit (429),
+check customer and scope (403), refuse a query string or a body that does not parse (400), and
+the work itself. So an anonymous caller learns nothing about the input, and a request costs one
+thread hop, not one per dependency.
 
 Query strings and bodies are parsed here, by the pydantic models the routes declare in their
 OpenAPI (`openapi.query_parameters` / `openapi.request_body`), not by FastAPI's per-parameter
@@ -19,19 +21,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from mega_crm.api.state import AppState, app_state
 from mega_crm.auth.access import Principal, authorize
-from mega_crm.db import Lane, RawConnection, per_transaction
+from mega_crm.db import Lane, RawConnection
 from mega_crm.errors import InvalidRequestError
 from mega_crm.ratelimit.limiter import DEFAULT_BUCKET
 from mega_crm.validation import describe_errors, text_refusal
 
 M = TypeVar("M", bound=BaseModel)
+Q = TypeVar("Q", bound=BaseModel)
 
 
 class NoQuery(BaseModel):
@@ -43,20 +47,19 @@ class Call:
     """One authenticated request, as the work of a route sees it."""
 
     request: Request
-    principal: Principal
+    state: AppState  # the app's shared objects: database, settings, codecs, caches
+    principal: Principal  # the key's id, customer and scopes
     raw_body: bytes
     reader: RawConnection  # the read transaction the key was checked in (see Database.raw_read)
     params: BaseModel  # the query string, parsed by the model the route declared
 
     @property
     def customer_id(self) -> uuid.UUID:
+        """The customer the key is locked to (and the x-customer-id header named)."""
         return self.principal.customer_id
 
-    @property
-    def state(self) -> Any:
-        return self.request.app.state
-
     def header(self, name: str) -> str | None:
+        """The request's header `name` (case-insensitive), None when absent."""
         return self.request.headers.get(name)
 
     def query(self, model: type[M]) -> M:
@@ -119,35 +122,64 @@ async def serve(
     scope: str,
     work: Callable[[Call], Response],
     *,
-    lane: Lane = "read",
+    lane: Lane | Callable[[Q], Lane] = "read",
     bucket: str = DEFAULT_BUCKET,
-    query: type[BaseModel] = NoQuery,
+    query: type[Q] | None = None,
 ) -> Response:
     """Run `work` for a caller holding `scope`, counted against the key's `bucket`, on a thread
     of `lane`: "write" for writes, "slow" for work that may take long (a read that may not be
-    served by an index range, a DNS lookup), "read" for the rest (see mega_crm.db). `query`: the
-    model of the route's query string (`Call.query`); by default the route takes none. Raises
-    DatabaseTimeout (503) after MEGA_DB_TIMEOUT_SECONDS without an answer."""
+    served by an index range, a DNS lookup), "read" for the rest (see mega_crm.db); or a function
+    of the parsed `query` that chooses one (a query that does not parse is refused in the read
+    lane). `query`: the model of the route's query string (`Call.query`); by default the route
+    takes none. Raises DatabaseTimeout (503) after MEGA_DB_TIMEOUT_SECONDS without an answer."""
     raw = await request.body() if request.method in ("POST", "PUT", "PATCH") else b""
-    state = request.app.state
+    state = app_state(request.app)
+    params: BaseModel | InvalidRequestError
+    try:
+        params = parse_query(request, query or NoQuery)
+    except InvalidRequestError as exc:
+        params = exc  # raised after the key check (_authorized)
+    chosen: Lane
+    if isinstance(lane, str):
+        chosen = lane
+    else:
+        chosen = lane(params) if query is not None and isinstance(params, query) else "read"
     deadline = state.settings.db_timeout_seconds  # then 503 (DatabaseTimeout)
-    return await state.db.run(lane, _authorized, request, scope, bucket, raw, work, query, deadline=deadline)
+    return await state.db.run(
+        chosen, _authorized, request, state, scope, bucket, raw, work, params, deadline=deadline
+    )
 
 
 def _authorized(
     request: Request,
+    state: AppState,
     scope: str,
     bucket: str,
     raw: bytes,
     work: Callable[[Call], Response],
-    query: type[BaseModel],
+    params: BaseModel | InvalidRequestError,
 ) -> Response:
-    db = request.app.state.db
+    db = state.db
     group = db.group_session()
     if group is not None:  # in a group commit: check the key inside its transaction, once per key
         reader = RawConnection.of(group)
-        principal = authorize(request, scope, bucket, reader, per_transaction(group, "api_keys"))
-        return work(Call(request, principal, raw, reader, parse_query(request, query)))
+        principal = authorize(request, scope, bucket, reader)
+        return work(_call(request, state, principal, raw, reader, params))
     with db.raw_read() as reader:
         principal = authorize(request, scope, bucket, reader)
-        return work(Call(request, principal, raw, reader, parse_query(request, query)))
+        return work(_call(request, state, principal, raw, reader, params))
+
+
+def _call(
+    request: Request,
+    state: AppState,
+    principal: Principal,
+    raw: bytes,
+    reader: RawConnection,
+    params: BaseModel | InvalidRequestError,
+) -> Call:
+    """The authorized request as its work sees it; InvalidRequestError (400) for a query string
+    that did not parse (refused only now, after the key check)."""
+    if isinstance(params, InvalidRequestError):
+        raise params
+    return Call(request, state, principal, raw, reader, params)
