@@ -30,6 +30,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench clients/python
 	$(BIN)/mypy src
+	$(BIN)/mypy tests
 	cd clients/python && ../../$(BIN)/mypy src
 
 bench: $(STAMP)

@@ -8,6 +8,10 @@ this process (a fixed number of connections for a fixed time), cheap enough that
 limits the figures; its own CPU use is printed so that can be checked.
 
 `python -m bench.common serve --url URL --port PORT` is the subprocess entry point.
+
+Tenants, free ports and the server process come from the tests' fixtures (tests/fixtures/
+factories.py and processes.py), one copy for both: `python -m bench` runs from the repository
+root, where `tests` is importable.
 """
 
 from __future__ import annotations
@@ -16,22 +20,24 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 from fastapi import Request  # module level: the route's annotation is resolved here
+from tests.fixtures.factories import Tenant
+from tests.fixtures.factories import make_tenant as _make_tenant
+from tests.fixtures.processes import ServerProcess
+from tests.fixtures.processes import free_port as free_port  # for the suites
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -120,42 +126,17 @@ def redacted(url: str) -> str:
 # --- tenants ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Tenant:
-    customer_id: uuid.UUID
-    token: str
-    stage_ids: list[uuid.UUID] = field(default_factory=list)
-    owner_ids: list[uuid.UUID] = field(default_factory=list)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}", "x-customer-id": str(self.customer_id)}
-
-
 def make_tenant(db: Any, name: str, *, owners: int = 4) -> Tenant:
     """A customer set up the way an operator would (admin service = the CLI's code), with
-    custom fields, owners, an all-scopes key and per-customer limits that are never hit."""
-    from sqlalchemy import select
-
-    from mega_crm.admin import service as admin
-    from mega_crm.auth.scopes import ALL_SCOPES
-    from mega_crm.customers.models import Stage
-
-    customer = admin.create_customer(db, name)
-    for slug in ("budget", "neighborhood"):  # lead_line is built in
-        admin.add_field(db, customer.id, slug, slug.title())
-    owner_ids = [admin.add_owner(db, customer.id, f"Agent {i + 1}", "Agent").id for i in range(owners)]
-    admin.set_limits(db, customer.id, HUGE_LIMIT, HUGE_LIMIT)
-    issued = admin.issue_key(db, customer.id, list(ALL_SCOPES), name="bench")
-    with db.read_session() as session:
-        stage_ids = list(
-            session.scalars(select(Stage.id).where(Stage.customer_id == customer.id).order_by(Stage.position))
-        )
-    return Tenant(customer.id, issued.token, stage_ids, owner_ids)
+    custom fields, owners, its stage ids, an all-scopes key named "bench" and per-customer
+    limits that are never hit."""
+    return _make_tenant(
+        db, name=name, owners=owners, limits=(HUGE_LIMIT, HUGE_LIMIT), key_name="bench", stages=True
+    )
 
 
-def new_key(db: Any, tenant: Tenant) -> Tenant:
-    """A fresh key for an existing (e.g. cached) tenant, whose earlier bench keys are deleted:
+def new_key(db: Any, customer_id: uuid.UUID, *, owners: list[uuid.UUID], stages: list[uuid.UUID]) -> Tenant:
+    """A fresh key for an existing (e.g. cached) customer, whose earlier bench keys are deleted:
     tokens are only stored hashed, so a cached tenant needs a new one every run."""
     from sqlalchemy import delete
 
@@ -164,12 +145,10 @@ def new_key(db: Any, tenant: Tenant) -> Tenant:
     from mega_crm.auth.scopes import ALL_SCOPES
 
     with db.write_session() as session:
-        session.execute(
-            delete(ApiKey).where(ApiKey.customer_id == tenant.customer_id, ApiKey.name == "bench")
-        )
-    admin.set_limits(db, tenant.customer_id, HUGE_LIMIT, HUGE_LIMIT)
-    issued = admin.issue_key(db, tenant.customer_id, list(ALL_SCOPES), name="bench")
-    return Tenant(tenant.customer_id, issued.token, tenant.stage_ids, tenant.owner_ids)
+        session.execute(delete(ApiKey).where(ApiKey.customer_id == customer_id, ApiKey.name == "bench"))
+    admin.set_limits(db, customer_id, HUGE_LIMIT, HUGE_LIMIT)
+    issued = admin.issue_key(db, customer_id, list(ALL_SCOPES), name="bench")
+    return Tenant(customer_id, issued.token, issued.id, owners, stages)
 
 
 def delete_customers_named(db: Any, prefix: str, *, exact: bool = False) -> int:
@@ -188,12 +167,6 @@ def delete_customers_named(db: Any, prefix: str, *, exact: bool = False) -> int:
 
 
 # --- the server under test -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def server_settings(url: str) -> Any:
@@ -335,48 +308,25 @@ def _run(app: Any, port: int) -> None:
     )
 
 
-class Server:
-    """`python -m bench.common serve` in a subprocess; the context manager waits until it answers."""
+class Server(ServerProcess):
+    """`python -m bench.common serve` in a subprocess; the context manager waits until its
+    /healthz answers (the database is reachable) and stops it with SIGINT."""
+
+    health_path = "/healthz"
+    stop_signal = signal.SIGINT
+    stop_timeout = 15.0
 
     def __init__(self, url: str, observability: str | None = None, output: Path | None = None) -> None:
+        argv = [sys.executable, "-m", "bench.common", "serve", "--url", url, "--port", "{port}"]
+        if observability:
+            argv += ["--observability", observability]
+        super().__init__(argv, cwd=ROOT)
         self.url = url
         self.observability = observability  # see _serve
         self.output = output  # the server's stdout and stderr (its log lines), else inherited
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Server:
-        argv = [sys.executable, "-m", "bench.common", "serve", "--url", self.url, "--port", str(self.port)]
-        if self.observability:
-            argv += ["--observability", self.observability]
-        sink = self.output.open("ab") if self.output else None
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=sink, stderr=sink)
-        if sink:
-            sink.close()  # the child holds its own descriptor
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with status {self.proc.returncode}")
-            try:
-                if httpx.get(self.base + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError("the server did not start within 60 s")
-            time.sleep(0.1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    def output_path(self) -> Path | None:
+        return self.output
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server process so far (all its threads)."""

@@ -250,8 +250,8 @@ def _seed_params(db: Any, tenant: Tenant, count: int) -> dict[str, Any]:
         "platforms": PLATFORMS,
         "types": SOURCE_TYPES,
     }
-    stages = [s.hex if db.is_sqlite else str(s) for s in tenant.stage_ids]
-    owners = [o.hex if db.is_sqlite else str(o) for o in tenant.owner_ids]
+    stages = [s.hex if db.is_sqlite else str(s) for s in tenant.stages]
+    owners = [o.hex if db.is_sqlite else str(o) for o in tenant.owners]
     if db.is_sqlite:  # arrays as JSON text, read with json_extract
         params.update({k: orjson.dumps(v).decode() for k, v in lists.items()})
         params["stages"] = orjson.dumps(stages).decode()
@@ -346,7 +346,7 @@ def seeded_tenant(db: Any, count: int) -> tuple[Tenant, str]:
                 )
             )
             owners = list(session.scalars(select(Owner.id).where(Owner.customer_id == customer_id)))
-        return new_key(db, Tenant(customer_id, "", stages, owners)), "cached"
+        return new_key(db, customer_id, owners=owners, stages=stages), "cached"
     if customer_id is not None:
         delete_customers_named(db, name, exact=True)
     tenant = make_tenant(db, name)
@@ -553,7 +553,7 @@ def bare_records(rows: list[dict[str, Any]], tenant: Tenant) -> list[dict[str, A
             "status": "active",
             "score": None,
             "qualified": None,
-            "stage_id": tenant.stage_ids[0],
+            "stage_id": tenant.stages[0],
             "owner_id": None,
             "lead_line": r["lead_line"],
             "custom_fields": r["custom_fields"],

@@ -9,7 +9,6 @@ Every response that goes through `client` is validated against the reference Ope
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from mega_crm.db import Database
 from mega_crm.migrate import upgrade
 from tests.fixtures.contract import reference_available, validate_response
 from tests.fixtures.factories import Tenant, make_tenant
+from tests.fixtures.processes import free_port
 
 POSTGRES_URL = os.environ.get("MEGA_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("MEGA_TEST_REDIS_URL")
@@ -98,7 +98,9 @@ def app(db_url: str, db: Database) -> FastAPI:
 class ContractClient(TestClient):
     """A TestClient that checks every JSON response against the reference OpenAPI schema."""
 
-    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+    app: FastAPI  # always made with the app itself (TestClient says only "an ASGI app")
+
+    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> httpx.Response:
         response = super().request(method, url, *args, **kwargs)
         if reference_available() and response.headers.get("content-type", "").startswith("application/json"):
             validate_response(method, httpx.URL(str(url)).path, response.status_code, response.json())
@@ -116,10 +118,10 @@ def tenant(db: Database) -> Tenant:
     return make_tenant(db)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """Where a server or CLI subprocess runs (tests/fixtures/processes.py): its files and logs."""
+    return tmp_path
 
 
 class LiveServer:

@@ -97,7 +97,7 @@ def unique_phone() -> str:
 def db_count(db: Database, customer_id: uuid.UUID) -> int:
     with db.read_session() as session:
         return int(
-            session.scalar(select(func.count()).select_from(Lead).where(Lead.customer_id == customer_id))
+            session.scalar(select(func.count()).select_from(Lead).where(Lead.customer_id == customer_id))  # type: ignore[arg-type]
         )
 
 

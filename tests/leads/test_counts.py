@@ -83,7 +83,7 @@ def test_recount_rebuilds_counts_from_the_leads(client: TestClient, db: Database
     for i in range(3):
         create(client, tenant, {"contact_email": f"r{i}@example.com"})
     with db.write_session() as session:  # a writer that bypassed the service
-        session.execute(LeadCount.__table__.delete().where(LeadCount.customer_id == tenant.customer_id))
+        session.execute(LeadCount.__table__.delete().where(LeadCount.customer_id == tenant.customer_id))  # type: ignore[attr-defined]
     assert listing(client, tenant, status="active")["total"] == 0
     with db.write_session() as session:
         repository.recount(session, tenant.customer_id)

@@ -17,6 +17,7 @@ from mega_crm.api.state import app_state
 from mega_crm.db import Database
 from mega_crm.leads.models import list_lane
 from mega_crm.leads.schemas import ListLeadsQuery
+from tests.conftest import ContractClient
 from tests.fixtures.factories import Tenant
 from tests.leads.api import LEADS, create, listing
 
@@ -49,7 +50,7 @@ def test_reads_that_may_scan_run_in_the_slow_lane(query: str, lane: str) -> None
 
 
 def test_a_busy_slow_lane_does_not_hold_up_page_reads(
-    client: TestClient, db: Database, tenant: Tenant
+    client: ContractClient, db: Database, tenant: Tenant
 ) -> None:
     if not db.is_sqlite:
         pytest.skip("lanes are separate threads on SQLite; PostgreSQL shares one pool")

@@ -4,6 +4,9 @@ would store it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import phonenumbers
 import pytest
 from email_validator import EmailNotValidError, validate_email
@@ -36,7 +39,7 @@ def library_phone(raw: str, region: str) -> tuple[str, str] | None:
     return e164, phone_key(e164)
 
 
-def ours(normalize, *args):  # type: ignore[no-untyped-def]
+def ours(normalize: Callable[..., Any], *args: Any) -> Any:
     try:
         return normalize(*args)
     except ContactError:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import free_port
+from tests.fixtures.processes import free_port
 
 # PgBouncer refuses to run as root; Debian's package runs it as `postgres`.
 RUN_AS = "postgres"

@@ -24,8 +24,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from mega_crm.db import Database
-from tests.conftest import POSTGRES_URL, REDIS_URL, TEST_SECRET, free_port
+from tests.conftest import POSTGRES_URL, REDIS_URL, TEST_SECRET
 from tests.fixtures.factories import lead, make_tenant
+from tests.fixtures.processes import free_port
 from tests.scale.pgbouncer import fresh_database
 from tests.webhooks.conftest import Receiver, WorkerProcess, wait_until
 
@@ -112,7 +113,7 @@ def post(base: str, headers: dict[str, str], body: dict[str, Any]) -> httpx.Resp
     return httpx.post(f"{base}{LEADS}", json=body, headers=headers, timeout=30)
 
 
-def test_one_keys_rate_limit_holds_across_every_process(deployment):
+def test_one_keys_rate_limit_holds_across_every_process(deployment: tuple[str, list[str]]) -> None:
     url, bases = deployment
     db = Database(url)
     try:
@@ -133,7 +134,7 @@ def test_one_keys_rate_limit_holds_across_every_process(deployment):
         assert r.status_code == 429, r.text
 
 
-def test_shared_idempotency_dedup_and_outbox_across_processes(deployment):
+def test_shared_idempotency_dedup_and_outbox_across_processes(deployment: tuple[str, list[str]]) -> None:
     url, bases = deployment
     db = Database(url)
     tenant = make_tenant(db)

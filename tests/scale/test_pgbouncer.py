@@ -50,7 +50,7 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_cli_migrates_and_administers_through_pgbouncer(pgb_url):
+def test_the_cli_migrates_and_administers_through_pgbouncer(pgb_url: str) -> None:
     import json
 
     assert cli(pgb_url, "db", "upgrade").returncode == 0
@@ -81,7 +81,9 @@ def served(pgb_url: str) -> Iterator[tuple[str, Database]]:
     app_state(app).db.dispose()
 
 
-def test_every_route_and_the_worker_process_through_pgbouncer(served, pgb_url):
+def test_every_route_and_the_worker_process_through_pgbouncer(
+    served: tuple[str, Database], pgb_url: str
+) -> None:
     base, db = served
     assert db.transaction_pooling
     tenant = make_tenant(db)
@@ -171,13 +173,13 @@ def test_every_route_and_the_worker_process_through_pgbouncer(served, pgb_url):
     assert any("polling every" in line for line in worker.log), "".join(worker.log)
 
 
-def test_the_pool_mode_parameter_is_ours_and_checked(pgb_url):
+def test_the_pool_mode_parameter_is_ours_and_checked(pgb_url: str) -> None:
     with pytest.raises(ValueError, match="pool_mode"):
         Database(pgb_url.replace("pool_mode=transaction", "pool_mode=statement"))
     db = Database(pgb_url)
     try:
         assert "pool_mode" not in db.engine.url.render_as_string()
         with db.engine.connect() as conn:
-            assert conn.connection.driver_connection.prepare_threshold is None
+            assert conn.connection.driver_connection.prepare_threshold is None  # type: ignore[union-attr]
     finally:
         db.dispose()

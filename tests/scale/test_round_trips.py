@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -46,7 +47,9 @@ def counted() -> Iterator[tuple[TestClient, RoundTripCounter, Database]]:
         app_state(app).db.dispose()
 
 
-def round_trips(counted, method: str, *, keyed: bool = False, **kwargs) -> int:
+def round_trips(
+    counted: tuple[TestClient, RoundTripCounter, Database], method: str, *, keyed: bool = False, **kwargs: Any
+) -> int:
     """The median count of RUNS requests, each with a new lead (and key), after 3 to warm up."""
     client, counter, db = counted
     tenant = make_tenant(db)
@@ -62,7 +65,7 @@ def round_trips(counted, method: str, *, keyed: bool = False, **kwargs) -> int:
     return sorted(counts)[len(counts) // 2]
 
 
-def test_round_trips_per_request(counted):
+def test_round_trips_per_request(counted: tuple[TestClient, RoundTripCounter, Database]) -> None:
     create = round_trips(counted, "POST")
     keyed = round_trips(counted, "POST", keyed=True)
     page = round_trips(counted, "GET", params={"limit": 100})
@@ -75,7 +78,9 @@ def test_round_trips_per_request(counted):
     assert keyed <= create + 2, counts
 
 
-def test_connections_lost_all_at_once_cost_reads_nothing_and_writes_one_retry(counted):
+def test_connections_lost_all_at_once_cost_reads_nothing_and_writes_one_retry(
+    counted: tuple[TestClient, RoundTripCounter, Database],
+) -> None:
     """No ping per checkout: after every connection of the pool is killed (a PostgreSQL restart,
     a pooler's reconnect), a read is answered on a fresh connection; a write may be answered 503
     with Retry-After once (never a 500), and the retry succeeds."""

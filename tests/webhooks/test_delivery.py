@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import jsonschema
 import pytest
+from fastapi.testclient import TestClient
 
 from mega_crm.api.state import app_state
+from mega_crm.db import Database
 from mega_crm.webhooks import verify_signature
+from tests.conftest import ContractClient
 from tests.fixtures.contract import reads_reference, validate_schema
-from tests.fixtures.factories import lead
-from tests.webhooks.conftest import LEADS, WEBHOOKS, Reply, deliveries, register, settled
+from tests.fixtures.factories import Tenant, lead
+from tests.webhooks.conftest import LEADS, WEBHOOKS, Receiver, Reply, deliveries, register, settled
 
 
-def create_lead(client, tenant, **fields):
+def create_lead(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:
     r = client.post(LEADS, json=lead(**fields), headers=tenant.headers)
     assert r.status_code == 201, r.text
     return r.json()["lead"]
 
 
-def test_a_new_lead_arrives_signed_and_in_the_contract_shape(wh_client, tenant, receiver):
+def test_a_new_lead_arrives_signed_and_in_the_contract_shape(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, secret = register(wh_client, tenant, endpoint.url)
     created = create_lead(wh_client, tenant, custom_fields={"lead_line": "buyer", "budget": 500000})
@@ -65,7 +71,9 @@ def test_a_new_lead_arrives_signed_and_in_the_contract_shape(wh_client, tenant, 
 
 
 @reads_reference
-def test_a_delivered_body_fits_the_reference_schema(wh_client, tenant, receiver):
+def test_a_delivered_body_fits_the_reference_schema(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     register(wh_client, tenant, endpoint.url)
     create_lead(wh_client, tenant, custom_fields={"lead_line": "buyer", "budget": 500000})
@@ -73,7 +81,9 @@ def test_a_delivered_body_fits_the_reference_schema(wh_client, tenant, receiver)
     validate_schema("LeadCreatedWebhookPayload", arrival.json)
 
 
-def test_https_delivery_verifies_the_certificate_for_the_host_name(wh_client, tenant, tls_receiver):
+def test_https_delivery_verifies_the_certificate_for_the_host_name(
+    wh_client: TestClient, tenant: Tenant, tls_receiver: Receiver
+) -> None:
     endpoint = tls_receiver.endpoint()
     assert endpoint.url.startswith("https://localhost:")
     _hook, secret = register(wh_client, tenant, endpoint.url)
@@ -83,7 +93,9 @@ def test_https_delivery_verifies_the_certificate_for_the_host_name(wh_client, te
     assert arrival.headers["host"] == f"localhost:{tls_receiver.port}"
 
 
-def test_https_to_a_name_the_certificate_does_not_cover_fails(wh_client, tenant, tls_receiver):
+def test_https_to_a_name_the_certificate_does_not_cover_fails(
+    wh_client: TestClient, tenant: Tenant, tls_receiver: Receiver
+) -> None:
     # Same server, reached by IP: its certificate names only "localhost".
     endpoint = tls_receiver.endpoint()
     url = endpoint.url.replace("https://localhost:", "https://127.0.0.1:")
@@ -95,7 +107,9 @@ def test_https_to_a_name_the_certificate_does_not_cover_fails(wh_client, tenant,
     assert endpoint.arrivals == []
 
 
-def test_500_500_200_is_three_attempts_of_one_delivery(wh_client, tenant, receiver):
+def test_500_500_200_is_three_attempts_of_one_delivery(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint(500, 500, 200)
     hook, secret = register(wh_client, tenant, endpoint.url)
     create_lead(wh_client, tenant)
@@ -110,7 +124,9 @@ def test_500_500_200_is_three_attempts_of_one_delivery(wh_client, tenant, receiv
     assert endpoint.quiet_for(0.3) == arrivals
 
 
-def test_each_attempt_is_signed_with_a_fresh_timestamp(wh_client, tenant, receiver):
+def test_each_attempt_is_signed_with_a_fresh_timestamp(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint(Reply(500, delay=1.1), 200)
     _hook, secret = register(wh_client, tenant, endpoint.url)
     create_lead(wh_client, tenant)
@@ -121,7 +137,7 @@ def test_each_attempt_is_signed_with_a_fresh_timestamp(wh_client, tenant, receiv
     assert verify_signature(secret, second.headers, second.body)
 
 
-def test_retries_stop_after_retry_attempts(wh_client, tenant, receiver):
+def test_retries_stop_after_retry_attempts(wh_client: TestClient, tenant: Tenant, receiver: Receiver) -> None:
     endpoint = receiver.endpoint(*[503] * 10)
     hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=2)
     create_lead(wh_client, tenant)
@@ -131,7 +147,9 @@ def test_retries_stop_after_retry_attempts(wh_client, tenant, receiver):
     assert len(endpoint.quiet_for(0.3)) == 3
 
 
-def test_retry_attempts_zero_is_one_attempt(wh_client, tenant, receiver):
+def test_retry_attempts_zero_is_one_attempt(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint(500, 200)
     hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=0)
     create_lead(wh_client, tenant)
@@ -140,7 +158,7 @@ def test_retry_attempts_zero_is_one_attempt(wh_client, tenant, receiver):
     assert len(endpoint.quiet_for(0.3)) == 1
 
 
-def test_a_timeout_is_a_failed_attempt(wh_client, tenant, receiver):
+def test_a_timeout_is_a_failed_attempt(wh_client: TestClient, tenant: Tenant, receiver: Receiver) -> None:
     endpoint = receiver.endpoint(Reply(200, delay=3), 200)
     hook, _ = register(wh_client, tenant, endpoint.url, timeout_seconds=1, retry_attempts=1)
     create_lead(wh_client, tenant)
@@ -150,7 +168,7 @@ def test_a_timeout_is_a_failed_attempt(wh_client, tenant, receiver):
     assert (delivery["status"], delivery["attempts"]) == ("succeeded", 2)
 
 
-def test_a_timeout_is_recorded_as_such(wh_client, tenant, receiver):
+def test_a_timeout_is_recorded_as_such(wh_client: TestClient, tenant: Tenant, receiver: Receiver) -> None:
     endpoint = receiver.endpoint(Reply(200, delay=3))
     hook, _ = register(wh_client, tenant, endpoint.url, timeout_seconds=1, retry_attempts=0)
     create_lead(wh_client, tenant)
@@ -159,7 +177,7 @@ def test_a_timeout_is_recorded_as_such(wh_client, tenant, receiver):
     assert "timed out" in delivery["last_error"]
 
 
-def test_redirects_are_not_followed(wh_client, tenant, receiver):
+def test_redirects_are_not_followed(wh_client: TestClient, tenant: Tenant, receiver: Receiver) -> None:
     elsewhere = receiver.endpoint()
     endpoint = receiver.endpoint(Reply(302, headers=(("Location", elsewhere.url),)))
     hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=0)
@@ -170,7 +188,9 @@ def test_redirects_are_not_followed(wh_client, tenant, receiver):
     assert elsewhere.quiet_for(0.2) == []
 
 
-def test_rotation_applies_to_the_next_delivery(wh_client, tenant, receiver):
+def test_rotation_applies_to_the_next_delivery(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, old_secret = register(wh_client, tenant, endpoint.url)
     create_lead(wh_client, tenant)
@@ -183,7 +203,9 @@ def test_rotation_applies_to_the_next_delivery(wh_client, tenant, receiver):
     assert not verify_signature(old_secret, after.headers, after.body)
 
 
-def test_rotation_applies_to_pending_retries(wh_client, tenant, receiver):
+def test_rotation_applies_to_pending_retries(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint(Reply(500, delay=0.5), 200)
     hook, old_secret = register(wh_client, tenant, endpoint.url)
     create_lead(wh_client, tenant)
@@ -196,7 +218,9 @@ def test_rotation_applies_to_pending_retries(wh_client, tenant, receiver):
     assert not verify_signature(old_secret, retry.headers, retry.body)
 
 
-def test_inactive_and_deleted_webhooks_get_nothing(wh_client, tenant, receiver):
+def test_inactive_and_deleted_webhooks_get_nothing(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     inactive = receiver.endpoint()
     deleted = receiver.endpoint()
     live = receiver.endpoint()
@@ -210,7 +234,9 @@ def test_inactive_and_deleted_webhooks_get_nothing(wh_client, tenant, receiver):
     assert deleted.arrivals == []
 
 
-def test_deactivating_cancels_pending_retries(wh_client, tenant, receiver):
+def test_deactivating_cancels_pending_retries(
+    wh_client: ContractClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint(*[500] * 10)
     hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=10)
     # Slow the retries down so the delivery is still pending when it is deactivated.
@@ -229,7 +255,9 @@ def test_deactivating_cancels_pending_retries(wh_client, tenant, receiver):
     assert len(endpoint.quiet_for(0.5)) == count
 
 
-def test_merges_replays_and_bulk_fire_nothing(wh_client, tenant, receiver):
+def test_merges_replays_and_bulk_fire_nothing(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, _ = register(wh_client, tenant, endpoint.url)
     body = lead()
@@ -250,7 +278,9 @@ def test_merges_replays_and_bulk_fire_nothing(wh_client, tenant, receiver):
     assert len(deliveries(wh_client, tenant, hook["id"])) == 1
 
 
-def test_every_subscribed_webhook_gets_its_own_delivery(wh_client, tenant, receiver, tls_receiver):
+def test_every_subscribed_webhook_gets_its_own_delivery(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver, tls_receiver: Receiver
+) -> None:
     a, b = receiver.endpoint(), tls_receiver.endpoint()
     register(wh_client, tenant, a.url)
     register(wh_client, tenant, b.url)
@@ -260,7 +290,9 @@ def test_every_subscribed_webhook_gets_its_own_delivery(wh_client, tenant, recei
     assert at_a.json["lead"] == at_b.json["lead"]
 
 
-def test_one_slow_endpoint_does_not_hold_up_the_others(wh_client, tenant, receiver):
+def test_one_slow_endpoint_does_not_hold_up_the_others(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     slow = receiver.endpoint(*[Reply(200, delay=2)] * 40)
     fast = receiver.endpoint()
     register(wh_client, tenant, slow.url, timeout_seconds=5)
@@ -274,7 +306,9 @@ def test_one_slow_endpoint_does_not_hold_up_the_others(wh_client, tenant, receiv
     assert len(slow.arrivals) < 20
 
 
-def test_delivery_log_pages_newest_first_and_redelivers(wh_client, tenant, receiver):
+def test_delivery_log_pages_newest_first_and_redelivers(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, secret = register(wh_client, tenant, endpoint.url)
     leads = [create_lead(wh_client, tenant) for _ in range(5)]
@@ -309,7 +343,9 @@ def test_delivery_log_pages_newest_first_and_redelivers(wh_client, tenant, recei
     assert wh_client.post(f"{path}/{uuid.uuid4()}/redeliver", headers=tenant.headers).status_code == 404
 
 
-def test_redelivery_to_an_inactive_webhook_is_refused(wh_client, tenant, receiver):
+def test_redelivery_to_an_inactive_webhook_is_refused(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, _ = register(wh_client, tenant, endpoint.url)
     create_lead(wh_client, tenant)
@@ -322,7 +358,7 @@ def test_redelivery_to_an_inactive_webhook_is_refused(wh_client, tenant, receive
 
 
 @pytest.mark.parametrize("status", [201, 202, 204])
-def test_any_2xx_is_success(wh_client, tenant, receiver, status):
+def test_any_2xx_is_success(wh_client: TestClient, tenant: Tenant, receiver: Receiver, status: int) -> None:
     endpoint = receiver.endpoint(status)
     hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=0)
     create_lead(wh_client, tenant)
@@ -333,7 +369,9 @@ def test_any_2xx_is_success(wh_client, tenant, receiver, status):
 # --- the delivery log's retention -------------------------------------------------------------
 
 
-def test_deliveries_past_retention_are_purged_with_their_events(wh_client, wh_db, tenant, receiver):
+def test_deliveries_past_retention_are_purged_with_their_events(
+    wh_client: TestClient, wh_db: Database, tenant: Tenant, receiver: Receiver
+) -> None:
     """Finished deliveries older than MEGA_WEBHOOK_LOG_RETENTION_DAYS go, and events no delivery
     refers to any more; a pending delivery, a recent one, and an event a redelivery still uses stay."""
     from datetime import timedelta

@@ -5,18 +5,23 @@ from __future__ import annotations
 import re
 import uuid
 
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from mega_crm.api.state import app_state
 from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE
+from mega_crm.db import Database
 from mega_crm.webhooks.models import Webhook
-from tests.fixtures.factories import issue_token, make_tenant
-from tests.webhooks.conftest import LEADS, WEBHOOKS, register
+from tests.conftest import ContractClient
+from tests.fixtures.factories import Tenant, issue_token, make_tenant
+from tests.webhooks.conftest import LEADS, WEBHOOKS, Receiver, register
 
 SECRET_RE = re.compile(r"^mega_whsec_[0-9a-f]{64}$")
 
 
-def test_create_returns_the_secret_once_and_applies_defaults(wh_client, tenant, receiver):
+def test_create_returns_the_secret_once_and_applies_defaults(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     url = receiver.endpoint().url
     r = wh_client.post(WEBHOOKS, json={"url": url}, headers=tenant.headers)
     assert r.status_code == 201, r.text
@@ -39,7 +44,9 @@ def test_create_returns_the_secret_once_and_applies_defaults(wh_client, tenant, 
     assert body["secret"] not in listed.text + one.text
 
 
-def test_secrets_are_encrypted_at_rest(wh_client, wh_db, tenant, receiver):
+def test_secrets_are_encrypted_at_rest(
+    wh_client: TestClient, wh_db: Database, tenant: Tenant, receiver: Receiver
+) -> None:
     hook, secret = register(wh_client, tenant, receiver.endpoint().url)
     rotated = wh_client.patch(
         f"{WEBHOOKS}/{hook['id']}", json={"rotate_secret": True}, headers=tenant.headers
@@ -55,7 +62,7 @@ def test_secrets_are_encrypted_at_rest(wh_client, wh_db, tenant, receiver):
     assert row.secret_encrypted.startswith("v1:")
 
 
-def test_fields_and_bounds(wh_client, tenant, receiver):
+def test_fields_and_bounds(wh_client: TestClient, tenant: Tenant, receiver: Receiver) -> None:
     url = receiver.endpoint().url
     for bad in [
         {"url": url, "timeout_seconds": 0},
@@ -93,7 +100,9 @@ def test_fields_and_bounds(wh_client, tenant, receiver):
     )
 
 
-def test_same_url_twice_is_409_until_deleted(wh_client, tenant, receiver):
+def test_same_url_twice_is_409_until_deleted(
+    wh_client: ContractClient, tenant: Tenant, receiver: Receiver
+) -> None:
     url = receiver.endpoint().url
     hook, _ = register(wh_client, tenant, url)
     r = wh_client.post(WEBHOOKS, json={"url": url}, headers=tenant.headers)
@@ -114,7 +123,9 @@ def test_same_url_twice_is_409_until_deleted(wh_client, tenant, receiver):
     register(wh_client, tenant, url)
 
 
-def test_a_patch_that_changes_nothing_keeps_updated_at(wh_client, tenant, receiver):
+def test_a_patch_that_changes_nothing_keeps_updated_at(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     hook, _ = register(wh_client, tenant, receiver.endpoint().url, description="same")
     path = f"{WEBHOOKS}/{hook['id']}"
     for unchanged in ({}, {"description": "same", "timeout_seconds": hook["timeout_seconds"]}):
@@ -125,7 +136,7 @@ def test_a_patch_that_changes_nothing_keeps_updated_at(wh_client, tenant, receiv
     assert changed["updated_at"] > hook["updated_at"]
 
 
-def test_patch_updates_only_what_is_sent(wh_client, tenant, receiver):
+def test_patch_updates_only_what_is_sent(wh_client: TestClient, tenant: Tenant, receiver: Receiver) -> None:
     hook, secret = register(wh_client, tenant, receiver.endpoint().url, description="first")
     new_url = receiver.endpoint().url
     r = wh_client.patch(
@@ -153,7 +164,9 @@ def test_patch_updates_only_what_is_sent(wh_client, tenant, receiver):
         assert r.status_code == 400, (bad, r.text)
 
 
-def test_delete_is_soft_and_the_webhook_is_gone(wh_client, tenant, receiver):
+def test_delete_is_soft_and_the_webhook_is_gone(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     hook, _ = register(wh_client, tenant, receiver.endpoint().url)
     path = f"{WEBHOOKS}/{hook['id']}"
     assert wh_client.delete(path, headers=tenant.headers).json() == {"deleted": True}
@@ -164,7 +177,9 @@ def test_delete_is_soft_and_the_webhook_is_gone(wh_client, tenant, receiver):
     assert wh_client.get(f"{path}/deliveries", headers=tenant.headers).status_code == 404
 
 
-def test_another_customers_webhook_is_404_on_every_route(wh_client, tenant, receiver):
+def test_another_customers_webhook_is_404_on_every_route(
+    wh_client: ContractClient, tenant: Tenant, receiver: Receiver
+) -> None:
     other = make_tenant(app_state(wh_client.app).db)
     hook, _ = register(wh_client, other, receiver.endpoint().url)
     wh_client.post(LEADS, json={"contact_name": "Other's lead"}, headers=other.headers)
@@ -188,7 +203,7 @@ def test_another_customers_webhook_is_404_on_every_route(wh_client, tenant, rece
     assert wh_client.get(path, headers=other.headers).json()["webhook"]["is_active"] is True
 
 
-def test_scope_and_authentication(wh_client, wh_db, tenant):
+def test_scope_and_authentication(wh_client: TestClient, wh_db: Database, tenant: Tenant) -> None:
     no_scope = issue_token(wh_db, tenant, [LEADS_READ, LEADS_WRITE])
     for method, url in [("GET", WEBHOOKS), ("POST", WEBHOOKS), ("GET", f"{WEBHOOKS}/{uuid.uuid4()}")]:
         r = wh_client.request(method, url, json={"url": "https://example.com/"}, headers=no_scope)
@@ -198,7 +213,7 @@ def test_scope_and_authentication(wh_client, wh_db, tenant):
     assert r.status_code == 401
 
 
-def test_webhook_routes_share_the_default_rate_limit(wh_client, wh_db):
+def test_webhook_routes_share_the_default_rate_limit(wh_client: TestClient, wh_db: Database) -> None:
     limited = make_tenant(wh_db, limits=("3/minute", "10/minute"))
     statuses = [wh_client.get(WEBHOOKS, headers=limited.headers).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
@@ -207,7 +222,7 @@ def test_webhook_routes_share_the_default_rate_limit(wh_client, wh_db):
     assert "Retry-After" in r.headers
 
 
-def test_served_openapi_lists_the_webhook_operations(wh_client):
+def test_served_openapi_lists_the_webhook_operations(wh_client: TestClient) -> None:
     doc = wh_client.get("/openapi.json").json()
     operations = {
         op["operationId"]

@@ -10,6 +10,7 @@ import signal
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -22,6 +23,7 @@ from tests.fixtures.factories import Tenant, lead, make_tenant
 from tests.webhooks.conftest import (
     FAST_WEBHOOKS,
     LEADS,
+    Receiver,
     Reply,
     WorkerProcess,
     fresh_database_url,
@@ -41,7 +43,7 @@ class FaultEnv:
 
 
 @pytest.fixture
-def fault_env(backend: str, tmp_path) -> Iterator[FaultEnv]:
+def fault_env(backend: str, tmp_path: Path) -> Iterator[FaultEnv]:
     url = fresh_database_url(backend, tmp_path, f"faults_{uuid.uuid4().hex[:8]}")
     db = Database(url)
     settings = make_settings(url, **{**FAST_WEBHOOKS, "webhook_worker_in_process": False})
@@ -50,7 +52,9 @@ def fault_env(backend: str, tmp_path) -> Iterator[FaultEnv]:
     db.dispose()
 
 
-def test_kill_9_mid_attempt_the_delivery_still_arrives_after_the_lease(fault_env, receiver, worker_processes):
+def test_kill_9_mid_attempt_the_delivery_still_arrives_after_the_lease(
+    fault_env: FaultEnv, receiver: Receiver, worker_processes: list[WorkerProcess]
+) -> None:
     endpoint = receiver.endpoint(Reply(200, delay=30), 200)  # the first attempt hangs
     hook, secret = register(fault_env.client, fault_env.tenant, endpoint.url, timeout_seconds=3)
     first = WorkerProcess(fault_env.url)
@@ -73,7 +77,9 @@ def test_kill_9_mid_attempt_the_delivery_still_arrives_after_the_lease(fault_env
     assert delivery["status"] == "succeeded"
 
 
-def test_sigterm_lets_the_in_flight_attempt_finish(fault_env, receiver, worker_processes):
+def test_sigterm_lets_the_in_flight_attempt_finish(
+    fault_env: FaultEnv, receiver: Receiver, worker_processes: list[WorkerProcess]
+) -> None:
     endpoint = receiver.endpoint(Reply(200, delay=1.5))
     hook, _ = register(fault_env.client, fault_env.tenant, endpoint.url)
     worker = WorkerProcess(fault_env.url)
@@ -87,7 +93,9 @@ def test_sigterm_lets_the_in_flight_attempt_finish(fault_env, receiver, worker_p
     assert (delivery["status"], delivery["attempts"]) == ("succeeded", 1), "".join(worker.log)
 
 
-def test_sigterm_past_the_grace_period_hands_the_attempt_back(fault_env, receiver, worker_processes):
+def test_sigterm_past_the_grace_period_hands_the_attempt_back(
+    fault_env: FaultEnv, receiver: Receiver, worker_processes: list[WorkerProcess]
+) -> None:
     endpoint = receiver.endpoint(Reply(200, delay=30), 200)
     hook, _ = register(fault_env.client, fault_env.tenant, endpoint.url, timeout_seconds=60)
     worker = WorkerProcess(fault_env.url, MEGA_WEBHOOK_SHUTDOWN_GRACE_SECONDS="0.2")
@@ -107,7 +115,9 @@ def test_sigterm_past_the_grace_period_hands_the_attempt_back(fault_env, receive
     assert delivery["status"] == "succeeded"
 
 
-def test_two_workers_on_postgres_deliver_each_exactly_once(backend, fault_env, receiver, worker_processes):
+def test_two_workers_on_postgres_deliver_each_exactly_once(
+    backend: str, fault_env: FaultEnv, receiver: Receiver, worker_processes: list[WorkerProcess]
+) -> None:
     if backend != "postgres":
         pytest.skip("several workers are a PostgreSQL deployment")
     endpoints = [receiver.endpoint() for _ in range(2)]
@@ -128,7 +138,9 @@ def test_two_workers_on_postgres_deliver_each_exactly_once(backend, fault_env, r
     assert all(w.proc.poll() is None for w in worker_processes)
 
 
-def test_sqlite_restart_releases_the_dead_workers_claims(backend, fault_env, receiver, worker_processes):
+def test_sqlite_restart_releases_the_dead_workers_claims(
+    backend: str, fault_env: FaultEnv, receiver: Receiver, worker_processes: list[WorkerProcess]
+) -> None:
     """Issue 8, item 10: on SQLite no other worker can own a claim once its worker died, so the
     next one takes it at start instead of waiting out the lease (60 s + the timeout here)."""
     if backend != "sqlite":

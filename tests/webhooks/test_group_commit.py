@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from mega_crm.api.state import app_state
@@ -20,12 +21,13 @@ from mega_crm.webhooks import service
 from mega_crm.webhooks.models import WebhookDelivery
 from mega_crm.webhooks.schemas import WebhookCreateRequest, WebhookUpdateRequest
 from mega_crm.webhooks.signing import SecretBox
-from tests.fixtures.factories import lead
-from tests.webhooks.conftest import LEADS, WEBHOOKS, register
+from tests.conftest import ContractClient
+from tests.fixtures.factories import Tenant, lead
+from tests.webhooks.conftest import LEADS, WEBHOOKS, Endpoint, Receiver, register
 
 
 @pytest.fixture
-def group(wh_client) -> Iterator[Callable[[list[Callable[[], Any]]], list[int]]]:
+def group(wh_client: ContractClient) -> Iterator[Callable[[list[Callable[[], Any]]], list[int]]]:
     """Runs steps (each queues one write) behind a blocker, so that they commit as one group.
     -> the sizes of the groups the write lane ran."""
     db = app_state(wh_client.app).db
@@ -33,13 +35,13 @@ def group(wh_client) -> Iterator[Callable[[list[Callable[[], Any]]], list[int]]]
         pytest.skip("group commit is SQLite's write lane")
     lane = db._lanes._write_lane
     sizes: list[int] = []
-    run_group = lane._run_group
+    run_group = lane._run_group  # type: ignore[union-attr]
 
     def spy(jobs: list[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]]:
         sizes.append(len(jobs))
         return run_group(jobs)
 
-    lane._run_group = spy
+    lane._run_group = spy  # type: ignore[union-attr]
 
     def run(steps: list[Callable[[], Any]]) -> list[int]:
         started, release = threading.Event(), threading.Event()
@@ -63,10 +65,10 @@ def group(wh_client) -> Iterator[Callable[[list[Callable[[], Any]]], list[int]]]
         return sizes
 
     yield run
-    lane._run_group = run_group
+    lane._run_group = run_group  # type: ignore[union-attr]
 
 
-def _create_lead(client, tenant, email: str) -> Callable[[], None]:
+def _create_lead(client: TestClient, tenant: Tenant, email: str) -> Callable[[], None]:
     def step() -> None:
         r = client.post(LEADS, json=lead(contact_email=email), headers=tenant.headers)
         assert r.status_code == 201, r.text
@@ -74,7 +76,7 @@ def _create_lead(client, tenant, email: str) -> Callable[[], None]:
     return step
 
 
-def _on_write_lane(client, work: Callable[[Any], Any]) -> Callable[[], Any]:
+def _on_write_lane(client: ContractClient, work: Callable[[Any], Any]) -> Callable[[], Any]:
     """A step that runs `work(session)` in a write session on the write lane, as a request would
     (the HTTP routes creating and changing webhooks run on the slow lane: they resolve the URL)."""
     db = app_state(client.app).db
@@ -86,13 +88,18 @@ def _on_write_lane(client, work: Callable[[Any], Any]) -> Callable[[], Any]:
     return lambda: asyncio.run(db.run("write", job))
 
 
-def _created_for(endpoint, count: int) -> list[str]:
+def _created_for(endpoint: Endpoint, count: int) -> list[str]:
     endpoint.wait_for(count)
     arrivals = endpoint.quiet_for(0.5)  # and nothing more
     return [a.json["lead"]["contact_email"] for a in arrivals if a.json["event"] == "lead.created"]
 
 
-def test_a_lead_after_a_webhook_create_in_the_same_group_is_delivered(wh_client, tenant, receiver, group):
+def test_a_lead_after_a_webhook_create_in_the_same_group_is_delivered(
+    wh_client: ContractClient,
+    tenant: Tenant,
+    receiver: Receiver,
+    group: Callable[[list[Callable[[], Any]]], list[int]],
+) -> None:
     endpoint = receiver.endpoint()
     box = SecretBox(app_state(wh_client.app).secret_key)
     target = service.check_url(endpoint.url, allow_private=True)
@@ -110,7 +117,12 @@ def test_a_lead_after_a_webhook_create_in_the_same_group_is_delivered(wh_client,
     assert _created_for(endpoint, 1) == ["after-create@example.com"]
 
 
-def test_a_lead_after_a_webhook_patch_in_the_same_group_is_delivered(wh_client, tenant, receiver, group):
+def test_a_lead_after_a_webhook_patch_in_the_same_group_is_delivered(
+    wh_client: ContractClient,
+    tenant: Tenant,
+    receiver: Receiver,
+    group: Callable[[list[Callable[[], Any]]], list[int]],
+) -> None:
     endpoint = receiver.endpoint()
     hook, _ = register(wh_client, tenant, endpoint.url, event_types=["lead.updated"])
     box = SecretBox(app_state(wh_client.app).secret_key)
@@ -130,7 +142,12 @@ def test_a_lead_after_a_webhook_patch_in_the_same_group_is_delivered(wh_client, 
     assert _created_for(endpoint, 1) == ["after-patch@example.com"]
 
 
-def test_no_lead_after_a_webhook_delete_in_the_same_group_is_delivered(wh_client, tenant, receiver, group):
+def test_no_lead_after_a_webhook_delete_in_the_same_group_is_delivered(
+    wh_client: ContractClient,
+    tenant: Tenant,
+    receiver: Receiver,
+    group: Callable[[list[Callable[[], Any]]], list[int]],
+) -> None:
     endpoint = receiver.endpoint()
     hook, _ = register(wh_client, tenant, endpoint.url)
 

@@ -9,12 +9,14 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
+from sqlalchemy.orm import Session
 
 from mega_crm.api.state import app_state
 from mega_crm.app import create_app
@@ -28,6 +30,7 @@ from tests.webhooks.conftest import (
     FAST_WEBHOOKS,
     LEADS,
     WEBHOOKS,
+    Receiver,
     Reply,
     WorkerProcess,
     deliveries,
@@ -45,7 +48,7 @@ def create_lead(client: TestClient, tenant: Tenant) -> str:
     return str(r.json()["lead"]["id"])
 
 
-def get_hook(client: TestClient, tenant: Tenant, hook_id: str) -> dict:
+def get_hook(client: TestClient, tenant: Tenant, hook_id: str) -> dict[str, Any]:
     r = client.get(f"{WEBHOOKS}/{hook_id}", headers=tenant.headers)
     assert r.status_code == 200, r.text
     return dict(r.json()["webhook"])
@@ -54,7 +57,7 @@ def get_hook(client: TestClient, tenant: Tenant, hook_id: str) -> dict:
 # --- Retry-After ----------------------------------------------------------------------------
 
 
-def test_retry_after_reads_seconds_and_http_dates_and_is_capped():
+def test_retry_after_reads_seconds_and_http_dates_and_is_capped() -> None:
     now = time.time()
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after(" 0 ") == 0.0
@@ -69,20 +72,22 @@ def test_retry_after_reads_seconds_and_http_dates_and_is_capped():
 
 @given(st.integers(min_value=0, max_value=10**12))
 @settings(max_examples=50, deadline=None)
-def test_retry_after_seconds_are_taken_up_to_ten_minutes(seconds):
+def test_retry_after_seconds_are_taken_up_to_ten_minutes(seconds: int) -> None:
     assert parse_retry_after(str(seconds)) == min(600.0, float(seconds))
 
 
 # What a header can carry (latin-1), and digit-like text (latin-1 has "\xb9\xb2\xb3") more often.
 @given(st.text(st.characters(codec="latin-1")) | st.text(st.sampled_from("0123456789\xb9\xb2\xb3 -+.e")))
 @settings(max_examples=200, deadline=None)
-def test_retry_after_never_raises_on_any_header_text(value):
+def test_retry_after_never_raises_on_any_header_text(value: str) -> None:
     # A receiver controls this header: any text reads as a delay within the cap, or as none.
     seconds = parse_retry_after(value)
     assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER_SECONDS
 
 
-def test_retry_after_with_non_ascii_digits_is_unreadable_not_an_internal_error(wh_client, tenant, receiver):
+def test_retry_after_with_non_ascii_digits_is_unreadable_not_an_internal_error(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     # "\xb2" is a legal header byte that str.isdigit() accepts and float() refuses: it was recorded
     # as "internal error: ValueError" with no status code (and a traceback logged).
     endpoint = receiver.endpoint(Reply(429, headers=(("Retry-After", "\xb2"),)))
@@ -97,7 +102,9 @@ def test_retry_after_with_non_ascii_digits_is_unreadable_not_an_internal_error(w
 
 
 @pytest.mark.parametrize("status", [429, 503])
-def test_retry_after_seconds_delays_the_next_attempt(wh_client, tenant, receiver, status):
+def test_retry_after_seconds_delays_the_next_attempt(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver, status: int
+) -> None:
     endpoint = receiver.endpoint(Reply(status, headers=(("Retry-After", "3"),)), 200)
     hook, _ = register(wh_client, tenant, endpoint.url)
     create_lead(wh_client, tenant)
@@ -108,7 +115,9 @@ def test_retry_after_seconds_delays_the_next_attempt(wh_client, tenant, receiver
     assert (delivery["status"], delivery["attempts"]) == ("succeeded", 2)
 
 
-def test_retry_after_as_an_http_date_delays_the_next_attempt(wh_client, tenant, receiver):
+def test_retry_after_as_an_http_date_delays_the_next_attempt(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     when = utcnow() + timedelta(seconds=3)
     endpoint = receiver.endpoint(
         Reply(429, headers=(("Retry-After", format_datetime(when, usegmt=True)),)), 200
@@ -120,7 +129,9 @@ def test_retry_after_as_an_http_date_delays_the_next_attempt(wh_client, tenant, 
     assert second.at - first.at >= 1.5
 
 
-def test_a_retry_after_answer_counts_as_one_of_the_retries(wh_client, tenant, receiver):
+def test_a_retry_after_answer_counts_as_one_of_the_retries(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     ra = (("Retry-After", "1"),)
     endpoint = receiver.endpoint(Reply(429, headers=ra), Reply(503, headers=ra), 200)
     hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=1)
@@ -133,7 +144,9 @@ def test_a_retry_after_answer_counts_as_one_of_the_retries(wh_client, tenant, re
 # --- 410 Gone -------------------------------------------------------------------------------
 
 
-def test_410_disables_at_once_and_cancels_pending_deliveries(wh_client, tenant, receiver):
+def test_410_disables_at_once_and_cancels_pending_deliveries(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     # The first lead's delivery waits 30 s for its retry; the second's gets 410.
     endpoint = receiver.endpoint(Reply(503, headers=(("Retry-After", "30"),)), 410)
     hook, _ = register(wh_client, tenant, endpoint.url)
@@ -159,7 +172,7 @@ def test_410_disables_at_once_and_cancels_pending_deliveries(wh_client, tenant, 
     assert len(deliveries(wh_client, tenant, hook["id"])) == 2
 
 
-def test_re_enabling_clears_the_reason(wh_client, tenant, receiver):
+def test_re_enabling_clears_the_reason(wh_client: TestClient, tenant: Tenant, receiver: Receiver) -> None:
     endpoint = receiver.endpoint(410, 200)
     hook, _ = register(wh_client, tenant, endpoint.url)
     create_lead(wh_client, tenant)
@@ -175,7 +188,9 @@ def test_re_enabling_clears_the_reason(wh_client, tenant, receiver):
     assert ok["is_active"] is True
 
 
-def test_deactivating_through_the_api_has_no_reason(wh_client, tenant, receiver):
+def test_deactivating_through_the_api_has_no_reason(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     hook, _ = register(wh_client, tenant, receiver.endpoint().url)
     r = wh_client.patch(f"{WEBHOOKS}/{hook['id']}", json={"is_active": False}, headers=tenant.headers)
     body = r.json()["webhook"]
@@ -199,7 +214,9 @@ def strict_health(
     db.dispose()
 
 
-def test_failures_in_a_row_disable_and_a_success_resets_the_count(strict_health, receiver, caplog):
+def test_failures_in_a_row_disable_and_a_success_resets_the_count(
+    strict_health: tuple[TestClient, Database], receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
     client, db = strict_health
     tenant = make_tenant(db)
     endpoint = receiver.endpoint(500, 500, 200, 500, 500, 500)
@@ -235,7 +252,9 @@ def _record(webhook_id: uuid.UUID, status: str, at_offset: float = 0.0) -> repo.
     )
 
 
-def test_a_failure_whose_lease_was_lost_does_not_count(wh_client, tenant, receiver):
+def test_a_failure_whose_lease_was_lost_does_not_count(
+    wh_client: ContractClient, tenant: Tenant, receiver: Receiver
+) -> None:
     """A late write from a worker whose claim was taken over changes nothing, count included."""
     hook, _ = register(wh_client, tenant, receiver.endpoint().url)
     webhook_id = uuid.UUID(hook["id"])
@@ -248,7 +267,7 @@ def test_a_failure_whose_lease_was_lost_does_not_count(wh_client, tenant, receiv
 
 @given(st.lists(st.booleans(), min_size=1, max_size=12), st.integers(min_value=0, max_value=5))
 @settings(max_examples=40, deadline=None)
-def test_one_batch_counts_failures_after_its_last_success(outcomes_in_order, before):
+def test_one_batch_counts_failures_after_its_last_success(outcomes_in_order: list[bool], before: int) -> None:
     """Within one recording batch, the count ends as the failures after the last success (or
     the earlier count plus all of them), whatever order the records come in."""
     from sqlalchemy import update
@@ -313,7 +332,9 @@ def _batch_db() -> Database:
     return _BATCH_DB["db"]
 
 
-def _claimed_failure(session, webhook_id: uuid.UUID, record: repo.AttemptRecord) -> repo.AttemptRecord:
+def _claimed_failure(
+    session: Session, webhook_id: uuid.UUID, record: repo.AttemptRecord
+) -> repo.AttemptRecord:
     """A pending delivery row leased under `record`'s token, so that its failure is recorded."""
     from dataclasses import replace
 
@@ -322,7 +343,7 @@ def _claimed_failure(session, webhook_id: uuid.UUID, record: repo.AttemptRecord)
     hook = session.get(Webhook, webhook_id)
     event = WebhookEvent(
         id=uuid.uuid4(),
-        customer_id=hook.customer_id,
+        customer_id=hook.customer_id,  # type: ignore[union-attr]
         event_type="lead.created",
         lead={},
         created_at=record.at,
@@ -348,7 +369,11 @@ def _claimed_failure(session, webhook_id: uuid.UUID, record: repo.AttemptRecord)
 # --- crash safety ---------------------------------------------------------------------------
 
 
-def test_kill_9_mid_attempt_counts_the_failure_once(fault_env, receiver, worker_processes):  # noqa: F811
+def test_kill_9_mid_attempt_counts_the_failure_once(
+    fault_env: FaultEnv,  # noqa: F811 - the fixture imported above
+    receiver: Receiver,
+    worker_processes: list[WorkerProcess],
+) -> None:
     env: FaultEnv = fault_env
     endpoint = receiver.endpoint(Reply(200, delay=30), 500)  # the first attempt hangs
     hook, _ = register(env.client, env.tenant, endpoint.url, timeout_seconds=3, retry_attempts=0)

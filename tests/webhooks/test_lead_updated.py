@@ -4,29 +4,34 @@ changes at least one field; never for no-op merges, idempotent replays or bulk i
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+import httpx
 import jsonschema
+from fastapi.testclient import TestClient
 
 from mega_crm.webhooks import verify_signature
-from tests.fixtures.factories import lead
-from tests.webhooks.conftest import LEADS, WEBHOOKS, register, settled
+from tests.fixtures.factories import Tenant, lead
+from tests.webhooks.conftest import LEADS, WEBHOOKS, Receiver, register, settled
 
 BOTH = ["lead.created", "lead.updated"]
 
 
-def post_lead(client, tenant, body, **headers):
+def post_lead(client: TestClient, tenant: Tenant, body: dict[str, Any], **headers: str) -> httpx.Response:
     r = client.post(LEADS, json=body, headers={**tenant.headers, **headers})
     assert r.status_code == 201, r.text
     return r
 
 
-def validate_published(client, name, payload):
+def validate_published(client: TestClient, name: str, payload: dict[str, Any]) -> None:
     served = client.get("/openapi.json").json()
     schema = {"$ref": f"#/components/schemas/{name}", "components": served["components"]}
     jsonschema.validate(payload, schema, cls=jsonschema.Draft202012Validator)
 
 
-def test_a_changing_merge_fires_lead_updated_with_what_changed(wh_client, tenant, receiver):
+def test_a_changing_merge_fires_lead_updated_with_what_changed(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, secret = register(wh_client, tenant, endpoint.url, event_types=BOTH)
     assert hook["event_types"] == BOTH
@@ -70,7 +75,9 @@ def test_a_changing_merge_fires_lead_updated_with_what_changed(wh_client, tenant
     assert {d["lead_id"] for d in rows} == {created["id"]}
 
 
-def test_no_op_merges_replays_and_bulk_fire_no_lead_updated(wh_client, tenant, receiver):
+def test_no_op_merges_replays_and_bulk_fire_no_lead_updated(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     register(wh_client, tenant, endpoint.url, event_types=BOTH)
     body = lead()
@@ -95,7 +102,9 @@ def test_no_op_merges_replays_and_bulk_fire_no_lead_updated(wh_client, tenant, r
     assert arrivals[1].json["changed_fields"] == ["contact_name"]
 
 
-def test_the_default_subscription_stays_lead_created(wh_client, tenant, receiver):
+def test_the_default_subscription_stays_lead_created(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     created_only = receiver.endpoint()
     updated_only = receiver.endpoint()
     hook, _ = register(wh_client, tenant, created_only.url)
@@ -109,7 +118,7 @@ def test_the_default_subscription_stays_lead_created(wh_client, tenant, receiver
     assert [a.json["event"] for a in created_only.quiet_for(0.5)] == ["lead.created"]
 
 
-def test_subscribing_through_patch(wh_client, tenant, receiver):
+def test_subscribing_through_patch(wh_client: TestClient, tenant: Tenant, receiver: Receiver) -> None:
     endpoint = receiver.endpoint()
     hook, _ = register(wh_client, tenant, endpoint.url)
     r = wh_client.patch(
@@ -123,7 +132,7 @@ def test_subscribing_through_patch(wh_client, tenant, receiver):
     assert arrival.json["event"] == "lead.updated"
 
 
-def test_served_openapi_lists_the_event_and_its_payload(wh_client):
+def test_served_openapi_lists_the_event_and_its_payload(wh_client: TestClient) -> None:
     served = wh_client.get("/openapi.json").json()
     schemas = served["components"]["schemas"]
     assert schemas["WebhookCreateRequest"]["properties"]["event_types"]["items"]["enum"] == BOTH
@@ -132,7 +141,9 @@ def test_served_openapi_lists_the_event_and_its_payload(wh_client):
     assert set(payload["required"]) == {"event", "delivered_at", "lead", "changed_fields", "previous"}
 
 
-def test_an_unknown_event_type_is_still_400(wh_client, tenant, receiver):
+def test_an_unknown_event_type_is_still_400(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     r = wh_client.post(
         WEBHOOKS,
         json={"url": receiver.endpoint().url, "event_types": ["lead.deleted"]},

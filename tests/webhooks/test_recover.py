@@ -5,28 +5,34 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
+import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, select
 
-from mega_crm.db import utcnow
+from mega_crm.db import Database, utcnow
+from mega_crm.timestamps import format_time_or_none as iso
 from mega_crm.webhooks.models import FAILED, WebhookDelivery, WebhookEvent
-from mega_crm.webhooks.service import MAX_RECOVER, iso
-from tests.fixtures.factories import lead, make_tenant
-from tests.webhooks.conftest import LEADS, WEBHOOKS, Reply, deliveries, register, settled
+from mega_crm.webhooks.service import MAX_RECOVER
+from tests.fixtures.factories import Tenant, lead, make_tenant
+from tests.webhooks.conftest import LEADS, WEBHOOKS, Receiver, Reply, deliveries, register, settled
 
 
-def create_lead(client, tenant):
+def create_lead(client: TestClient, tenant: Tenant) -> str:
     r = client.post(LEADS, json=lead(), headers=tenant.headers)
     assert r.status_code == 201, r.text
     return r.json()["lead"]["id"]
 
 
-def recover(client, tenant, hook_id, **body):
+def recover(client: TestClient, tenant: Tenant, hook_id: str, **body: Any) -> httpx.Response:
     return client.post(f"{WEBHOOKS}/{hook_id}/recover", json=body, headers=tenant.headers)
 
 
-def test_re_enable_and_recover_resends_exactly_the_failed_ones(wh_client, tenant, receiver):
+def test_re_enable_and_recover_resends_exactly_the_failed_ones(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint(500, 200, 500)
     hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=0)
     since = iso(utcnow())
@@ -56,7 +62,9 @@ def test_re_enable_and_recover_resends_exactly_the_failed_ones(wh_client, tenant
     assert len(endpoint.quiet_for(0.5)) == 5
 
 
-def test_cancelled_deliveries_are_recovered_too(wh_client, tenant, receiver):
+def test_cancelled_deliveries_are_recovered_too(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint(Reply(503, headers=(("Retry-After", "60"),)))
     hook, _ = register(wh_client, tenant, endpoint.url)
     since = iso(utcnow())
@@ -71,7 +79,9 @@ def test_cancelled_deliveries_are_recovered_too(wh_client, tenant, receiver):
     assert again.json["lead"]["id"] == lead_id
 
 
-def test_the_window_bounds_what_is_recovered(wh_client, tenant, receiver):
+def test_the_window_bounds_what_is_recovered(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint(500)
     hook, _ = register(wh_client, tenant, endpoint.url, retry_attempts=0)
     before = utcnow()
@@ -106,7 +116,9 @@ def test_the_window_bounds_what_is_recovered(wh_client, tenant, receiver):
         [],
     ],
 )
-def test_bad_requests_are_400_and_queue_nothing(wh_client, tenant, receiver, body):
+def test_bad_requests_are_400_and_queue_nothing(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver, body: Any
+) -> None:
     hook, _ = register(wh_client, tenant, receiver.endpoint().url)
     r = wh_client.post(f"{WEBHOOKS}/{hook['id']}/recover", json=body, headers=tenant.headers)
     assert r.status_code == 400, r.text
@@ -114,7 +126,9 @@ def test_bad_requests_are_400_and_queue_nothing(wh_client, tenant, receiver, bod
     assert deliveries(wh_client, tenant, hook["id"]) == []
 
 
-def test_another_customers_webhook_is_404(wh_client, wh_db, tenant, receiver):
+def test_another_customers_webhook_is_404(
+    wh_client: TestClient, wh_db: Database, tenant: Tenant, receiver: Receiver
+) -> None:
     hook, _ = register(wh_client, tenant, receiver.endpoint().url)
     other = make_tenant(wh_db)
     r = recover(wh_client, other, hook["id"], since="2026-01-01T00:00:00Z")
@@ -122,7 +136,9 @@ def test_another_customers_webhook_is_404(wh_client, wh_db, tenant, receiver):
     assert recover(wh_client, tenant, "not-a-uuid", since="2026-01-01T00:00:00Z").status_code == 404
 
 
-def test_more_than_ten_thousand_is_400_asking_for_a_narrower_window(wh_client, wh_db, tenant, receiver):
+def test_more_than_ten_thousand_is_400_asking_for_a_narrower_window(
+    wh_client: TestClient, wh_db: Database, tenant: Tenant, receiver: Receiver
+) -> None:
     hook, _ = register(wh_client, tenant, receiver.endpoint().url)
     webhook_id = uuid.UUID(hook["id"])
     start = utcnow() - timedelta(days=1)

@@ -6,32 +6,36 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from mega_crm.webhooks import verify_signature
 from mega_crm.webhooks.signing import compute_signature
-from tests.fixtures.factories import lead
-from tests.webhooks.conftest import LEADS, WEBHOOKS, register
+from tests.fixtures.factories import Tenant, lead
+from tests.webhooks.conftest import LEADS, WEBHOOKS, Arrival, Receiver, register
 
 
-def create_lead(client, tenant):
+def create_lead(client: TestClient, tenant: Tenant) -> None:
     r = client.post(LEADS, json=lead(), headers=tenant.headers)
     assert r.status_code == 201, r.text
 
 
-def rotate(client, tenant, hook_id, **fields):
+def rotate(client: TestClient, tenant: Tenant, hook_id: str, **fields: Any) -> str:
     r = client.patch(f"{WEBHOOKS}/{hook_id}", json={"rotate_secret": True, **fields}, headers=tenant.headers)
     assert r.status_code == 200, r.text
     return r.json()["secret"]
 
 
-def hex_mac(secret: str, arrival) -> str:
+def hex_mac(secret: str, arrival: Arrival) -> str:
     message = arrival.headers["x-mega-timestamp"].encode() + b"." + arrival.body
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def test_during_the_overlap_both_secrets_sign_then_only_the_new_one(wh_client, tenant, receiver):
+def test_during_the_overlap_both_secrets_sign_then_only_the_new_one(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, old = register(wh_client, tenant, endpoint.url)
     new = rotate(wh_client, tenant, hook["id"], secret_overlap_seconds=3)
@@ -53,7 +57,7 @@ def test_during_the_overlap_both_secrets_sign_then_only_the_new_one(wh_client, t
     assert not verify_signature(old, after.headers, after.body)
 
 
-def test_at_most_two_secrets_are_live(wh_client, tenant, receiver):
+def test_at_most_two_secrets_are_live(wh_client: TestClient, tenant: Tenant, receiver: Receiver) -> None:
     endpoint = receiver.endpoint()
     hook, first = register(wh_client, tenant, endpoint.url)
     second = rotate(wh_client, tenant, hook["id"], secret_overlap_seconds=600)
@@ -66,7 +70,9 @@ def test_at_most_two_secrets_are_live(wh_client, tenant, receiver):
     assert not verify_signature(first, arrival.headers, arrival.body)
 
 
-def test_rotating_without_an_overlap_ends_an_earlier_one(wh_client, tenant, receiver):
+def test_rotating_without_an_overlap_ends_an_earlier_one(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, first = register(wh_client, tenant, endpoint.url)
     second = rotate(wh_client, tenant, hook["id"], secret_overlap_seconds=600)
@@ -90,7 +96,9 @@ def test_rotating_without_an_overlap_ends_an_earlier_one(wh_client, tenant, rece
         {"rotate_secret": False, "secret_overlap_seconds": 60},
     ],
 )
-def test_a_bad_overlap_is_400_and_changes_nothing(wh_client, tenant, receiver, body):
+def test_a_bad_overlap_is_400_and_changes_nothing(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver, body: dict[str, Any]
+) -> None:
     hook, secret = register(wh_client, tenant, receiver.endpoint().url)
     r = wh_client.patch(f"{WEBHOOKS}/{hook['id']}", json=body, headers=tenant.headers)
     assert r.status_code == 400, r.text
@@ -100,12 +108,12 @@ def test_a_bad_overlap_is_400_and_changes_nothing(wh_client, tenant, receiver, b
     assert after["updated_at"] == hook["updated_at"]
 
 
-def test_the_longest_overlap_is_a_day(wh_client, tenant, receiver):
+def test_the_longest_overlap_is_a_day(wh_client: TestClient, tenant: Tenant, receiver: Receiver) -> None:
     hook, _ = register(wh_client, tenant, receiver.endpoint().url)
     rotate(wh_client, tenant, hook["id"], secret_overlap_seconds=86_400)
 
 
-def test_verify_signature_takes_a_list():
+def test_verify_signature_takes_a_list() -> None:
     body, ts = b'{"event":"lead.created"}', str(int(time.time()))
     a, b = "mega_whsec_" + "a" * 64, "mega_whsec_" + "b" * 64
     sig_a, sig_b = compute_signature(a, ts, body), compute_signature(b, ts, body)

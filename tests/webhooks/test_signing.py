@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,7 @@ def headers(timestamp: int, signature: str | None = None) -> dict[str, str]:
     }
 
 
-def test_verify_signature_accepts_a_fresh_correct_signature():
+def test_verify_signature_accepts_a_fresh_correct_signature() -> None:
     assert verify_signature(SECRET, headers(1_700_000_000), BODY, now=1_700_000_100)
     lower = {k.lower(): v for k, v in headers(1_700_000_000).items()}
     assert verify_signature(SECRET, lower, BODY, now=1_700_000_000)
@@ -45,18 +46,18 @@ def test_verify_signature_accepts_a_fresh_correct_signature():
         ({**headers(1_700_000_000), "X-Mega-Timestamp": "1700000001"}, BODY, SECRET),  # timestamp swapped
     ],
 )
-def test_verify_signature_rejects(hdrs, body, secret):
+def test_verify_signature_rejects(hdrs: dict[str, str], body: bytes, secret: str) -> None:
     assert not verify_signature(secret, hdrs, body, now=1_700_000_000)
 
 
-def test_tolerance_is_adjustable():
+def test_tolerance_is_adjustable() -> None:
     old = headers(1_700_000_000)
     assert not verify_signature(SECRET, old, BODY, now=1_700_001_000)
     assert verify_signature(SECRET, old, BODY, tolerance=1_000, now=1_700_001_000)
     assert verify_signature(SECRET, old, BODY, tolerance=None, now=1_800_000_000)
 
 
-def test_secrets_are_prefixed_random_hex():
+def test_secrets_are_prefixed_random_hex() -> None:
     a, b = new_webhook_secret(), new_webhook_secret()
     assert a != b
     assert a.startswith("mega_whsec_")
@@ -64,7 +65,7 @@ def test_secrets_are_prefixed_random_hex():
     int(a.removeprefix("mega_whsec_"), 16)
 
 
-def test_secret_box_round_trips_and_binds_the_webhook_id():
+def test_secret_box_round_trips_and_binds_the_webhook_id() -> None:
     box = SecretBox(b"server key")
     hook = uuid.uuid4()
     sealed = box.seal(hook, SECRET)
@@ -77,7 +78,7 @@ def test_secret_box_round_trips_and_binds_the_webhook_id():
         SecretBox(b"another key").open(hook, sealed)
 
 
-def test_backoff_is_exponential_with_jitter_capped_at_30s():
+def test_backoff_is_exponential_with_jitter_capped_at_30s() -> None:
     for retry in range(1, 12):
         step = min(30.0, 1.0 * 2 ** (retry - 1))
         delays = [retry_delay(retry, 1.0) for _ in range(200)]
@@ -102,7 +103,7 @@ def _claim(attempts: int, retry_attempts: int) -> ClaimedDelivery:
     )
 
 
-def test_the_worker_judges_attempts(tmp_path):
+def test_the_worker_judges_attempts(tmp_path: Path) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", secret_key="k")
     worker = DeliveryWorker(Database(settings.resolved_database_url), settings, b"k")
     ok = AttemptResult(True, 200, None, 5)

@@ -93,7 +93,9 @@ def receivers() -> Iterator[list[RawReceiver]]:
         (b"HTTP/1.1 202 Accepted\r\nContent-Length: 100\r\n\r\npartial", None),  # cut short
     ],
 )
-def test_a_2xx_in_time_is_a_success_whatever_its_body_does(receivers, head, tail):
+def test_a_2xx_in_time_is_a_success_whatever_its_body_does(
+    receivers: list[RawReceiver], head: bytes, tail: bytes | None
+) -> None:
     receiver = RawReceiver(head, tail, delay=6)
     receivers.append(receiver)
     started = time.monotonic()
@@ -104,7 +106,7 @@ def test_a_2xx_in_time_is_a_success_whatever_its_body_does(receivers, head, tail
     assert time.monotonic() - started < 5, "the body is read only for the time left"
 
 
-def test_headers_later_than_the_timeout_are_a_timeout(receivers):
+def test_headers_later_than_the_timeout_are_a_timeout(receivers: list[RawReceiver]) -> None:
     receiver = RawReceiver(b"", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", delay=4)
     receivers.append(receiver)
     result = deliver(receiver.port, timeout_seconds=1)
@@ -112,7 +114,7 @@ def test_headers_later_than_the_timeout_are_a_timeout(receivers):
     assert "timed out" in (result.error or "")
 
 
-def test_a_slow_non_2xx_is_still_a_failure(receivers):
+def test_a_slow_non_2xx_is_still_a_failure(receivers: list[RawReceiver]) -> None:
     receiver = RawReceiver(b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\n", b"no", delay=6)
     receivers.append(receiver)
     result = deliver(receiver.port, timeout_seconds=2)

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import base64
 import time
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from standardwebhooks import Webhook as StandardWebhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from mega_crm.webhooks import verify_signature
 from mega_crm.webhooks.signing import standard_webhooks_secret
-from tests.fixtures.factories import lead
-from tests.webhooks.conftest import LEADS, WEBHOOKS, register
+from tests.fixtures.factories import Tenant, lead
+from tests.webhooks.conftest import LEADS, WEBHOOKS, Receiver, register
 
 
-def create_lead(client, tenant):
+def create_lead(client: TestClient, tenant: Tenant) -> dict[str, Any]:
     r = client.post(LEADS, json=lead(), headers=tenant.headers)
     assert r.status_code == 201, r.text
     return r.json()["lead"]
@@ -27,12 +29,14 @@ def receiver_key(secret: str) -> str:
     return "whsec_" + base64.b64encode(bytes.fromhex(secret.removeprefix("mega_whsec_"))).decode()
 
 
-def test_the_readme_conversion_is_the_servers():
+def test_the_readme_conversion_is_the_servers() -> None:
     secret = "mega_whsec_" + "0f" * 32
     assert receiver_key(secret) == standard_webhooks_secret(secret)
 
 
-def test_a_standard_webhooks_delivery_verifies_with_the_official_library(wh_client, tenant, receiver):
+def test_a_standard_webhooks_delivery_verifies_with_the_official_library(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, secret = register(wh_client, tenant, endpoint.url, signature_scheme="standard-webhooks")
     assert hook["signature_scheme"] == "standard-webhooks"
@@ -50,7 +54,9 @@ def test_a_standard_webhooks_delivery_verifies_with_the_official_library(wh_clie
         StandardWebhook(receiver_key("mega_whsec_" + "1" * 64)).verify(arrival.body, arrival.headers)
 
 
-def test_the_mega_scheme_sends_no_standard_headers(wh_client, tenant, receiver):
+def test_the_mega_scheme_sends_no_standard_headers(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, _ = register(wh_client, tenant, endpoint.url)
     assert hook["signature_scheme"] == "mega"
@@ -59,7 +65,9 @@ def test_the_mega_scheme_sends_no_standard_headers(wh_client, tenant, receiver):
     assert not {"webhook-id", "webhook-timestamp", "webhook-signature"} & set(arrival.headers)
 
 
-def test_switching_schemes_and_rotating_with_an_overlap(wh_client, tenant, receiver):
+def test_switching_schemes_and_rotating_with_an_overlap(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, old = register(wh_client, tenant, endpoint.url)
     r = wh_client.patch(
@@ -85,7 +93,9 @@ def test_switching_schemes_and_rotating_with_an_overlap(wh_client, tenant, recei
 
 
 @pytest.mark.parametrize("scheme", ["svix", "", None, "MEGA", 1])
-def test_an_unknown_scheme_is_400(wh_client, tenant, receiver, scheme):
+def test_an_unknown_scheme_is_400(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver, scheme: Any
+) -> None:
     r = wh_client.post(
         WEBHOOKS, json={"url": receiver.endpoint().url, "signature_scheme": scheme}, headers=tenant.headers
     )

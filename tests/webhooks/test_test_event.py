@@ -5,15 +5,17 @@ from __future__ import annotations
 import uuid
 
 import jsonschema
+from fastapi.testclient import TestClient
 
 from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE
+from mega_crm.db import Database
 from mega_crm.webhooks import verify_signature
 from mega_crm.webhooks.service import EXAMPLE_LEAD
-from tests.fixtures.factories import issue_token, make_tenant
-from tests.webhooks.conftest import WEBHOOKS, register, settled
+from tests.fixtures.factories import Tenant, issue_token, make_tenant
+from tests.webhooks.conftest import WEBHOOKS, Receiver, register, settled
 
 
-def test_the_test_event_arrives_signed_now(wh_client, tenant, receiver):
+def test_the_test_event_arrives_signed_now(wh_client: TestClient, tenant: Tenant, receiver: Receiver) -> None:
     endpoint = receiver.endpoint()
     hook, secret = register(wh_client, tenant, endpoint.url, event_types=["lead.updated"])
     r = wh_client.post(f"{WEBHOOKS}/{hook['id']}/test", headers=tenant.headers)
@@ -35,7 +37,9 @@ def test_the_test_event_arrives_signed_now(wh_client, tenant, receiver):
     assert (done["id"], done["status"], done["event"]) == (queued["id"], "succeeded", "webhook.test")
 
 
-def test_the_test_event_uses_the_webhooks_scheme(wh_client, tenant, receiver):
+def test_the_test_event_uses_the_webhooks_scheme(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     from standardwebhooks import Webhook as StandardWebhook
 
     from mega_crm.webhooks.signing import standard_webhooks_secret
@@ -49,7 +53,9 @@ def test_the_test_event_uses_the_webhooks_scheme(wh_client, tenant, receiver):
     ] == ("webhook.test")
 
 
-def test_an_inactive_webhook_gets_no_test_event(wh_client, tenant, receiver):
+def test_an_inactive_webhook_gets_no_test_event(
+    wh_client: TestClient, tenant: Tenant, receiver: Receiver
+) -> None:
     endpoint = receiver.endpoint()
     hook, _ = register(wh_client, tenant, endpoint.url, is_active=False)
     r = wh_client.post(f"{WEBHOOKS}/{hook['id']}/test", headers=tenant.headers)
@@ -58,7 +64,9 @@ def test_an_inactive_webhook_gets_no_test_event(wh_client, tenant, receiver):
     assert endpoint.quiet_for(0.3) == []
 
 
-def test_the_new_routes_need_the_scope(wh_client, wh_db, tenant, receiver):
+def test_the_new_routes_need_the_scope(
+    wh_client: TestClient, wh_db: Database, tenant: Tenant, receiver: Receiver
+) -> None:
     hook, _ = register(wh_client, tenant, receiver.endpoint().url)
     no_scope = issue_token(wh_db, tenant, [LEADS_READ, LEADS_WRITE])
     for path, body in [
@@ -71,7 +79,9 @@ def test_the_new_routes_need_the_scope(wh_client, wh_db, tenant, receiver):
         assert wh_client.post(f"{WEBHOOKS}/{path}", json=body).status_code == 401
 
 
-def test_the_new_routes_share_the_default_rate_limit(wh_client, wh_db, receiver):
+def test_the_new_routes_share_the_default_rate_limit(
+    wh_client: TestClient, wh_db: Database, receiver: Receiver
+) -> None:
     limited = make_tenant(wh_db, limits=("3/minute", "10/minute"))
     hook, _ = register(wh_client, limited, receiver.endpoint().url)  # 1
     statuses = [
@@ -86,7 +96,7 @@ def test_the_new_routes_share_the_default_rate_limit(wh_client, wh_db, receiver)
     assert statuses == [201, 202, 429]
 
 
-def test_unknown_ids_are_404_in_the_envelope(wh_client, tenant):
+def test_unknown_ids_are_404_in_the_envelope(wh_client: TestClient, tenant: Tenant) -> None:
     for path in (f"{uuid.uuid4()}/test", "nope/test", f"{uuid.uuid4()}/recover"):
         r = wh_client.post(
             f"{WEBHOOKS}/{path}", json={"since": "2026-01-01T00:00:00Z"}, headers=tenant.headers

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from fastapi.testclient import TestClient
 
-from mega_crm.webhooks.delivery import ClientPool, attempt_delivery, ssl_context
+from mega_crm.webhooks.delivery import AttemptResult, ClientPool, attempt_delivery, ssl_context
 from mega_crm.webhooks.urls import UrlRefused, check_webhook_url
-from tests.webhooks.conftest import WEBHOOKS
+from tests.fixtures.factories import Tenant
+from tests.webhooks.conftest import WEBHOOKS, Receiver
 
 # What the fake DNS answers: name -> addresses.
 DNS = {
@@ -126,25 +128,25 @@ REFUSED = [
 
 
 @pytest.mark.parametrize(("url", "address"), ALLOWED)
-def test_public_https_targets_are_allowed(url, address):
+def test_public_https_targets_are_allowed(url: str, address: str) -> None:
     target = check_webhook_url(url, resolver=fake_resolver)
     assert target.address == address
     assert target.url.startswith("https://")
 
 
 @pytest.mark.parametrize(("url", "reason"), REFUSED)
-def test_non_public_targets_are_refused_with_the_reason(url, reason):
+def test_non_public_targets_are_refused_with_the_reason(url: str, reason: str) -> None:
     with pytest.raises(UrlRefused) as refused:
         check_webhook_url(url, resolver=fake_resolver)
     assert reason.lower() in str(refused.value).lower()
 
 
-def test_the_table_is_large_enough():
+def test_the_table_is_large_enough() -> None:
     assert len(REFUSED) >= 30
     assert len(ALLOWED) >= 5
 
 
-def test_the_allow_flag_opens_http_and_private_addresses_only():
+def test_the_allow_flag_opens_http_and_private_addresses_only() -> None:
     assert check_webhook_url("http://127.0.0.1:8080/x", allow_private=True).address == "127.0.0.1"
     assert check_webhook_url("https://loopback.example/", allow_private=True, resolver=fake_resolver)
     with pytest.raises(UrlRefused, match="user name"):
@@ -155,7 +157,7 @@ def test_the_allow_flag_opens_http_and_private_addresses_only():
         check_webhook_url("gopher://127.0.0.1/", allow_private=True)
 
 
-def test_urls_are_normalised():
+def test_urls_are_normalised() -> None:
     target = check_webhook_url("HTTPS://Public.Example:443/a/b?c=d", resolver=fake_resolver)
     assert target.url == "https://public.example/a/b?c=d"
     assert target.host_header == "public.example"
@@ -164,7 +166,7 @@ def test_urls_are_normalised():
     assert target.pinned_url == "https://93.184.216.34:8443/"
 
 
-def test_registration_refuses_private_targets_with_a_400(strict_client, tenant):
+def test_registration_refuses_private_targets_with_a_400(strict_client: TestClient, tenant: Tenant) -> None:
     for url, reason in [
         ("https://127.0.0.1/hook", "loopback"),
         ("https://localhost/hook", "loopback"),  # through the system resolver
@@ -179,12 +181,12 @@ def test_registration_refuses_private_targets_with_a_400(strict_client, tenant):
         assert reason in r.json()["error"]["message"]
 
 
-def test_registration_accepts_a_public_https_ip(strict_client, tenant):
+def test_registration_accepts_a_public_https_ip(strict_client: TestClient, tenant: Tenant) -> None:
     r = strict_client.post(WEBHOOKS, json={"url": "https://93.184.216.34/hooks/mega"}, headers=tenant.headers)
     assert r.status_code == 201, r.text
 
 
-def test_a_name_that_rebinds_to_a_private_address_is_refused_at_delivery(receiver):
+def test_a_name_that_rebinds_to_a_private_address_is_refused_at_delivery(receiver: Receiver) -> None:
     """Registered while the name pointed to a public address; by delivery time it points inside."""
     endpoint = receiver.endpoint()
     url = f"https://rebinding.example:{receiver.port}{endpoint.path}"
@@ -196,7 +198,7 @@ def test_a_name_that_rebinds_to_a_private_address_is_refused_at_delivery(receive
     check_webhook_url(url, resolver=resolver)  # registration passes
     answers["rebinding.example"] = ["127.0.0.1"]
 
-    async def attempt():
+    async def attempt() -> AttemptResult:
         pool = ClientPool(tls=ssl_context(None), per_client_connections=1)
         try:
             return await attempt_delivery(

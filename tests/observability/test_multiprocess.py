@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import POSTGRES_URL, TEST_SECRET
-from tests.ops.conftest import COMMAND, HOOKS, WRITE, Served, clean_env, cli, cli_json, parse_metrics, sample
+from tests.fixtures.processes import (
+    COMMAND,
+    HOOKS,
+    WRITE,
+    Served,
+    clean_env,
+    cli,
+    cli_json,
+    parse_metrics,
+    sample,
+)
 from tests.webhooks.conftest import Receiver
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="MEGA_TEST_POSTGRES_URL is not set")
@@ -31,7 +42,7 @@ def _schema(action: str) -> None:
     engine.dispose()
 
 
-def test_workers_and_a_separate_worker_add_up(tmp_path):
+def test_workers_and_a_separate_worker_add_up(tmp_path: Path) -> None:
     assert POSTGRES_URL
     _schema("create")
     separator = "&" if "?" in POSTGRES_URL else "?"

@@ -94,20 +94,20 @@ def body_schema(doc: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any
 
 
 @pytest.mark.parametrize(("path", "method"), reference_operations())
-def test_operation_id(served, path, method):
+def test_operation_id(served: dict[str, Any], path: str, method: str) -> None:
     expected = reference_document()["paths"][path][method]["operationId"]
     assert served_operation(served, path, method)["operationId"] == expected
 
 
 @pytest.mark.parametrize(("path", "method"), reference_operations())
-def test_parameters(served, path, method):
+def test_parameters(served: dict[str, Any], path: str, method: str) -> None:
     ref = reference_document()
     mine = served_operation(served, path, method)
     assert parameters(served, mine) == parameters(ref, ref["paths"][path][method])
 
 
 @pytest.mark.parametrize(("path", "method"), reference_operations())
-def test_request_body(served, path, method):
+def test_request_body(served: dict[str, Any], path: str, method: str) -> None:
     ref = reference_document()
     mine = served_operation(served, path, method)
     expected, actual = body_schema(ref, ref["paths"][path][method]), body_schema(served, mine)
@@ -123,7 +123,7 @@ def test_request_body(served, path, method):
 
 
 @pytest.mark.parametrize(("path", "method"), reference_operations())
-def test_response_status_codes(served, path, method):
+def test_response_status_codes(served: dict[str, Any], path: str, method: str) -> None:
     """The reference's, plus 400 where it has none: every operation refuses an unknown or
     repeated query parameter."""
     expected = set(reference_document()["paths"][path][method]["responses"]) | {"400"}
@@ -133,7 +133,7 @@ def test_response_status_codes(served, path, method):
 
 
 @pytest.mark.parametrize(("path", "method"), reference_operations())
-def test_success_response_properties(served, path, method):
+def test_success_response_properties(served: dict[str, Any], path: str, method: str) -> None:
     ref = reference_document()
     responses = ref["paths"][path][method]["responses"]
     mine = served_operation(served, path, method)["responses"]
@@ -147,7 +147,7 @@ def test_success_response_properties(served, path, method):
 
 
 @pytest.mark.parametrize(("path", "method"), reference_operations())
-def test_response_headers(served, path, method):
+def test_response_headers(served: dict[str, Any], path: str, method: str) -> None:
     ref = reference_document()
     mine = served_operation(served, path, method)["responses"]
     for status, response in ref["paths"][path][method]["responses"].items():
@@ -158,7 +158,7 @@ def test_response_headers(served, path, method):
             assert "schema" in resolve(served, header), name
 
 
-def test_security_scheme(served):
+def test_security_scheme(served: dict[str, Any]) -> None:
     ref = reference_document()
     assert served.get("security") == ref.get("security")
     assert set(served["components"]["securitySchemes"]) == set(ref["components"]["securitySchemes"])
@@ -169,7 +169,7 @@ def reference_components() -> list[str]:
 
 
 @pytest.mark.parametrize("name", reference_components())
-def test_component_schema(served, name):
+def test_component_schema(served: dict[str, Any], name: str) -> None:
     """Every schema the contract names is served under that name, with the same properties, the
     same required ones and the same enums."""
     ref = reference_document()

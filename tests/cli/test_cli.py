@@ -25,7 +25,8 @@ from mega_crm.admin import service as admin
 from mega_crm.api.state import app_state
 from mega_crm.app import create_app
 from mega_crm.db import Database
-from tests.conftest import free_port, make_settings
+from tests.conftest import make_settings
+from tests.fixtures.processes import free_port
 
 SCRIPT = Path(sys.executable).with_name("mega-crm")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "mega_crm.cli"]
@@ -105,7 +106,7 @@ def auth(token: str, customer_id: str) -> dict[str, str]:
 # --- each command -----------------------------------------------------------------------------
 
 
-def test_db_upgrade_creates_the_schema(tmp_path):
+def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     fresh = Cli(tmp_path / "fresh.db")
     done = fresh.run("db", "upgrade")
     assert done.returncode == 0, done.stderr
@@ -116,17 +117,21 @@ def test_db_upgrade_creates_the_schema(tmp_path):
     assert version
 
 
-def test_customers_create(customer):
+def test_customers_create(customer: dict[str, Any]) -> None:
     assert customer == {"id": CUSTOMER_ID, "name": "Acme Homes"}
 
 
-def test_a_new_customers_first_stage_is_new(customer, key, api):
+def test_a_new_customers_first_stage_is_new(
+    customer: dict[str, Any], key: dict[str, Any], api: TestClient
+) -> None:
     r = api.post(LEADS, json={"contact_name": "Stage probe"}, headers=auth(key["token"], customer["id"]))
     assert r.status_code == 201, r.text
     assert r.json()["lead"]["current_stage"]["slug"] == "new"
 
 
-def test_keys_issue_gives_a_working_token_of_which_only_the_hash_is_stored(cli, customer, key, api):
+def test_keys_issue_gives_a_working_token_of_which_only_the_hash_is_stored(
+    cli: Cli, customer: dict[str, Any], key: dict[str, Any], api: TestClient
+) -> None:
     assert key["token"].startswith("mega_")
     assert len(key["token"]) == 5 + 64
     assert sorted(key["scopes"]) == sorted([READ, WRITE])
@@ -143,15 +148,19 @@ def test_keys_issue_gives_a_working_token_of_which_only_the_hash_is_stored(cli, 
     assert hashlib.sha256(key["token"].encode()).hexdigest() in dump
 
 
-def test_keys_revoke_takes_effect_on_the_next_request(cli, customer, api):
-    issued = admin.issue_key(app_state(api.app).db, uuid.UUID(customer["id"]), [READ])
+def test_keys_revoke_takes_effect_on_the_next_request(
+    cli: Cli, customer: dict[str, Any], api: TestClient
+) -> None:
+    issued = admin.issue_key(app_state(api.app).db, uuid.UUID(customer["id"]), [READ])  # type: ignore[arg-type]
     headers = auth(issued.token, customer["id"])
     assert api.get(LEADS, headers=headers).status_code == 200
     assert cli.json("admin", "keys", "revoke", str(issued.id)) == {"id": str(issued.id), "revoked": True}
     assert api.get(LEADS, headers=headers).status_code == 401
 
 
-def test_stages_owners_and_fields_add(cli, customer, key, api):
+def test_stages_owners_and_fields_add(
+    cli: Cli, customer: dict[str, Any], key: dict[str, Any], api: TestClient
+) -> None:
     cid = customer["id"]
     stage = cli.json("admin", "stages", "add", "--customer", cid, "--slug", "tour", "--name", "Tour booked",
                      "--color", "#ff8800")  # fmt: skip
@@ -177,7 +186,7 @@ def test_stages_owners_and_fields_add(cli, customer, key, api):
     assert lead["custom_fields"]["budget"] == 500000
 
 
-def test_limits_set(cli, customer, key, api):
+def test_limits_set(cli: Cli, customer: dict[str, Any], key: dict[str, Any], api: TestClient) -> None:
     cid = customer["id"]
     out = cli.json(
         "admin", "limits", "set", "--customer", cid, "--default", "5/hour;9/day", "--bulk", "2/day"
@@ -209,7 +218,7 @@ def bad_inputs(customer_id: str) -> list[tuple[str, list[str], str]]:
     ]
 
 
-def test_bad_input_is_a_one_line_error_and_exit_status_2(cli, customer):
+def test_bad_input_is_a_one_line_error_and_exit_status_2(cli: Cli, customer: dict[str, Any]) -> None:
     cases = bad_inputs(customer["id"])
     with ThreadPoolExecutor(max_workers=len(cases)) as pool:
         results = list(pool.map(lambda case: cli.run(*case[1]), cases))
@@ -267,7 +276,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Cli, str]]:
             server.wait()
 
 
-def test_serve_and_demo(served):
+def test_serve_and_demo(served: tuple[Cli, str]) -> None:
     """serve migrates a fresh file; demo is idempotent, its key and its curl commands work."""
     demo, base = served
     first = demo.json("demo", "--base-url", base)

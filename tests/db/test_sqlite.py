@@ -21,7 +21,7 @@ from mega_crm.app import create_app
 from mega_crm.db import Database
 from mega_crm.leads.models import Lead
 from mega_crm.migrate import upgrade
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import ContractClient, LiveServer, make_settings
 from tests.fixtures.factories import Tenant, lead, make_tenant
 
 LEADS = "/api/agents/crm/leads"
@@ -41,7 +41,7 @@ def sqlite_db(sqlite_file: Path) -> Iterator[Database]:
     db.dispose()
 
 
-def test_the_database_file_is_in_wal_mode(sqlite_file, sqlite_db):
+def test_the_database_file_is_in_wal_mode(sqlite_file: Path, sqlite_db: Database) -> None:
     with sqlite_db.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     # WAL is a property of the file: any other process opening it sees it too.
@@ -49,14 +49,14 @@ def test_the_database_file_is_in_wal_mode(sqlite_file, sqlite_db):
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_connections_wait_for_the_lock_instead_of_failing(sqlite_db):
+def test_connections_wait_for_the_lock_instead_of_failing(sqlite_db: Database) -> None:
     with sqlite_db.engine.connect() as conn:
-        assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 5000  # type: ignore[operator]
     with sqlite_db.write_session() as session:
-        assert session.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+        assert session.execute(text("PRAGMA busy_timeout")).scalar() >= 5000  # type: ignore[operator]
 
 
-def test_a_write_transaction_takes_the_write_lock_up_front(sqlite_file, sqlite_db):
+def test_a_write_transaction_takes_the_write_lock_up_front(sqlite_file: Path, sqlite_db: Database) -> None:
     """A deferred transaction that reads first and writes later can fail with "database is locked"
     when another writer got in between; a write transaction must hold the lock from its start."""
     other = sqlite3.connect(sqlite_file, timeout=0, isolation_level=None)
@@ -93,7 +93,7 @@ def two_servers(sqlite_file: Path) -> Iterator[tuple[list[LiveServer], Database]
         db.dispose()
 
 
-def test_a_burst_of_parallel_writes_all_get_answers(two_servers):
+def test_a_burst_of_parallel_writes_all_get_answers(two_servers: tuple[list[LiveServer], Database]) -> None:
     servers, db = two_servers
     tenant: Tenant = make_tenant(db)
     shared_email = "burst-shared@example.com"
@@ -127,7 +127,7 @@ def test_a_burst_of_parallel_writes_all_get_answers(two_servers):
     assert total == bulk_rows + len(singles) + (1 if merged else 0)
 
 
-def test_writes_queued_behind_a_write_commit_together_and_fail_alone(sqlite_db):
+def test_writes_queued_behind_a_write_commit_together_and_fail_alone(sqlite_db: Database) -> None:
     """The write lane's group commit: the jobs that queued while one ran share one transaction,
     each in a savepoint; a job that fails leaves no trace and takes no other job down with it."""
     from mega_crm.customers.models import Customer
@@ -174,7 +174,7 @@ def test_writes_queued_behind_a_write_commit_together_and_fail_alone(sqlite_db):
     assert names == {"group-a", "group-c"}
 
 
-def test_requests_grouped_in_one_commit_are_each_authorised(client, tenant):
+def test_requests_grouped_in_one_commit_are_each_authorised(client: ContractClient, tenant: Tenant) -> None:
     """In a group commit the key is checked inside the group's transaction: a bad key still gets
     its 401 alone, the others their own leads."""
     app_db = app_state(client.app).db

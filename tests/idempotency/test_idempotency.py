@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ from mega_crm.db import Database, utcnow
 from mega_crm.idempotency import service as idempotency
 from mega_crm.idempotency.models import IdempotencyRecord
 from mega_crm.leads import service as lead_service
-from tests.conftest import make_settings
+from tests.conftest import LiveServer, make_settings
 from tests.fixtures.factories import Tenant, make_tenant
 
 LEADS = "/api/agents/crm/leads"
@@ -62,7 +63,9 @@ def records(db: Database, customer_id: uuid.UUID) -> list[IdempotencyRecord]:
 
 
 @pytest.mark.parametrize(("path", "body", "status"), [(LEADS, named, 201), (BULK, bulk_body, 200)])
-def test_a_replay_returns_the_stored_response_and_writes_nothing(client, tenant, path, body, status):
+def test_a_replay_returns_the_stored_response_and_writes_nothing(
+    client: TestClient, tenant: Tenant, path: str, body: Callable[[], dict[str, Any]], status: int
+) -> None:
     key, payload = new_key(), body()
     first = client.post(path, json=payload, headers=with_key(tenant, key))
     assert first.status_code == status, first.text
@@ -80,7 +83,7 @@ def test_a_replay_returns_the_stored_response_and_writes_nothing(client, tenant,
     assert client.get(LEADS, headers=tenant.headers).json() == listing  # not even updated_at moved
 
 
-def test_the_same_body_written_differently_is_the_same_request(client, tenant):
+def test_the_same_body_written_differently_is_the_same_request(client: TestClient, tenant: Tenant) -> None:
     key = new_key()
     first = client.post(
         LEADS, content=b'{"contact_name": "Same Body", "source_type": "form"}',
@@ -95,7 +98,7 @@ def test_the_same_body_written_differently_is_the_same_request(client, tenant):
     assert total(client, tenant) == 1
 
 
-def test_an_explicit_null_is_the_same_request_as_an_omitted_field(client, tenant):
+def test_an_explicit_null_is_the_same_request_as_an_omitted_field(client: TestClient, tenant: Tenant) -> None:
     """The API reads `"contact_email": null` as "not sent", so a retry that spells it either way
     must replay, not 409."""
     key = new_key()
@@ -109,7 +112,7 @@ def test_an_explicit_null_is_the_same_request_as_an_omitted_field(client, tenant
     assert total(client, tenant) == 1
 
 
-def test_a_replay_of_a_merge_returns_the_stored_merge(client, tenant):
+def test_a_replay_of_a_merge_returns_the_stored_merge(client: TestClient, tenant: Tenant) -> None:
     email = f"merge-{uuid.uuid4().hex[:8]}@example.com"
     original = client.post(LEADS, json={"contact_email": email, "contact_name": "A"}, headers=tenant.headers)
     key, payload = new_key(), {"contact_email": email, "contact_name": "B"}
@@ -125,7 +128,9 @@ def test_a_replay_of_a_merge_returns_the_stored_merge(client, tenant):
 
 
 @pytest.mark.parametrize(("path", "body"), [(LEADS, named), (BULK, bulk_body)])
-def test_the_same_key_with_another_body_is_409_and_writes_nothing(client, tenant, path, body):
+def test_the_same_key_with_another_body_is_409_and_writes_nothing(
+    client: TestClient, tenant: Tenant, path: str, body: Callable[[], dict[str, Any]]
+) -> None:
     key = new_key()
     assert client.post(path, json=body(), headers=with_key(tenant, key)).status_code in (200, 201)
     written = total(client, tenant)
@@ -137,7 +142,7 @@ def test_the_same_key_with_another_body_is_409_and_writes_nothing(client, tenant
     assert total(client, tenant) == written
 
 
-def test_keys_are_scoped_per_customer(client, db):
+def test_keys_are_scoped_per_customer(client: TestClient, db: Database) -> None:
     one, two = make_tenant(db), make_tenant(db)
     key, payload = new_key(), named()
     for tenant in (one, two):
@@ -151,7 +156,7 @@ def test_keys_are_scoped_per_customer(client, db):
     assert client.post(LEADS, json=named(), headers=with_key(three, key)).status_code == 201
 
 
-def test_keys_are_scoped_per_endpoint(client, tenant):
+def test_keys_are_scoped_per_endpoint(client: TestClient, tenant: Tenant) -> None:
     key = new_key()
     single = client.post(LEADS, json=named(), headers=with_key(tenant, key))
     batch = client.post(BULK, json=bulk_body(2), headers=with_key(tenant, key))
@@ -162,7 +167,9 @@ def test_keys_are_scoped_per_endpoint(client, tenant):
     assert total(client, tenant) == 3
 
 
-def test_keys_are_shared_by_the_keys_of_one_customer(client, db, tenant):
+def test_keys_are_shared_by_the_keys_of_one_customer(
+    client: TestClient, db: Database, tenant: Tenant
+) -> None:
     from tests.fixtures.factories import issue_token
 
     key, payload = new_key(), named()
@@ -174,14 +181,14 @@ def test_keys_are_shared_by_the_keys_of_one_customer(client, db, tenant):
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\there"])
-def test_an_unusable_key_is_400(client, tenant, key):
+def test_an_unusable_key_is_400(client: TestClient, tenant: Tenant, key: Any) -> None:
     r = client.post(LEADS, json=named(), headers=with_key(tenant, key))
     assert r.status_code == 400
     assert "Idempotency-Key" in r.json()["error"]["message"]
     assert total(client, tenant) == 0
 
 
-def test_a_key_of_255_characters_is_fine(client, tenant):
+def test_a_key_of_255_characters_is_fine(client: TestClient, tenant: Tenant) -> None:
     key, payload = "k" * 255, named()
     assert client.post(LEADS, json=payload, headers=with_key(tenant, key)).status_code == 201
     assert client.post(LEADS, json=payload, headers=with_key(tenant, key)).headers[REPLAYED] == "true"
@@ -190,7 +197,7 @@ def test_a_key_of_255_characters_is_fine(client, tenant):
 # --- what is not cached -----------------------------------------------------------------------
 
 
-def test_dry_runs_are_not_cached(client, db, tenant):
+def test_dry_runs_are_not_cached(client: TestClient, db: Database, tenant: Tenant) -> None:
     key, preview = new_key(), bulk_body(2, dry_run=True)
     for _ in range(2):
         r = client.post(BULK, json=preview, headers=with_key(tenant, key))
@@ -209,7 +216,9 @@ def test_dry_runs_are_not_cached(client, db, tenant):
 @pytest.mark.parametrize(
     "bad", [{"source_type": "form"}, {"contact_name": "X", "stage_slug": "no-such-stage"}], ids=str
 )
-def test_a_failed_request_releases_the_key(client, db, tenant, bad):
+def test_a_failed_request_releases_the_key(
+    client: TestClient, db: Database, tenant: Tenant, bad: dict[str, Any]
+) -> None:
     key = new_key()
     first = client.post(LEADS, json=bad, headers=with_key(tenant, key))
     assert first.status_code == 400
@@ -221,7 +230,9 @@ def test_a_failed_request_releases_the_key(client, db, tenant, bad):
     assert total(client, tenant) == 1
 
 
-def test_a_crash_releases_the_key(client, tenant, monkeypatch):
+def test_a_crash_releases_the_key(
+    client: TestClient, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key, payload = new_key(), named()
     real_create = lead_service.create_lead
 
@@ -243,7 +254,9 @@ def test_a_crash_releases_the_key(client, tenant, monkeypatch):
 
 
 @pytest.mark.parametrize(("path", "body"), [(LEADS, named), (BULK, bulk_body)])
-def test_the_response_is_stored_in_the_transaction_that_writes_the_leads(client, db, tenant, path, body):
+def test_the_response_is_stored_in_the_transaction_that_writes_the_leads(
+    client: TestClient, db: Database, tenant: Tenant, path: str, body: Callable[[], dict[str, Any]]
+) -> None:
     """Fail the statement that stores the response: the leads written before it must roll back."""
 
     def fail_on_store(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -268,7 +281,9 @@ def test_the_response_is_stored_in_the_transaction_that_writes_the_leads(client,
 
 
 @pytest.mark.parametrize(("path", "body", "per_write"), [(LEADS, named, 1), (BULK, bulk_body, 2)])
-def test_concurrent_requests_with_one_key_write_once(live_server, db, path, body, per_write):
+def test_concurrent_requests_with_one_key_write_once(
+    live_server: LiveServer, db: Database, path: str, body: Callable[[], dict[str, Any]], per_write: int
+) -> None:
     tenant = make_tenant(db)
     key, payload = new_key(), body()
     start = threading.Barrier(8)
@@ -313,7 +328,7 @@ def expire(db: Database, customer_id: uuid.UUID) -> None:
         )
 
 
-def test_a_key_expires_after_its_ttl(client, db, tenant):
+def test_a_key_expires_after_its_ttl(client: TestClient, db: Database, tenant: Tenant) -> None:
     key, payload = new_key(), named()
     assert client.post(LEADS, json=payload, headers=with_key(tenant, key)).status_code == 201
     expire(db, tenant.customer_id)
@@ -329,7 +344,9 @@ def test_a_key_expires_after_its_ttl(client, db, tenant):
 
 
 @pytest.mark.parametrize(("hours", "expected"), [(None, timedelta(hours=24)), (2, timedelta(hours=2))])
-def test_the_ttl_is_24_hours_unless_configured(db_url, db, hours, expected):
+def test_the_ttl_is_24_hours_unless_configured(
+    db_url: str, db: Database, hours: int | None, expected: timedelta
+) -> None:
     overrides = {} if hours is None else {"idempotency_ttl_hours": hours}
     app = create_app(make_settings(db_url, webhook_worker_in_process=False, **overrides), db)
     tenant = make_tenant(db)
@@ -339,7 +356,7 @@ def test_the_ttl_is_24_hours_unless_configured(db_url, db, hours, expected):
     assert record.expires_at - record.created_at == expected
 
 
-def test_purge_expired_deletes_only_expired_keys(client, db):
+def test_purge_expired_deletes_only_expired_keys(client: TestClient, db: Database) -> None:
     stale, fresh = make_tenant(db), make_tenant(db)
     for tenant in (stale, fresh):
         assert client.post(LEADS, json=named(), headers=with_key(tenant, new_key())).status_code == 201
@@ -349,7 +366,9 @@ def test_purge_expired_deletes_only_expired_keys(client, db):
     assert len(records(db, fresh.customer_id)) == 1
 
 
-def test_the_server_purges_expired_keys_by_itself(client, db, monkeypatch):
+def test_the_server_purges_expired_keys_by_itself(
+    client: TestClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stale, fresh = make_tenant(db), make_tenant(db)
     assert client.post(LEADS, json=named(), headers=with_key(stale, new_key())).status_code == 201
     expire(db, stale.customer_id)
@@ -375,7 +394,9 @@ def claim(db: Database, tenant: Tenant, key: str, payload: dict[str, Any], age: 
         )
 
 
-def test_a_request_in_progress_makes_the_same_key_409(client, db, tenant):
+def test_a_request_in_progress_makes_the_same_key_409(
+    client: TestClient, db: Database, tenant: Tenant
+) -> None:
     key, payload = new_key(), named()
     claim(db, tenant, key, payload, age=timedelta(seconds=1))
     r = client.post(LEADS, json=payload, headers=with_key(tenant, key))
@@ -384,7 +405,9 @@ def test_a_request_in_progress_makes_the_same_key_409(client, db, tenant):
     assert total(client, tenant) == 0
 
 
-def test_the_claim_of_a_request_that_died_is_taken_over(client, db, tenant):
+def test_the_claim_of_a_request_that_died_is_taken_over(
+    client: TestClient, db: Database, tenant: Tenant
+) -> None:
     key, payload = new_key(), named()
     claim(db, tenant, key, payload, age=idempotency.CLAIM_LEASE + timedelta(seconds=5))
     r = client.post(LEADS, json=payload, headers=with_key(tenant, key))

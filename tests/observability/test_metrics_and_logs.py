@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
-from tests.ops.conftest import (
+from tests.fixtures.processes import (
     HOOKS,
     READ,
     WRITE,
@@ -143,7 +144,7 @@ def delta(run: Run, name: str, **labels: str) -> float:
     return sample(run.after, name, **labels) - sample(run.before, name, **labels)
 
 
-def test_http_requests_by_route_method_status(run):
+def test_http_requests_by_route_method_status(run: Run) -> None:
     route = "/api/agents/crm/leads"
     assert delta(run, "mega_http_requests_total", route=route, method="POST", status="201") == 4
     assert delta(run, "mega_http_requests_total", route=route, method="GET", status="200") == 2
@@ -154,7 +155,7 @@ def test_http_requests_by_route_method_status(run):
     assert delta(run, "mega_http_request_duration_seconds_count", route=route) == 8
 
 
-def test_business_counters(run):
+def test_business_counters(run: Run) -> None:
     assert delta(run, "mega_leads_created_total", outcome="created") == 2
     assert delta(run, "mega_leads_created_total", outcome="merged") == 1
     assert delta(run, "mega_idempotent_replays_total", operation="createLead") == 1
@@ -165,7 +166,7 @@ def test_business_counters(run):
     assert delta(run, "mega_rate_limit_refusals_total", bucket="default") == 0
 
 
-def test_webhook_metrics(run):
+def test_webhook_metrics(run: Run) -> None:
     assert delta(run, "mega_webhook_attempts_total", result="succeeded") == 2
     assert delta(run, "mega_webhook_attempts_total", result="failed") == 2
     assert delta(run, "mega_webhook_deliveries_total", outcome="succeeded") == 2
@@ -177,12 +178,12 @@ def test_webhook_metrics(run):
     assert ("mega_db_pool_connections_in_use", frozenset()) in run.after
 
 
-def test_no_customer_data_in_metrics(run):
+def test_no_customer_data_in_metrics(run: Run) -> None:
     for secret in run.secrets + [run.customer_id, "example.com"]:
         assert secret not in run.raw_after
 
 
-def test_one_json_line_per_request(run):
+def test_one_json_line_per_request(run: Run) -> None:
     records = run.server.log_records()  # every line parses as JSON
     requests = [r for r in records if r["event"] == "request"]
     for r in requests:
@@ -198,7 +199,7 @@ def test_one_json_line_per_request(run):
     assert all(r["customer_id"] is None for r in unauthenticated)
 
 
-def test_request_ids(run):
+def test_request_ids(run: Run) -> None:
     assert run.request_ids["sane_back"] == run.request_ids["sane"]
     insane = run.request_ids["insane_back"]
     assert re.fullmatch(r"[0-9a-f]{32}", insane)  # replaced by a fresh one
@@ -209,7 +210,7 @@ def test_request_ids(run):
     assert by_id[insane]["route"] == "/livez"
 
 
-def test_delivery_attempt_lines(run):
+def test_delivery_attempt_lines(run: Run) -> None:
     attempts = [r for r in run.server.log_records() if r["event"] == "webhook_attempt"]
     assert len(attempts) == 4
     for r in attempts:
@@ -220,7 +221,7 @@ def test_delivery_attempt_lines(run):
     assert failed["outcome"] == "failed"
 
 
-def test_no_secret_or_contact_detail_in_any_log_line(run):
+def test_no_secret_or_contact_detail_in_any_log_line(run: Run) -> None:
     text = run.server.log_path.read_text()
     for secret in run.secrets:
         assert secret not in text, secret
@@ -228,7 +229,7 @@ def test_no_secret_or_contact_detail_in_any_log_line(run):
     assert not re.search(r"mega_[0-9a-f]{16}|mega_whsec_", text)
 
 
-def test_the_documents_and_docs_assets_are_counted_under_their_own_routes(client):
+def test_the_documents_and_docs_assets_are_counted_under_their_own_routes(client: TestClient) -> None:
     """/openapi.json, /docs and the mounted docs assets are served routes, not `<unmatched>`."""
     from prometheus_client import REGISTRY
 

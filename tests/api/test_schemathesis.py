@@ -75,7 +75,7 @@ def test_the_served_openapi_holds_under_generated_requests(
         parameters={"x-customer-id": str(tenant.customer_id), "id": r.json()["webhook"]["id"]},
         workers=1,
     )
-    schema.config.generation.update(modes=["positive", "negative"], max_examples=EXAMPLES, deterministic=True)
+    schema.config.generation.update(modes=["positive", "negative"], max_examples=EXAMPLES, deterministic=True)  # type: ignore[list-item]
     schema.config.phases.update(phases=["examples", "coverage", "fuzzing"])
     schema.config.checks.update(included_check_names=CHECKS)
 

@@ -79,7 +79,9 @@ def post(port: int, headers: dict[str, str], body: object, path: str = LEADS) ->
         conn.close()
 
 
-def test_a_full_disk_is_503_logged_once_and_writes_recover_when_space_returns(small_disk, caplog):
+def test_a_full_disk_is_503_logged_once_and_writes_recover_when_space_returns(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     url = f"sqlite:///{small_disk / 'mega.db'}"
     upgrade(Database(url).url)
     db = Database(url)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_SECRET, free_port
+from tests.conftest import TEST_SECRET
+from tests.fixtures.processes import free_port
 
 HEADER_TIMEOUT = 2.0
 FD_LIMIT = 1024
@@ -95,12 +96,12 @@ def closed_by_peer(sock: socket.socket, wait: float) -> float | None:
     return time.monotonic() - started
 
 
-def test_a_connection_that_never_sends_a_byte_is_closed(server):
+def test_a_connection_that_never_sends_a_byte_is_closed(server: Server) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         assert closed_by_peer(sock, HEADER_TIMEOUT + 5) is not None
 
 
-def test_headers_sent_a_byte_at_a_time_are_cut_off(server):
+def test_headers_sent_a_byte_at_a_time_are_cut_off(server: Server) -> None:
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         started = time.monotonic()
@@ -116,7 +117,7 @@ def test_headers_sent_a_byte_at_a_time_are_cut_off(server):
         assert time.monotonic() - started < HEADER_TIMEOUT + 5
 
 
-def test_a_kept_alive_connection_still_serves_requests(server):
+def test_a_kept_alive_connection_still_serves_requests(server: Server) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     for _ in range(3):
         conn.request("GET", "/healthz")
@@ -125,7 +126,7 @@ def test_a_kept_alive_connection_still_serves_requests(server):
     conn.close()
 
 
-def test_a_flood_of_silent_connections_does_not_lock_real_clients_out(server):
+def test_a_flood_of_silent_connections_does_not_lock_real_clients_out(server: Server) -> None:
     """Three times the server's file-descriptor limit in silent connections, opened as fast as
     possible; real clients are served throughout."""
     flood: list[socket.socket] = []

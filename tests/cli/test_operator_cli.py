@@ -17,8 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.ops.conftest import COMMAND, READ, Served, clean_env, cli, cli_json
+from tests.fixtures.processes import COMMAND, READ, Served, clean_env, cli, cli_json, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +43,7 @@ def op(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], 
     return workdir, env, customer
 
 
-def test_lists_as_json(op):
+def test_lists_as_json(op: tuple[Path, dict[str, str], dict[str, Any]]) -> None:
     workdir, env, customer = op
     cid = customer["id"]
     customers = cli_json(workdir, env, "admin", "customers", "list")["customers"]
@@ -72,7 +71,7 @@ def snapshot(workdir: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 
 @pytest.mark.parametrize("columns", ["40", "200"])
-def test_human_tables_never_cut_ids(op, columns):
+def test_human_tables_never_cut_ids(op: tuple[Path, dict[str, str], dict[str, Any]], columns: str) -> None:
     workdir, env, customer = op
     cid = customer["id"]
     narrow = {**env, "COLUMNS": columns}
@@ -107,7 +106,9 @@ def test_human_tables_never_cut_ids(op, columns):
     (["limits", "set", "--bulk", "10/minute;0/hour"], "at least 1 request"),
     (["limits", "set", "--bulk", "lots"], "not a rate limit"),
 ])  # fmt: skip
-def test_bad_input_is_one_line_and_exit_2(op, args, message):
+def test_bad_input_is_one_line_and_exit_2(
+    op: tuple[Path, dict[str, str], dict[str, Any]], args: list[str], message: str
+) -> None:
     workdir, env, customer = op
     before = snapshot(workdir)
     done = cli(workdir, env, "admin", *args[:2], "--customer", customer["id"], *args[2:])
@@ -120,13 +121,13 @@ def test_bad_input_is_one_line_and_exit_2(op, args, message):
 
 
 @pytest.mark.parametrize("slug", ["a", "budget", "x_1", "a" * 64])
-def test_good_field_slugs(slug):
+def test_good_field_slugs(slug: Any) -> None:
     from mega_crm.admin.service import check_field_slug
 
     assert check_field_slug(slug) == slug
 
 
-def test_list_of_an_unknown_customer(op):
+def test_list_of_an_unknown_customer(op: tuple[Path, dict[str, str], dict[str, Any]]) -> None:
     workdir, env, _customer = op
     done = cli(workdir, env, "admin", "stages", "list", "--customer", "00000000-0000-4000-8000-000000000001")
     assert done.returncode == 2
@@ -137,7 +138,7 @@ def test_list_of_an_unknown_customer(op):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_serve_exits_0_on_signals(op, sig):
+def test_serve_exits_0_on_signals(op: tuple[Path, dict[str, str], dict[str, Any]], sig: Any) -> None:
     workdir, env, _customer = op
     served = Served(workdir, env).__enter__()
     assert served.stop(sig) == 0
@@ -145,7 +146,7 @@ def test_serve_exits_0_on_signals(op, sig):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_worker_exits_0_on_signals(op, sig):
+def test_worker_exits_0_on_signals(op: tuple[Path, dict[str, str], dict[str, Any]], sig: Any) -> None:
     workdir, env, _customer = op
     proc = subprocess.Popen([*COMMAND, "worker"], env={**env, "MEGA_LOG_FORMAT": "json"}, cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -163,7 +164,7 @@ def test_worker_exits_0_on_signals(op, sig):
 # --- files owner-only ---------------------------------------------------------------------------
 
 
-def test_sqlite_file_wal_and_secret_are_owner_only(tmp_path):
+def test_sqlite_file_wal_and_secret_are_owner_only(tmp_path: Path) -> None:
     env = clean_env(MEGA_DATABASE_URL=f"sqlite:///{tmp_path / 'private.db'}")
     old = os.umask(0o022)  # a usual umask: files would be world-readable by default
     try:
@@ -182,7 +183,7 @@ def test_sqlite_file_wal_and_secret_are_owner_only(tmp_path):
 # --- newcomer path ------------------------------------------------------------------------------
 
 
-def test_demo_prints_the_address_serve_binds(tmp_path):
+def test_demo_prints_the_address_serve_binds(tmp_path: Path) -> None:
     port = free_port()
     env = clean_env(MEGA_DATABASE_URL=f"sqlite:///{tmp_path / 'demo.db'}", MEGA_PORT=str(port))
     demo = cli_json(tmp_path, env, "demo")
@@ -195,7 +196,7 @@ def test_demo_prints_the_address_serve_binds(tmp_path):
     assert everywhere["base_url"] == f"http://127.0.0.1:{port}"  # reachable from this machine
 
 
-def test_make_run_passes_port_and_host():
+def test_make_run_passes_port_and_host() -> None:
     done = subprocess.run(["make", "-n", "run", "PORT=8080"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if "mega-crm" in line]

@@ -21,6 +21,7 @@ from mega_crm.admin import service as admin
 from mega_crm.api.state import app_state
 from mega_crm.app import create_app
 from mega_crm.config import Settings
+from mega_crm.db import Database
 from mega_crm.security import ConfigurationError
 from tests.conftest import REDIS_URL, TEST_SECRET, ContractClient, make_settings
 from tests.fixtures.factories import Tenant, issue_token, lead, make_tenant
@@ -70,7 +71,7 @@ def bulk(c: TestClient, tenant: Tenant) -> Any:
 # --- headers ----------------------------------------------------------------------------------
 
 
-def test_every_authenticated_response_carries_the_headers(limited, db):
+def test_every_authenticated_response_carries_the_headers(limited: TestClient, db: Database) -> None:
     tenant = make_tenant(db, limits=("50/hour", "20/hour"))
     other = make_tenant(db)
     responses = [
@@ -87,7 +88,7 @@ def test_every_authenticated_response_carries_the_headers(limited, db):
     assert quota(bulk(limited, tenant))[:2] == (20, 19)
 
 
-def test_unauthenticated_responses_carry_no_headers(limited, tenant):
+def test_unauthenticated_responses_carry_no_headers(limited: TestClient, tenant: Tenant) -> None:
     for r in (
         limited.get(LEADS),
         limited.get(LEADS, headers={**tenant.headers, "Authorization": "Bearer mega_" + "0" * 64}),
@@ -97,7 +98,7 @@ def test_unauthenticated_responses_carry_no_headers(limited, tenant):
         assert not any(name in r.headers for name in HEADERS)
 
 
-def test_remaining_counts_down_and_reset_is_within_the_window(limited, db):
+def test_remaining_counts_down_and_reset_is_within_the_window(limited: TestClient, db: Database) -> None:
     tenant = make_tenant(db, limits=("3/hour", None))
     seen = [quota(get(limited, tenant)) for _ in range(3)]
     assert [(limit, remaining) for limit, remaining, _ in seen] == [(3, 2), (3, 1), (3, 0)]
@@ -112,12 +113,14 @@ def test_remaining_counts_down_and_reset_is_within_the_window(limited, db):
         pytest.param("100/minute;2/hour;50/day", 2, id="middle-window-binds"),
     ],
 )
-def test_headers_describe_the_most_constraining_window(limited, db, spec, expected_limit):
+def test_headers_describe_the_most_constraining_window(
+    limited: TestClient, db: Database, spec: str, expected_limit: int
+) -> None:
     tenant = make_tenant(db, limits=(spec, None))
     assert quota(get(limited, tenant))[:2] == (expected_limit, expected_limit - 1)
 
 
-def test_the_tightest_window_is_chosen_by_what_remains(limited, db):
+def test_the_tightest_window_is_chosen_by_what_remains(limited: TestClient, db: Database) -> None:
     tenant = make_tenant(db, limits=("4/hour;5/day", None))
     assert quota(get(limited, tenant))[:2] == (4, 3)  # 3 left of 4 binds before 4 left of 5
     admin.set_limits(db, tenant.customer_id, "10/hour;5/day", None)
@@ -127,7 +130,7 @@ def test_the_tightest_window_is_chosen_by_what_remains(limited, db):
 # --- 429 --------------------------------------------------------------------------------------
 
 
-def test_over_the_limit_is_429_with_retry_after_and_writes_nothing(limited, db):
+def test_over_the_limit_is_429_with_retry_after_and_writes_nothing(limited: TestClient, db: Database) -> None:
     tenant = make_tenant(db, limits=("2/hour", None))
     assert limited.post(LEADS, json=lead(), headers=tenant.headers).status_code == 201
     assert limited.post(LEADS, json=lead(), headers=tenant.headers).status_code == 201
@@ -143,7 +146,7 @@ def test_over_the_limit_is_429_with_retry_after_and_writes_nothing(limited, db):
     assert limited.get(LEADS, headers=reader).json()["total"] == 2
 
 
-def test_after_reset_seconds_the_window_has_refilled(limited, db):
+def test_after_reset_seconds_the_window_has_refilled(limited: TestClient, db: Database) -> None:
     """RateLimit-Reset / Retry-After say when the whole budget is back, not merely part of it."""
     tenant = make_tenant(db, limits=("2/2 seconds", None))
     assert get(limited, tenant).status_code == 200
@@ -158,7 +161,7 @@ def test_after_reset_seconds_the_window_has_refilled(limited, db):
     assert get(limited, tenant).status_code == 200
 
 
-def test_limits_are_per_key(limited, db):
+def test_limits_are_per_key(limited: TestClient, db: Database) -> None:
     tenant = make_tenant(db, limits=("1/hour", None))
     assert get(limited, tenant).status_code == 200
     assert get(limited, tenant).status_code == 429
@@ -166,7 +169,7 @@ def test_limits_are_per_key(limited, db):
     assert limited.get(LEADS, headers=second_key).status_code == 200
 
 
-def test_a_refused_request_does_not_spend_the_other_windows(limited, db):
+def test_a_refused_request_does_not_spend_the_other_windows(limited: TestClient, db: Database) -> None:
     tenant = make_tenant(db, limits=("2/hour;4/day", None))
     assert [get(limited, tenant).status_code for _ in range(5)] == [200, 200, 429, 429, 429]
     # Lift the hour window: the day window has counted only the two requests that were served.
@@ -176,7 +179,7 @@ def test_a_refused_request_does_not_spend_the_other_windows(limited, db):
     assert quota(r)[:2] == (4, 1)
 
 
-def test_the_bulk_bucket_is_independent_of_the_default_bucket(limited, db):
+def test_the_bulk_bucket_is_independent_of_the_default_bucket(limited: TestClient, db: Database) -> None:
     tenant = make_tenant(db, limits=("2/hour", "1/hour"))
     r = bulk(limited, tenant)
     assert r.status_code == 200
@@ -195,7 +198,7 @@ def test_the_bulk_bucket_is_independent_of_the_default_bucket(limited, db):
     assert bulk(limited, other).status_code == 200
 
 
-def test_create_and_list_share_the_default_bucket(limited, db):
+def test_create_and_list_share_the_default_bucket(limited: TestClient, db: Database) -> None:
     tenant = make_tenant(db, limits=("2/hour", "5/hour"))
     assert limited.post(LEADS, json=lead(), headers=tenant.headers).status_code == 201
     assert get(limited, tenant).status_code == 200
@@ -205,13 +208,13 @@ def test_create_and_list_share_the_default_bucket(limited, db):
 # --- configuration ----------------------------------------------------------------------------
 
 
-def test_server_defaults_apply_without_an_override(limited, db):
+def test_server_defaults_apply_without_an_override(limited: TestClient, db: Database) -> None:
     tenant = make_tenant(db, limits=(None, None))
     assert quota(get(limited, tenant))[0] == 60  # "60/minute;1000/hour": the minute window binds
     assert quota(bulk(limited, tenant))[0] == 10
 
 
-def test_a_per_customer_override_takes_effect_on_the_next_request(limited, db):
+def test_a_per_customer_override_takes_effect_on_the_next_request(limited: TestClient, db: Database) -> None:
     tenant = make_tenant(db, limits=(None, None))
     assert quota(get(limited, tenant))[0] == 60
     admin.set_limits(db, tenant.customer_id, "2/hour", "1/hour")
@@ -226,7 +229,7 @@ def test_a_per_customer_override_takes_effect_on_the_next_request(limited, db):
     assert quota(get(limited, tenant))[0] == 60
 
 
-def test_a_bad_override_is_refused(db, tenant):
+def test_a_bad_override_is_refused(db: Database, tenant: Tenant) -> None:
     for spec in ("lots", "3/fortnight", "3/minute;"):
         with pytest.raises(admin.AdminError):
             admin.set_limits(db, tenant.customer_id, spec, None)
@@ -240,7 +243,7 @@ def run_cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_an_override_set_with_the_cli_applies(db, db_url):
+def test_an_override_set_with_the_cli_applies(db: Database, db_url: str) -> None:
     tenant = make_tenant(db, limits=(None, None))
     done = run_cli(
         db_url, "admin", "limits", "set", "--customer", str(tenant.customer_id),
@@ -252,7 +255,9 @@ def test_an_override_set_with_the_cli_applies(db, db_url):
         assert quota(bulk(c, tenant))[:2] == (1, 0)
 
 
-def test_env_settings_set_the_server_defaults(monkeypatch, db_url, db):
+def test_env_settings_set_the_server_defaults(
+    monkeypatch: pytest.MonkeyPatch, db_url: str, db: Database
+) -> None:
     monkeypatch.setenv("MEGA_RATE_LIMIT_DEFAULT", "3/hour;100/day")
     monkeypatch.setenv("MEGA_RATE_LIMIT_BULK", "2/day")
     settings = Settings(database_url=db_url, secret_key=TEST_SECRET, webhook_worker_in_process=False)
@@ -266,7 +271,9 @@ def test_env_settings_set_the_server_defaults(monkeypatch, db_url, db):
 
 
 @pytest.mark.parametrize("variable", ["MEGA_RATE_LIMIT_DEFAULT", "MEGA_RATE_LIMIT_BULK"])
-def test_a_bad_env_setting_stops_the_server_at_start(monkeypatch, db_url, db, variable):
+def test_a_bad_env_setting_stops_the_server_at_start(
+    monkeypatch: pytest.MonkeyPatch, db_url: str, db: Database, variable: str
+) -> None:
     monkeypatch.setenv(variable, "sixty a minute")
     with pytest.raises(ConfigurationError, match=variable):
         create_app(Settings(database_url=db_url, secret_key=TEST_SECRET), db)
@@ -276,7 +283,7 @@ def test_a_bad_env_setting_stops_the_server_at_start(monkeypatch, db_url, db, va
 
 
 @pytest.mark.skipif(not REDIS_URL, reason="MEGA_TEST_REDIS_URL is not set")
-def test_processes_sharing_redis_share_one_budget(db_url, db):
+def test_processes_sharing_redis_share_one_budget(db_url: str, db: Database) -> None:
     """Two app instances (two server processes) on one Redis count against one budget per key."""
     apps = [quiet_app(db_url, db, redis_url=REDIS_URL) for _ in range(2)]
     tenant = make_tenant(db, limits=("3/hour", "1/hour"))
@@ -290,7 +297,7 @@ def test_processes_sharing_redis_share_one_budget(db_url, db):
         assert bulk(one, tenant).status_code == 429
 
 
-def test_without_redis_each_process_counts_alone(db_url, db):
+def test_without_redis_each_process_counts_alone(db_url: str, db: Database) -> None:
     """The in-process default: documents why MEGA_REDIS_URL matters with several processes."""
     apps = [quiet_app(db_url, db, redis_url=None) for _ in range(2)]
     tenant = make_tenant(db, limits=("1/hour", None))
@@ -300,7 +307,9 @@ def test_without_redis_each_process_counts_alone(db_url, db):
         assert get(one, tenant).status_code == 429
 
 
-def test_an_unreachable_redis_lets_requests_through_unlimited(db_url, db, caplog):
+def test_an_unreachable_redis_lets_requests_through_unlimited(
+    db_url: str, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
     """A Redis outage must not take the API down with it: requests are served, uncounted, and logged."""
     tenant = make_tenant(db, limits=("1/hour", None))
     with TestClient(quiet_app(db_url, db, redis_url="redis://127.0.0.1:1/0")) as c:
@@ -317,7 +326,9 @@ def outage_logs(caplog: Any) -> list[str]:
     return [r.getMessage() for r in caplog.records if "rate-limit storage" in r.getMessage()]
 
 
-def test_a_redis_that_never_answers_is_skipped_by_the_breaker(db_url, db, caplog):
+def test_a_redis_that_never_answers_is_skipped_by_the_breaker(
+    db_url: str, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
     """One request waits for the timeout; the breaker then skips Redis: no request waits on it,
     and the outage is logged once, not per request."""
     tenant = make_tenant(db, limits=("1/hour", None))
@@ -340,7 +351,9 @@ def test_a_redis_that_never_answers_is_skipped_by_the_breaker(db_url, db, caplog
     assert len(outage_logs(caplog)) == 1, outage_logs(caplog)
 
 
-def test_the_breaker_probes_redis_again_after_its_period(db_url, db, caplog):
+def test_the_breaker_probes_redis_again_after_its_period(
+    db_url: str, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
     tenant = make_tenant(db, limits=("1/hour", None))
     with SilentListener() as hung:
         app = quiet_app(
@@ -363,7 +376,9 @@ def test_the_breaker_probes_redis_again_after_its_period(db_url, db, caplog):
 
 
 @pytest.mark.skipif(not REDIS_URL, reason="MEGA_TEST_REDIS_URL is not set")
-def test_counting_resumes_when_redis_answers_again(db_url, db, caplog):
+def test_counting_resumes_when_redis_answers_again(
+    db_url: str, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
     """A real Redis behind a proxy that stops forwarding, then forwards again."""
     assert REDIS_URL
     target = urlsplit(REDIS_URL)
@@ -396,7 +411,7 @@ def test_counting_resumes_when_redis_answers_again(db_url, db, caplog):
     assert app_state(app).limiter.breaker.state == "closed"
 
 
-def test_half_open_lets_exactly_one_probe_through():
+def test_half_open_lets_exactly_one_probe_through() -> None:
     """Many request threads at the end of the open period: one tries Redis, the rest skip it."""
     import threading
 

@@ -8,11 +8,14 @@ import uuid
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from mega_crm.admin import service as admin
 from mega_crm.api.state import app_state
 from mega_crm.auth.models import ApiKey
 from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE, WEBHOOKS_MANAGE
+from mega_crm.db import Database
+from tests.conftest import ContractClient
 from tests.fixtures.factories import Tenant, issue_token, lead, make_tenant
 
 LEADS = "/api/agents/crm/leads"
@@ -55,7 +58,7 @@ def assert_error(r: Any, status: int, error_type: str) -> None:
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_a_live_key_with_the_scope_is_let_in(client, tenant, route):
+def test_a_live_key_with_the_scope_is_let_in(client: TestClient, tenant: Tenant, route: Route) -> None:
     r = route.call(client, tenant.headers)
     assert r.status_code == route.ok, r.text
 
@@ -78,7 +81,9 @@ def test_a_live_key_with_the_scope_is_let_in(client, tenant, route):
         pytest.param("Bearer {token} {token}", id="two-tokens"),
     ],
 )
-def test_missing_or_malformed_token_is_401(client, tenant, route, authorization):
+def test_missing_or_malformed_token_is_401(
+    client: TestClient, tenant: Tenant, route: Route, authorization: str | None
+) -> None:
     token = tenant.token
     headers = {"x-customer-id": str(tenant.customer_id)}
     if authorization is not None:
@@ -95,20 +100,20 @@ def test_missing_or_malformed_token_is_401(client, tenant, route, authorization)
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_unknown_token_is_401(client, tenant, route):
+def test_unknown_token_is_401(client: TestClient, tenant: Tenant, route: Route) -> None:
     headers = {**tenant.headers, "Authorization": f"Bearer mega_{secrets.token_hex(32)}"}
     assert_error(route.call(client, headers), 401, "authentication_error")
     assert lead_count(client, tenant) == 0
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_scheme_is_case_insensitive(client, tenant, route):
+def test_scheme_is_case_insensitive(client: TestClient, tenant: Tenant, route: Route) -> None:
     headers = {**tenant.headers, "Authorization": f"bearer {tenant.token}"}
     assert route.call(client, headers).status_code == route.ok
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_revocation_takes_effect_on_the_next_request(client, db, route):
+def test_revocation_takes_effect_on_the_next_request(client: TestClient, db: Database, route: Route) -> None:
     tenant = make_tenant(db)
     assert route.call(client, tenant.headers).status_code == route.ok
     admin.revoke_key(db, tenant.key_id)
@@ -133,7 +138,9 @@ def test_revocation_takes_effect_on_the_next_request(client, db, route):
         pytest.param("{hex}", id="no-hyphens"),
     ],
 )
-def test_missing_or_malformed_customer_id_is_401(client, tenant, route, customer_header):
+def test_missing_or_malformed_customer_id_is_401(
+    client: TestClient, tenant: Tenant, route: Route, customer_header: str | None
+) -> None:
     headers = {"Authorization": f"Bearer {tenant.token}"}
     if customer_header is not None:
         headers["x-customer-id"] = customer_header.format(cid=tenant.customer_id, hex=tenant.customer_id.hex)
@@ -142,14 +149,16 @@ def test_missing_or_malformed_customer_id_is_401(client, tenant, route, customer
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_the_customer_id_may_be_upper_case(client, tenant, route):
+def test_the_customer_id_may_be_upper_case(client: TestClient, tenant: Tenant, route: Route) -> None:
     """UUIDs are case-insensitive on input (RFC 9562)."""
     headers = {"Authorization": f"Bearer {tenant.token}", "x-customer-id": str(tenant.customer_id).upper()}
     assert route.call(client, headers).status_code == route.ok
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_a_key_without_the_routes_scope_is_403(client, db, tenant, route):
+def test_a_key_without_the_routes_scope_is_403(
+    client: TestClient, db: Database, tenant: Tenant, route: Route
+) -> None:
     other_scopes = [s for s in (LEADS_READ, LEADS_WRITE, WEBHOOKS_MANAGE) if s != route.scope]
     for scopes in ([WEBHOOKS_MANAGE], other_scopes):
         r = route.call(client, issue_token(db, tenant, scopes))
@@ -161,7 +170,9 @@ def test_a_key_without_the_routes_scope_is_403(client, db, tenant, route):
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_a_key_of_another_customer_is_403(client, db, tenant, route):
+def test_a_key_of_another_customer_is_403(
+    client: TestClient, db: Database, tenant: Tenant, route: Route
+) -> None:
     other = make_tenant(db)
     headers = {"Authorization": f"Bearer {other.token}", "x-customer-id": str(tenant.customer_id)}
     assert_error(route.call(client, headers), 403, "authorization_error")
@@ -173,7 +184,9 @@ def test_a_key_of_another_customer_is_403(client, db, tenant, route):
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_authentication_is_checked_before_authorization(client, db, tenant, route):
+def test_authentication_is_checked_before_authorization(
+    client: TestClient, db: Database, tenant: Tenant, route: Route
+) -> None:
     # An unknown token naming someone else's customer: the token fails first (401, not 403).
     headers = {"Authorization": f"Bearer mega_{secrets.token_hex(32)}", "x-customer-id": str(uuid.uuid4())}
     assert_error(route.call(client, headers), 401, "authentication_error")
@@ -184,8 +197,10 @@ def test_authentication_is_checked_before_authorization(client, db, tenant, rout
     assert_error(route.call(client, headers), 401, "authentication_error")
 
 
-@pytest.mark.parametrize("route", [p for p in ROUTES if p.values[0].method == "POST"])
-def test_a_body_that_is_not_json_does_not_get_past_auth(client, tenant, route):
+@pytest.mark.parametrize("route", [p for p in ROUTES if p.values[0].method == "POST"])  # type: ignore[union-attr]
+def test_a_body_that_is_not_json_does_not_get_past_auth(
+    client: ContractClient, tenant: Tenant, route: Route
+) -> None:
     """The key is checked before the body is parsed: an anonymous caller learns nothing about it."""
 
     def post(headers: dict[str, str]) -> Any:
@@ -204,7 +219,7 @@ def test_a_body_that_is_not_json_does_not_get_past_auth(client, tenant, route):
     assert "ratelimit-remaining" in r.headers
 
 
-def test_only_a_hash_of_the_token_is_stored(db, tenant):
+def test_only_a_hash_of_the_token_is_stored(db: Database, tenant: Tenant) -> None:
     with db.read_session() as session:
         key = session.get(ApiKey, tenant.key_id)
         assert key is not None

@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from mega_crm.app import create_app
 from mega_crm.db import Database
 from tests.conftest import make_settings
-from tests.fixtures.factories import lead, make_tenant
+from tests.fixtures.factories import Tenant, lead, make_tenant
 
 LEADS = "/api/agents/crm/leads"
 BULK = "/api/agents/crm/leads/bulk"
@@ -41,7 +41,7 @@ def bad_request(r: Any) -> str:
 
 @pytest.mark.parametrize("path", [LEADS, BULK])
 @pytest.mark.parametrize("raw", [b"{", b'{"contact_name": }', b"[1, 2", b"\xff\xfe\x00", b"nul"])
-def test_malformed_json_is_400(client, tenant, path, raw):
+def test_malformed_json_is_400(client: TestClient, tenant: Tenant, path: Any, raw: bytes) -> None:
     r = client.post(path, content=raw, headers={**tenant.headers, "content-type": "application/json"})
     message = bad_request(r)
     assert "JSON" in message or "body" in message.lower()
@@ -49,17 +49,19 @@ def test_malformed_json_is_400(client, tenant, path, raw):
 
 @pytest.mark.parametrize("path", [LEADS, BULK])
 @pytest.mark.parametrize("body", [[], ["a"], "text", 42, None])
-def test_a_body_that_is_not_an_object_is_400(client, tenant, path, body):
+def test_a_body_that_is_not_an_object_is_400(
+    client: TestClient, tenant: Tenant, path: Any, body: Any
+) -> None:
     r = client.post(path, json=body, headers=tenant.headers)
     assert "body" in bad_request(r).lower()
 
 
 @pytest.mark.parametrize("path", [LEADS, BULK])
-def test_a_missing_body_is_400(client, tenant, path):
+def test_a_missing_body_is_400(client: TestClient, tenant: Tenant, path: Any) -> None:
     assert "body" in bad_request(client.post(path, headers=tenant.headers)).lower()
 
 
-def test_a_body_sent_as_text_is_400(client, tenant):
+def test_a_body_sent_as_text_is_400(client: TestClient, tenant: Tenant) -> None:
     r = client.post(
         LEADS, content=b'{"contact_name": "A"}', headers={**tenant.headers, "content-type": "text/plain"}
     )
@@ -83,13 +85,15 @@ def test_a_body_sent_as_text_is_400(client, tenant):
         ({"contact_name": "A", "unexpected": 1}, "unexpected"),
     ],
 )
-def test_create_with_a_wrong_type_is_400_naming_the_field(client, tenant, body, field):
+def test_create_with_a_wrong_type_is_400_naming_the_field(
+    client: TestClient, tenant: Tenant, body: dict[str, Any], field: str
+) -> None:
     message = bad_request(client.post(LEADS, json=body, headers=tenant.headers))
     assert message.startswith(f"{field}:"), message
     assert client.get(LEADS, headers=tenant.headers).json()["total"] == 0
 
 
-def test_create_without_any_contact_field_is_400_naming_them(client, tenant):
+def test_create_without_any_contact_field_is_400_naming_them(client: TestClient, tenant: Tenant) -> None:
     message = bad_request(client.post(LEADS, json={"source_type": "form"}, headers=tenant.headers))
     for field in ("contact_name", "contact_phone", "contact_email"):
         assert field in message
@@ -110,13 +114,17 @@ def test_create_without_any_contact_field_is_400_naming_them(client, tenant):
         ({"leads": [{"contact_name": "A"}], "bogus": True}, "bogus"),
     ],
 )
-def test_bulk_with_a_bad_envelope_is_400_naming_the_field(client, tenant, body, field):
+def test_bulk_with_a_bad_envelope_is_400_naming_the_field(
+    client: TestClient, tenant: Tenant, body: dict[str, Any], field: str
+) -> None:
     message = bad_request(client.post(BULK, json=body, headers=tenant.headers))
     assert message.startswith(f"{field}:"), message
     assert client.get(LEADS, headers=tenant.headers).json()["total"] == 0
 
 
-def test_a_bad_bulk_row_is_reported_in_its_result_naming_the_field(client, tenant):
+def test_a_bad_bulk_row_is_reported_in_its_result_naming_the_field(
+    client: TestClient, tenant: Tenant
+) -> None:
     body = {"leads": [{"row_ref": "r1", "contact_name": 5}, lead(row_ref="r2")]}
     r = client.post(BULK, json=body, headers=tenant.headers)
     assert r.status_code == 200, r.text
@@ -145,12 +153,14 @@ def test_a_bad_bulk_row_is_reported_in_its_result_naming_the_field(client, tenan
         ({"cursor": "forged"}, "cursor"),
     ],
 )
-def test_bad_query_parameters_are_400_naming_the_parameter(client, tenant, params, field):
+def test_bad_query_parameters_are_400_naming_the_parameter(
+    client: TestClient, tenant: Tenant, params: dict[str, Any], field: str
+) -> None:
     message = bad_request(client.get(LEADS, params=params, headers=tenant.headers))
     assert message.startswith(field), message
 
 
-def test_several_bad_fields_are_all_named(client, tenant):
+def test_several_bad_fields_are_all_named(client: TestClient, tenant: Tenant) -> None:
     message = bad_request(client.get(LEADS, params={"limit": 0, "sort_dir": "up"}, headers=tenant.headers))
     assert "limit" in message
     assert "sort_dir" in message
@@ -172,7 +182,9 @@ def test_several_bad_fields_are_all_named(client, tenant):
     ],
 )
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
-def test_unknown_routes_are_404_in_the_envelope(client, tenant, path, method):
+def test_unknown_routes_are_404_in_the_envelope(
+    client: TestClient, tenant: Tenant, path: str, method: str
+) -> None:
     for headers in ({}, tenant.headers):
         r = client.request(method, path, headers=headers)
         envelope(r, 404, "not_found_error")
@@ -188,7 +200,9 @@ def test_unknown_routes_are_404_in_the_envelope(client, tenant, path, method):
         ("DELETE", BULK, {"POST"}),
     ],
 )
-def test_a_wrong_method_is_405_in_the_envelope(client, tenant, method, path, allowed):
+def test_a_wrong_method_is_405_in_the_envelope(
+    client: TestClient, tenant: Tenant, method: str, path: str, allowed: set[str]
+) -> None:
     r = client.request(method, path, headers=tenant.headers)
     message = envelope(r, 405, "invalid_request_error")
     assert message
@@ -201,7 +215,7 @@ SECRET_DETAIL = "SELECT password FROM api_keys -- /srv/app/secret.py line 42"
 
 
 @pytest.fixture
-def exploding_client(db_url, db):
+def exploding_client(db_url: str, db: Database) -> Iterator[TestClient]:
     """A separate app instance with routes that fail the way bugs and outages do."""
     app = create_app(make_settings(db_url, webhook_worker_in_process=False), db)
 
@@ -224,7 +238,9 @@ def exploding_client(db_url, db):
 @pytest.mark.parametrize(
     ("method", "path"), [("GET", "/boom/runtime"), ("GET", "/boom/sql"), ("POST", "/boom/async")]
 )
-def test_an_unexpected_exception_is_500_api_error_without_internals(exploding_client, method, path):
+def test_an_unexpected_exception_is_500_api_error_without_internals(
+    exploding_client: TestClient, method: str, path: str
+) -> None:
     r = exploding_client.request(method, path)
     # A database's OperationalError (connection refused, locked, disk full) is the database being
     # unavailable, not a bug: 503 (tests/test_failures.py).
@@ -235,7 +251,9 @@ def test_an_unexpected_exception_is_500_api_error_without_internals(exploding_cl
 
 
 @pytest.mark.parametrize(("failure", "status"), [(RuntimeError, 500), (OperationalError, 503)])
-def test_a_failing_lead_route_is_api_error_without_internals(client, tenant, monkeypatch, failure, status):
+def test_a_failing_lead_route_is_api_error_without_internals(
+    client: TestClient, tenant: Tenant, monkeypatch: pytest.MonkeyPatch, failure: type[Exception], status: int
+) -> None:
     from mega_crm.leads import service
 
     def broken(*_args: Any, **_kwargs: Any) -> Any:
@@ -258,7 +276,7 @@ def test_a_failing_lead_route_is_api_error_without_internals(client, tenant, mon
 
 
 @pytest.mark.parametrize("path", [LEADS, BULK])
-def test_over_the_limit_is_429_rate_limit_error(client, db, path):
+def test_over_the_limit_is_429_rate_limit_error(client: TestClient, db: Database, path: Any) -> None:
     tenant = make_tenant(db, limits=("1/day", "1/day"))
     body = {"leads": [lead()]} if path == BULK else lead()
     assert client.post(path, json=body, headers=tenant.headers).status_code in (200, 201)

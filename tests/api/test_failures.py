@@ -151,7 +151,7 @@ def test_a_locked_sqlite_database_is_503_and_recovers(
         (RuntimeError("database is locked"), False),
     ],
 )
-def test_which_sqlite_errors_are_the_database_being_unavailable(exc, unavailable):
+def test_which_sqlite_errors_are_the_database_being_unavailable(exc: Exception, unavailable: bool) -> None:
     from sqlalchemy.exc import OperationalError
 
     from mega_crm.failures import database_unavailable
@@ -162,7 +162,7 @@ def test_which_sqlite_errors_are_the_database_being_unavailable(exc, unavailable
 
 
 @pytest.mark.skipif(not POSTGRES_URL, reason="MEGA_TEST_POSTGRES_URL is not set")
-def test_postgres_statement_timeout_keeps_the_urls_options_and_is_503():
+def test_postgres_statement_timeout_keeps_the_urls_options_and_is_503() -> None:
     from sqlalchemy import text
 
     from mega_crm.failures import database_unavailable

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mega_crm.observability.logging import redact
 
-surrounding = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30).map(
+surrounding = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30).map(  # type: ignore[arg-type]
     lambda s: s.replace("@", " ")
 )
 phones = st.one_of(
@@ -25,7 +25,7 @@ tokens = st.builds(lambda: "mega_" + secrets.token_hex(32)) | st.builds(
 
 
 @given(before=surrounding, secret=st.emails() | phones | tokens, after=surrounding)
-def test_redact_removes_contact_details_and_secrets(before, secret, after):
+def test_redact_removes_contact_details_and_secrets(before: str, secret: str, after: str) -> None:
     out = redact(f"{before} {secret} {after}")
     assert secret not in out
     assert "[redacted]" in out
@@ -33,10 +33,10 @@ def test_redact_removes_contact_details_and_secrets(before, secret, after):
 
 @given(text=st.from_regex(r"[a-z _/:{}0-9-]{0,40}", fullmatch=True).filter(lambda t: not any(
     c.isdigit() for c in t)))  # fmt: skip
-def test_redact_leaves_ordinary_text(text):
+def test_redact_leaves_ordinary_text(text: str) -> None:
     assert redact(text) == text
 
 
-def test_redact_keeps_ids_and_timestamps():
+def test_redact_keeps_ids_and_timestamps() -> None:
     text = "delivery 5d0c6f7e-2a51-4a8e-9a4e-0f1b3c1f4e2a at 2026-11-30T00:12:03Z took 161 ms"
     assert redact(text) == text

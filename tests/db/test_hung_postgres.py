@@ -52,7 +52,9 @@ def call(
     return response.status, json.loads(raw) if raw else None, time.monotonic() - started
 
 
-def test_a_stopped_postgres_is_503_within_the_timeout_and_the_server_recovers(cluster, caplog):
+def test_a_stopped_postgres_is_503_within_the_timeout_and_the_server_recovers(
+    cluster: PrivateCluster, caplog: pytest.LogCaptureFixture
+) -> None:
     db = Database(cluster.url, pool_size=4, timeout=TIMEOUT)
     app = create_app(make_settings(cluster.url, db_timeout_seconds=TIMEOUT), db)
     tenant = make_tenant(db)
@@ -92,7 +94,7 @@ def test_a_stopped_postgres_is_503_within_the_timeout_and_the_server_recovers(cl
     assert any("database available again" in r.getMessage() for r in caplog.records)
 
 
-def test_new_connections_to_a_stopped_postgres_time_out(cluster):
+def test_new_connections_to_a_stopped_postgres_time_out(cluster: PrivateCluster) -> None:
     """No pooled connection to reuse: the connect itself meets a server that accepted the TCP
     connection and never answers (psycopg's connect timeout)."""
     db = Database(cluster.url, pool_size=2, timeout=TIMEOUT)
@@ -113,7 +115,9 @@ def test_new_connections_to_a_stopped_postgres_time_out(cluster):
         db.dispose()
 
 
-def test_the_delivery_worker_records_its_attempt_once_the_database_answers_again(cluster):
+def test_the_delivery_worker_records_its_attempt_once_the_database_answers_again(
+    cluster: PrivateCluster,
+) -> None:
     receiver = Receiver()
     db = Database(cluster.url, pool_size=4, timeout=TIMEOUT)
     app = create_app(make_settings(cluster.url, db_timeout_seconds=TIMEOUT, **FAST_WEBHOOKS), db)

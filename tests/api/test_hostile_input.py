@@ -13,10 +13,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,8 +29,9 @@ from mega_crm.auth.models import ApiKey
 from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
 from mega_crm.db import Base, Database, UTCDateTime
 from mega_crm.webhooks.urls import MAX_URL_BYTES
+from tests.cli.test_cli import READ, Cli
+from tests.conftest import LiveServer
 from tests.fixtures.factories import Tenant, lead
-from tests.test_cli import READ, Cli
 
 LEADS = "/api/agents/crm/leads"
 BULK = "/api/agents/crm/leads/bulk"
@@ -139,7 +142,9 @@ def hook_id(client: TestClient, tenant: Tenant) -> str:
 
 
 @pytest.mark.parametrize("case", ALL_TEXT, ids=lambda c: c.name)
-def test_a_nul_in_any_text_field_is_400_naming_it_and_changes_nothing(client, tenant, hook_id, case):
+def test_a_nul_in_any_text_field_is_400_naming_it_and_changes_nothing(
+    client: TestClient, tenant: Tenant, hook_id: str, case: Case
+) -> None:
     before = state(client, tenant)
     message = bad_request(case.send(client, tenant, hook_id, "a\x00b"))
     assert message.startswith(case.field), message
@@ -147,7 +152,9 @@ def test_a_nul_in_any_text_field_is_400_naming_it_and_changes_nothing(client, te
 
 
 @pytest.mark.parametrize("case", BODY_TEXT, ids=lambda c: c.name)
-def test_a_lone_surrogate_escape_in_a_body_is_400(client, tenant, hook_id, case):
+def test_a_lone_surrogate_escape_in_a_body_is_400(
+    client: TestClient, tenant: Tenant, hook_id: str, case: Case
+) -> None:
     """A \\ud800 escape is valid JSON syntax but no text: no database or encoder can hold it."""
     before = state(client, tenant)
     bad_request(case.send(client, tenant, hook_id, "x\ud800y"))
@@ -155,7 +162,9 @@ def test_a_lone_surrogate_escape_in_a_body_is_400(client, tenant, hook_id, case)
 
 
 @pytest.mark.parametrize("bad", UNSTORABLE, ids=repr)
-def test_a_bulk_row_with_unstorable_text_fails_alone_naming_the_field(client, tenant, bad):
+def test_a_bulk_row_with_unstorable_text_fails_alone_naming_the_field(
+    client: TestClient, tenant: Tenant, bad: str
+) -> None:
     rows = [lead(contact_name=bad, row_ref="r1"), lead(row_ref="r2")]
     r = client.post(
         BULK, content=json.dumps({"leads": rows}), headers={**_json(tenant), "Idempotency-Key": "k"}
@@ -170,7 +179,9 @@ def test_a_bulk_row_with_unstorable_text_fails_alone_naming_the_field(client, te
     assert created["status"] == "created"
 
 
-def test_a_bulk_row_ref_with_a_nul_is_reported_and_the_response_is_stored(client, tenant):
+def test_a_bulk_row_ref_with_a_nul_is_reported_and_the_response_is_stored(
+    client: TestClient, tenant: Tenant
+) -> None:
     """The row fails; its result (stored for the Idempotency-Key) holds no unstorable text."""
     body = json.dumps({"leads": [lead(row_ref="a\x00b")]})
     headers = {**_json(tenant), "Idempotency-Key": f"nul-{uuid.uuid4()}"}
@@ -187,7 +198,9 @@ def test_a_bulk_row_ref_with_a_nul_is_reported_and_the_response_is_stored(client
 
 @pytest.mark.parametrize("key", ["a\x00b", "\x00"], ids=repr)
 @pytest.mark.parametrize("path", [LEADS, BULK])
-def test_a_nul_in_the_idempotency_key_is_400_naming_it(client, tenant, path, key):
+def test_a_nul_in_the_idempotency_key_is_400_naming_it(
+    client: TestClient, tenant: Tenant, path: Any, key: str
+) -> None:
     body = lead() if path == LEADS else {"leads": [lead()]}
     before = state(client, tenant)
     message = bad_request(client.post(path, json=body, headers={**tenant.headers, "Idempotency-Key": key}))
@@ -198,8 +211,8 @@ def test_a_nul_in_the_idempotency_key_is_400_naming_it(client, tenant, path, key
 @PROPERTY
 @given(prefix=st.text(max_size=8), suffix=st.text(max_size=8))
 def test_any_text_with_a_nul_is_400_naming_the_field_on_every_text_field(
-    client, tenant, hook_id, prefix, suffix
-):
+    client: TestClient, tenant: Tenant, hook_id: str, prefix: str, suffix: str
+) -> None:
     for case in ALL_TEXT:
         message = bad_request(case.send(client, tenant, hook_id, prefix + "\x00" + suffix))
         assert message.startswith(case.field), (case.name, message)
@@ -212,8 +225,8 @@ def test_any_text_with_a_nul_is_400_naming_the_field_on_every_text_field(
     suffix=st.text(max_size=8),
 )
 def test_any_body_text_with_a_lone_surrogate_is_400_on_every_body_field(
-    client, tenant, hook_id, prefix, surrogate, suffix
-):
+    client: TestClient, tenant: Tenant, hook_id: str, prefix: str, surrogate: str, suffix: str
+) -> None:
     """(A query string is bytes: a surrogate cannot be written in one; it arrives as U+FFFD.)"""
     value = prefix + surrogate + suffix
     for case in BODY_TEXT:
@@ -240,7 +253,7 @@ def _column_bytes(table: str, column: Any) -> int:
     return bound
 
 
-def test_every_indexed_text_column_fits_a_postgresql_btree_row():
+def test_every_indexed_text_column_fits_a_postgresql_btree_row() -> None:
     """Each index (and unique constraint) of the schema, at the largest values the application
     lets through, is under PostgreSQL's row limit; a new indexed text column must state its bound."""
     checked = 0
@@ -260,7 +273,9 @@ def cjk_url(chars: int) -> str:
     return f"{PUBLIC}/" + "漢" * chars
 
 
-def test_a_webhook_url_of_2000_cjk_characters_is_400_on_create_and_update(client, tenant, hook_id):
+def test_a_webhook_url_of_2000_cjk_characters_is_400_on_create_and_update(
+    client: TestClient, tenant: Tenant, hook_id: str
+) -> None:
     """~6 KB of UTF-8 under the 2048-character cap: PostgreSQL's unique index refused it (500)."""
     url = cjk_url(2000)
     before = state(client, tenant)
@@ -271,7 +286,9 @@ def test_a_webhook_url_of_2000_cjk_characters_is_400_on_create_and_update(client
     assert state(client, tenant) == before
 
 
-def test_the_longest_url_allowed_is_stored_and_one_byte_more_is_400(client, tenant, hook_id):
+def test_the_longest_url_allowed_is_stored_and_one_byte_more_is_400(
+    client: TestClient, tenant: Tenant, hook_id: str
+) -> None:
     head = f"{PUBLIC}/{uuid.uuid4().hex}/"
     fill = MAX_URL_BYTES - len(head)
     longest = head + "漢" * (fill // 3) + "a" * (fill % 3)
@@ -284,10 +301,12 @@ def test_the_longest_url_allowed_is_stored_and_one_byte_more_is_400(client, tena
     assert "url" in bad_request(client.post(WEBHOOKS, json={"url": longest + "a"}, headers=tenant.headers))
 
 
-def test_the_longest_idempotency_key_in_two_byte_characters_is_stored(live_server, tenant):
+def test_the_longest_idempotency_key_in_two_byte_characters_is_stored(
+    live_server: LiveServer, tenant: Tenant
+) -> None:
     """Over real HTTP (the test client re-encodes header bytes): 255 bytes 0xE9, read as Latin-1
     "é", are 510 bytes of UTF-8 in the (customer, endpoint, key) index."""
-    headers = {**tenant.headers, "Idempotency-Key": b"\xe9" * 255}
+    headers: dict[str, Any] = {**tenant.headers, "Idempotency-Key": b"\xe9" * 255}
     body = lead()
     with httpx.Client(base_url=live_server.url) as http:
         first = http.post(LEADS, json=body, headers=headers)
@@ -297,7 +316,9 @@ def test_the_longest_idempotency_key_in_two_byte_characters_is_stored(live_serve
     assert replay.headers["idempotent-replayed"] == "true"
 
 
-def test_a_long_international_email_is_stored_or_refused_never_a_500(client, tenant):
+def test_a_long_international_email_is_stored_or_refused_never_a_500(
+    client: TestClient, tenant: Tenant
+) -> None:
     local = "é" * 64
     email = f"{local}@{'ü' * 60}.{'ä' * 60}.example"
     r = client.post(LEADS, json=lead(contact_email=email), headers=tenant.headers)
@@ -329,7 +350,9 @@ NOT_RFC3339 = [
 
 @pytest.mark.parametrize("name", ["created_since", "updated_since"])
 @pytest.mark.parametrize("value", NOT_RFC3339)
-def test_a_date_that_is_not_an_rfc3339_date_time_is_400(client, tenant, name, value):
+def test_a_date_that_is_not_an_rfc3339_date_time_is_400(
+    client: TestClient, tenant: Tenant, name: str, value: str
+) -> None:
     message = bad_request(client.get(LEADS, params={name: value}, headers=tenant.headers))
     assert message.startswith(name), message
 
@@ -343,7 +366,7 @@ def test_a_date_that_is_not_an_rfc3339_date_time_is_400(client, tenant, name, va
         "2016-12-31T23:59:60Z",
     ],
 )
-def test_rfc3339_date_times_are_accepted(client, tenant, value):
+def test_rfc3339_date_times_are_accepted(client: TestClient, tenant: Tenant, value: str) -> None:
     for name in ("created_since", "updated_since"):
         assert client.get(LEADS, params={name: value}, headers=tenant.headers).status_code == 200
 
@@ -366,7 +389,9 @@ def _iso_offset_aware(value: str) -> bool:
         st.dates().map(str),
     )
 )
-def test_any_string_iso_8601_cannot_read_as_an_aware_instant_is_400(client, tenant, value):
+def test_any_string_iso_8601_cannot_read_as_an_aware_instant_is_400(
+    client: TestClient, tenant: Tenant, value: str
+) -> None:
     if _iso_offset_aware(value):
         return
     assert "created_since" in bad_request(
@@ -379,7 +404,9 @@ def test_any_string_iso_8601_cannot_read_as_an_aware_instant_is_400(client, tena
     when=st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),
     offset_minutes=st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59),
 )
-def test_any_rfc3339_date_time_is_accepted(client, tenant, when, offset_minutes):
+def test_any_rfc3339_date_time_is_accepted(
+    client: TestClient, tenant: Tenant, when: datetime, offset_minutes: int
+) -> None:
     value = when.replace(tzinfo=timezone(timedelta(minutes=offset_minutes))).isoformat()
     assert client.get(LEADS, params={"updated_since": value}, headers=tenant.headers).status_code == 200
 
@@ -422,13 +449,15 @@ def call(client: TestClient, tenant: Tenant, route: Route, hook: str, query: Any
     return client.request(route.method, path, params=query, json=body, headers=tenant.headers)
 
 
-def test_every_api_operation_is_in_the_route_table(app):
+def test_every_api_operation_is_in_the_route_table(app: FastAPI) -> None:
     served = {op["operationId"] for item in app.openapi()["paths"].values() for op in item.values()}
     assert served == {route.operation for route in ROUTES}
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.operation)
-def test_an_unknown_query_parameter_is_400_naming_it_on_every_route(client, tenant, hook_id, route):
+def test_an_unknown_query_parameter_is_400_naming_it_on_every_route(
+    client: TestClient, tenant: Tenant, hook_id: str, route: Route
+) -> None:
     before = state(client, tenant)
     message = bad_request(call(client, tenant, route, hook_id, {"stage_id": str(uuid.uuid4())}))
     assert message.startswith("stage_id"), message
@@ -438,7 +467,9 @@ def test_an_unknown_query_parameter_is_400_naming_it_on_every_route(client, tena
 @pytest.mark.parametrize(
     "route", [r for r in ROUTES if r.operation in ("listLeads", "listWebhookDeliveries")]
 )
-def test_a_repeated_query_parameter_is_400_naming_it(client, tenant, hook_id, route):
+def test_a_repeated_query_parameter_is_400_naming_it(
+    client: TestClient, tenant: Tenant, hook_id: str, route: Route
+) -> None:
     message = bad_request(call(client, tenant, route, hook_id, [("limit", "5"), ("limit", "6")]))
     assert message.startswith("limit"), message
 
@@ -450,8 +481,8 @@ def test_a_repeated_query_parameter_is_400_naming_it(client, tenant, hook_id, ro
 )
 @pytest.mark.parametrize("name", ["offset", "limit"])
 def test_a_number_parameter_that_is_not_ascii_digits_or_is_huge_is_answered_not_a_500(
-    client, tenant, name, value
-):
+    client: TestClient, tenant: Tenant, name: str, value: Any
+) -> None:
     # offset=\u00b2 and offset=<5,000 digits> were 500s: the lane choice read the raw value first.
     r = client.get(LEADS, params={name: value}, headers=tenant.headers)
     assert r.status_code in (200, 400), r.text
@@ -461,20 +492,20 @@ def test_a_number_parameter_that_is_not_ascii_digits_or_is_huge_is_answered_not_
 
 @PROPERTY
 @given(value=st.text(max_size=30) | st.text(string.digits + "\u00b2\u00b3\u0663 -+", max_size=30))
-def test_any_offset_or_limit_text_is_200_or_400(client, tenant, value):
+def test_any_offset_or_limit_text_is_200_or_400(client: TestClient, tenant: Tenant, value: str) -> None:
     for name in ("offset", "limit"):
         r = client.get(LEADS, params={name: value}, headers=tenant.headers)
         assert r.status_code in (200, 400), (name, value, r.text)
 
 
-def test_a_misspelt_filter_does_not_list_every_lead(client, tenant):
+def test_a_misspelt_filter_does_not_list_every_lead(client: TestClient, tenant: Tenant) -> None:
     """The report: `stage_id` (for `stageId`) was ignored, and the whole list came back."""
     client.post(LEADS, json=lead(), headers=tenant.headers)
     r = client.get(LEADS, params={"stage_id": str(uuid.uuid4())}, headers=tenant.headers)
     assert "stage_id" in bad_request(r)
 
 
-def test_status_given_twice_is_400(client, tenant):
+def test_status_given_twice_is_400(client: TestClient, tenant: Tenant) -> None:
     r = client.get(LEADS, params=[("status", "won"), ("status", "active")], headers=tenant.headers)
     assert bad_request(r).startswith("status")
 
@@ -488,14 +519,18 @@ def test_status_given_twice_is_400(client, tenant):
     ],
     ids=["createLead", "bulkImportLeads", "createWebhook"],
 )
-def test_an_unknown_body_field_with_a_huge_name_is_named_shortly(client, tenant, path, body):
+def test_an_unknown_body_field_with_a_huge_name_is_named_shortly(
+    client: TestClient, tenant: Tenant, path: str, body: dict[str, Any]
+) -> None:
     # The whole 100,000-character name was quoted back (a 1 MB name made a 1 MB error message).
     message = bad_request(client.post(path, json=body, headers=tenant.headers))
     assert message.startswith("k" * 64 + "…: is not a known field"), message[:200]
     assert len(message) < 200
 
 
-def test_a_bulk_rows_unknown_field_with_a_huge_name_is_named_shortly(client, tenant):
+def test_a_bulk_rows_unknown_field_with_a_huge_name_is_named_shortly(
+    client: TestClient, tenant: Tenant
+) -> None:
     r = client.post(BULK, json={"leads": [{**lead(), "k" * 100_000: 1}]}, headers=tenant.headers)
     assert r.status_code == 200, r.text
     [row] = r.json()["results"]
@@ -503,7 +538,7 @@ def test_a_bulk_rows_unknown_field_with_a_huge_name_is_named_shortly(client, ten
     assert max(len(e) for e in row["errors"]) < 200, row["errors"][0][:200]
 
 
-def test_every_unknown_parameter_is_named(client, tenant):
+def test_every_unknown_parameter_is_named(client: TestClient, tenant: Tenant) -> None:
     message = bad_request(client.get(LEADS, params={"stage_id": "1", "sortBy": "x"}, headers=tenant.headers))
     assert "stage_id" in message
     assert "sortBy" in message
@@ -519,14 +554,18 @@ KNOWN_LIST_PARAMETERS = {
 @given(
     name=st.text(min_size=1, max_size=20).filter(lambda n: n not in KNOWN_LIST_PARAMETERS), value=st.text()
 )
-def test_any_unknown_parameter_name_is_400_naming_it(client, tenant, name, value):
+def test_any_unknown_parameter_name_is_400_naming_it(
+    client: TestClient, tenant: Tenant, name: str, value: str
+) -> None:
     message = bad_request(client.get(LEADS, params={name: value}, headers=tenant.headers))
     assert "is not a known query parameter" in message, message
 
 
 @PROPERTY
 @given(route=st.sampled_from(ROUTES), name=st.from_regex(r"[a-z_]{1,12}", fullmatch=True))
-def test_on_every_route_any_parameter_it_does_not_take_is_400(client, tenant, hook_id, route, name):
+def test_on_every_route_any_parameter_it_does_not_take_is_400(
+    client: TestClient, tenant: Tenant, hook_id: str, route: Route, name: str
+) -> None:
     takes = {"listLeads": KNOWN_LIST_PARAMETERS, "listWebhookDeliveries": {"limit", "cursor"}}
     if name in takes.get(route.operation, set()):
         return
@@ -534,7 +573,7 @@ def test_on_every_route_any_parameter_it_does_not_take_is_400(client, tenant, ho
     assert message.startswith(name), message
 
 
-def test_the_served_query_parameters_are_what_the_routes_take(app):
+def test_the_served_query_parameters_are_what_the_routes_take(app: FastAPI) -> None:
     """The table above is the served document's (so a new parameter is both served and taken)."""
     doc = app.openapi()
     for route in ROUTES:
@@ -550,7 +589,9 @@ def test_the_served_query_parameters_are_what_the_routes_take(app):
         assert "400" in operation["responses"], route.operation
 
 
-def test_nothing_is_changed_by_a_refused_write(client, db: Database, tenant, hook_id):
+def test_nothing_is_changed_by_a_refused_write(
+    client: TestClient, db: Database, tenant: Tenant, hook_id: str
+) -> None:
     """A write refused for its query string is refused before any work: no lead, no webhook."""
     before = state(client, tenant)
     for route in ROUTES:
@@ -580,7 +621,9 @@ def test_nothing_is_changed_by_a_refused_write(client, db: Database, tenant, hoo
     ids=lambda x: x if isinstance(x, str) else "",
 )
 @pytest.mark.parametrize("value", ["a\x00b", "a\udcffb", "x" * 1000], ids=["nul", "surrogate", "too-long"])
-def test_operator_text_is_refused_naming_it_and_nothing_is_written(db: Database, tenant, call, what, value):
+def test_operator_text_is_refused_naming_it_and_nothing_is_written(
+    db: Database, tenant: Tenant, call: Callable[[Database, uuid.UUID, str], object], what: str, value: Any
+) -> None:
     """Every text an operator command stores: the same rule as the API's, and the length of its
     column (PostgreSQL refuses a longer VARCHAR; SQLite would keep it)."""
     before = _operator_rows(db)
@@ -601,14 +644,16 @@ def _operator_rows(db: Database) -> tuple[int, ...]:
 
 
 @pytest.fixture
-def operator_cli(db_url: str, tmp_path) -> Cli:
+def operator_cli(db_url: str, tmp_path: Path) -> Cli:
     """The `mega-crm` command on this test session's database (SQLite file or PostgreSQL)."""
     cli = Cli(tmp_path / "unused.db")
     cli.env["MEGA_DATABASE_URL"] = db_url
     return cli
 
 
-def test_operator_commands_refuse_unstorable_or_overlong_text_in_one_line(operator_cli, tenant):
+def test_operator_commands_refuse_unstorable_or_overlong_text_in_one_line(
+    operator_cli: Cli, tenant: Tenant
+) -> None:
     """argv that is not UTF-8 reaches Python as lone surrogates (surrogate escapes)."""
     cid = str(tenant.customer_id)
     bad = b"caf\xe9"  # Latin-1, not UTF-8
@@ -640,7 +685,9 @@ def test_operator_commands_refuse_unstorable_or_overlong_text_in_one_line(operat
 @pytest.mark.parametrize(
     "field", ["url", "event_types", "timeout_seconds", "retry_attempts", "is_active", "rotate_secret"]
 )
-def test_null_for_a_webhook_field_that_cannot_be_null_is_400_on_update(client, tenant, hook_id, field):
+def test_null_for_a_webhook_field_that_cannot_be_null_is_400_on_update(
+    client: TestClient, tenant: Tenant, hook_id: str, field: str
+) -> None:
     """The published schema has no null for these; it was read as "unchanged" (a hidden mistake).
     `description: null` still clears the description."""
     before = state(client, tenant)
@@ -653,7 +700,9 @@ def test_null_for_a_webhook_field_that_cannot_be_null_is_400_on_update(client, t
 
 
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
-def test_a_too_long_description_is_described_as_text(client, tenant, hook_id, method):
+def test_a_too_long_description_is_described_as_text(
+    client: TestClient, tenant: Tenant, hook_id: str, method: str
+) -> None:
     # It said "Value should have at most 500 items after validation, not 501".
     path, body = (
         (WEBHOOKS, {"url": f"{PUBLIC}/long-description"})

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import POSTGRES_URL, REDIS_URL, TEST_SECRET
-from tests.ops.conftest import Served, clean_env, cli
+from tests.fixtures.processes import Served, clean_env, cli
 
 
 def closed_port() -> int:
@@ -42,7 +43,7 @@ def migrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     return workdir, env
 
 
-def test_livez_readyz_ok(migrated):
+def test_livez_readyz_ok(migrated: tuple[Path, dict[str, str]]) -> None:
     workdir, env = migrated
     with Served(workdir, env) as s:
         assert httpx.get(s.base + "/livez").json() == {"status": "ok"}
@@ -52,7 +53,7 @@ def test_livez_readyz_ok(migrated):
         assert r.json() == {"status": "ready", "checks": {"database": "ok"}}
 
 
-def test_readyz_with_an_unreachable_postgresql(tmp_path):
+def test_readyz_with_an_unreachable_postgresql(tmp_path: Path) -> None:
     url = f"postgresql://postgres@127.0.0.1:{closed_port()}/nowhere"
     env = clean_env(MEGA_DATABASE_URL=url, MEGA_SECRET_KEY=TEST_SECRET, MEGA_READYZ_TIMEOUT_SECONDS="2")
     with asgi_server(tmp_path, env) as s:
@@ -68,7 +69,7 @@ def test_readyz_with_an_unreachable_postgresql(tmp_path):
         assert r.headers["x-request-id"]
 
 
-def test_readyz_when_migrations_are_not_applied(tmp_path):
+def test_readyz_when_migrations_are_not_applied(tmp_path: Path) -> None:
     env = clean_env(MEGA_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}", MEGA_SECRET_KEY=TEST_SECRET)
     with asgi_server(tmp_path, env) as s:
         r = httpx.get(s.base + "/readyz")
@@ -77,7 +78,7 @@ def test_readyz_when_migrations_are_not_applied(tmp_path):
         assert "migrations" in r.json()["checks"]["database"]
 
 
-def test_readyz_with_an_unreachable_redis(migrated):
+def test_readyz_with_an_unreachable_redis(migrated: tuple[Path, dict[str, str]]) -> None:
     workdir, env = migrated
     with Served(workdir, {**env, "MEGA_REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0"}) as s:
         r = httpx.get(s.base + "/readyz", timeout=10)
@@ -89,7 +90,7 @@ def test_readyz_with_an_unreachable_redis(migrated):
 @pytest.mark.skipif(
     not (POSTGRES_URL and REDIS_URL), reason="MEGA_TEST_POSTGRES_URL/MEGA_TEST_REDIS_URL unset"
 )
-def test_readyz_with_postgresql_and_redis(tmp_path):
+def test_readyz_with_postgresql_and_redis(tmp_path: Path) -> None:
     assert POSTGRES_URL
     assert REDIS_URL
     env = clean_env(MEGA_DATABASE_URL=POSTGRES_URL, MEGA_SECRET_KEY=TEST_SECRET, MEGA_REDIS_URL=REDIS_URL)
@@ -103,7 +104,7 @@ def test_readyz_with_postgresql_and_redis(tmp_path):
 # --- /metrics access ---------------------------------------------------------------------------
 
 
-def test_metrics_token_and_switch(migrated):
+def test_metrics_token_and_switch(migrated: tuple[Path, dict[str, str]]) -> None:
     workdir, env = migrated
     with Served(workdir, {**env, "MEGA_METRICS_TOKEN": "s3cret-scrape"}) as s:
         assert httpx.get(s.base + "/metrics").status_code == 401
@@ -137,7 +138,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None, acces
 """
 
 
-def test_request_id_on_a_500_and_its_log_line(migrated, tmp_path):
+def test_request_id_on_a_500_and_its_log_line(migrated: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     _workdir, env = migrated
     script = tmp_path / "failing_app.py"
     script.write_text(FAILING_APP)
@@ -161,7 +162,7 @@ def test_request_id_on_a_500_and_its_log_line(migrated, tmp_path):
 # --- behind a proxy ----------------------------------------------------------------------------
 
 
-def test_forwarded_headers_only_from_trusted_proxies(migrated):
+def test_forwarded_headers_only_from_trusted_proxies(migrated: tuple[Path, dict[str, str]]) -> None:
     workdir, env = migrated
     forwarded = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "X-Request-Id": "fwd"}
     with Served(workdir, env) as s:  # MEGA_FORWARDED_ALLOW_IPS unset: headers ignored
@@ -190,14 +191,14 @@ class _Refs(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def docs_server(migrated):
+def docs_server(migrated: tuple[Path, dict[str, str]]) -> Iterator[Served]:
     workdir, env = migrated
     with Served(workdir, env) as s:
         yield s
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
-def test_docs_reference_only_served_assets(docs_server, page):
+def test_docs_reference_only_served_assets(docs_server: Served, page: str) -> None:
     r = httpx.get(docs_server.base + page)
     assert r.status_code == 200
     parser = _Refs()
@@ -225,7 +226,7 @@ def _chromium() -> str | None:
     ("/docs", ["listLeads", "createLead", "bulkImportLeads", "List / search leads"]),
     ("/redoc", ["List / search leads", "Create a single lead", "Bulk create / merge leads"]),
 ])  # fmt: skip
-def test_docs_render_in_a_real_browser(docs_server, page, expected):
+def test_docs_render_in_a_real_browser(docs_server: Served, page: str, expected: list[str]) -> None:
     browser = _chromium()
     assert browser
     with tempfile.TemporaryDirectory() as profile:
