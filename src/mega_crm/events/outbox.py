@@ -170,23 +170,25 @@ def insert_deliveries(
     session: Session, event_id: uuid.UUID, webhook_ids: list[uuid.UUID], now: datetime
 ) -> list[uuid.UUID]:
     """A pending delivery of the event, due now, per webhook. -> their ids."""
-    ids = [uuid.uuid4() for _ in webhook_ids]
-    rows = [
-        {
-            "id": delivery_id,
-            "webhook_id": webhook_id,
-            "event_id": event_id,
-            "status": PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for delivery_id, webhook_id in zip(ids, webhook_ids, strict=True)
-    ]
+    rows = [pending_delivery(webhook_id, event_id, now) for webhook_id in webhook_ids]
     if rows:
         session.execute(insert(_DELIVERIES), rows)
-    return ids
+    return [row["id"] for row in rows]
+
+
+def pending_delivery(webhook_id: uuid.UUID, event_id: uuid.UUID, now: datetime) -> dict[str, Any]:
+    """The row of a new delivery of `event_id` to `webhook_id`: pending, due `now`, a full retry
+    budget (webhook_deliveries' columns)."""
+    return {
+        "id": uuid.uuid4(),
+        "webhook_id": webhook_id,
+        "event_id": event_id,
+        "status": PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 # --- lead events ----------------------------------------------------------------------------

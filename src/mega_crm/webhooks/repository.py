@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from mega_crm.events.outbox import pending_delivery
 from mega_crm.webhooks.models import (
     CANCELLED,
     FAILED,
@@ -153,22 +154,8 @@ def insert_recoveries(
 ) -> int:
     """A fresh pending delivery (new id, full retry budget) of each event to the webhook."""
     if event_ids:
-        session.execute(
-            insert(WebhookDelivery),
-            [
-                {
-                    "id": uuid.uuid4(),
-                    "webhook_id": webhook_id,
-                    "event_id": event_id,
-                    "status": PENDING,
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for event_id in event_ids
-            ],
-        )
+        rows = [pending_delivery(webhook_id, event_id, now) for event_id in event_ids]
+        session.execute(insert(WebhookDelivery), rows)
     return len(event_ids)
 
 
