@@ -74,7 +74,7 @@ def demo(
 def db_upgrade() -> None:
     """Apply pending migrations."""
     with operator_db() as db:
-        console.print(f"Database is up to date ({db.engine.url.render_as_string(hide_password=True)})")
+        console.print(f"Database schema is current ({db.engine.url.render_as_string(hide_password=True)})")
 
 
 def check_bind_address(host: str, port: int, workers: int) -> None:
