@@ -24,6 +24,7 @@ from mega_crm.observability.logging import request_id_var, request_line
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 HEADER = b"x-request-id"
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client went away
 
 # Generated ids: 16 random hex digits per process, then a counter (32 hex digits in all). Unique
 # without a uuid4's os.urandom() call per request (6 µs); ids need not be unguessable.
@@ -84,6 +85,7 @@ class ObservabilityMiddleware:
         token = request_id_var.set(request_id)
         header = (HEADER, request_id.encode())
         status = 500  # if the app raises before answering
+        gone = False  # the client went away before the request was read (or sent malformed bytes)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -92,13 +94,25 @@ class ObservabilityMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
+        async def receive_noting_disconnect() -> Message:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+            return message
+
         failed = False
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_noting_disconnect, send_with_id)
         except BaseException:
             failed = True
             raise
         finally:
+            if gone and status >= 500:
+                # Not a server error: the body never arrived whole (a dropped upload; a bad chunk
+                # or Content-Length, which the HTTP server answered 400 itself). Counted and logged
+                # as nginx's 499, "client closed request", not as a 500 to page someone about.
+                status, failed = CLIENT_CLOSED_REQUEST, False
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
             if self.metrics_on:
