@@ -114,11 +114,27 @@ def probe(folded: str, counts: Counter[str]) -> str:
     in many leads costs as much as reading them. At 1M leads, FTS5 took 12.9 ms for
     `chard anderson-whi` as a whole, 0.9 ms for its window `ard an` (635 candidates); 6.6 ms
     for `hard.anderson-white500751@out`, 0.7 ms for `white500751`. Four rare trigrams in a row
-    keep the candidates few."""
+    keep the candidates few. A query with no three letters or digits in a row (`!!!`) gives
+    pg_trgm nothing to look up: it scans the customer's leads, as a 1-2 character one does."""
     if len(folded) <= PROBE_CHARS:
         return folded
     windows = [folded[i : i + PROBE_CHARS] for i in range(len(folded) - PROBE_CHARS + 1)]
-    return min(windows, key=lambda w: sum(counts[w[i : i + 3]] for i in range(len(w) - 2)))
+
+    def cost(window: str) -> tuple[bool, int, int]:
+        # pg_trgm makes trigrams of letters and digits only: a window without three of them in a
+        # row (`!!!!!!`, `-.-.-.`) would leave the index nothing to read, so any other comes first.
+        unindexable = _ALNUM_RUN.search(window) is None
+        letters = sum(ch.isalnum() for ch in window)
+        return (
+            unindexable,
+            -letters if unindexable else 0,
+            sum(counts[window[i : i + 3]] for i in range(len(window) - 2)),
+        )
+
+    return min(windows, key=cost)
+
+
+_ALNUM_RUN = re.compile(r"[^\W_]{3}")  # three letters or digits in a row
 
 
 # How many of a query's trigrams SQLite's FTS5 index is asked for (all of them when fewer).
