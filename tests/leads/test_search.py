@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mega_crm.app import create_app
 from mega_crm.db import Database
 from mega_crm.leads.normalize import ContactError, digits_of, normalize_phone
-from mega_crm.leads.search import PROBE_CHARS, fold, probe, trigram_counts
+from mega_crm.leads.search import RAREST_TRIGRAMS, fold, packed, rarest_trigrams, trigram_counts
 from tests.conftest import ContractClient, make_settings
 from tests.fixtures.factories import Tenant, make_tenant
 from tests.leads.api import bulk, create, listing, unique_email
@@ -409,16 +409,24 @@ def test_fold_is_idempotent_and_ascii_fast_path_agrees() -> None:
     check()
 
 
-def test_the_index_is_asked_for_the_rarest_part_of_the_query() -> None:
-    counts = trigram_counts(["anderson smith", "anderson jones", "mary anderson", "wiśniewska-yoon"])
-    assert probe("anderson-wiśniewska", counts) in "anderson-wiśniewska"
-    assert "and" not in probe("anderson-wiśniewska", counts)
-    assert probe("ander", counts) == "ander"  # short queries whole
+def test_postgresql_is_asked_for_the_rarest_trigrams_across_words() -> None:
+    # Packed (separators out), `richard anderson` has trigrams across its words that its
+    # common names alone lack: those are asked for.
+    sample = ["richard anderson", "richard smith", "mary anderson", "anderson white", "richard jones"]
+    counts = trigram_counts([packed(t) for t in sample])
+    grams = rarest_trigrams("chard anderson-whi", counts, words=True)
+    assert len(grams) == RAREST_TRIGRAMS
+    for gram in grams:  # each spans two words (`rda`, `dan`, `onw`, `nwh`): none of the names'
+        assert not any(gram in word for word in ("chard", "anderson", "whi"))
 
     @given(st.text(min_size=3, max_size=30), st.lists(st.text(max_size=20), max_size=20))
     def check(query: str, sample: list[str]) -> None:
-        part = probe(query, trigram_counts(sample))
-        assert part in query
-        assert len(part) == min(len(query), PROBE_CHARS)
+        folded = fold(query)
+        grams = rarest_trigrams(folded, trigram_counts([packed(t) for t in sample]), words=True)
+        assert len(grams) <= RAREST_TRIGRAMS
+        for gram in grams:  # what pg_trgm indexes, and in the packed query: no match is lost
+            assert len(gram) == 3
+            assert gram.isalnum()
+            assert gram in packed(folded)
 
     check()

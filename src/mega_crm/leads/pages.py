@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, literal_column, select, tuple_, union_all
+from sqlalchemy import ColumnElement, and_, bindparam, func, literal_column, or_, select, tuple_, union_all
 
 from mega_crm.db import Query, RawConnection
 from mega_crm.leads.counts import countable, counted_total
 from mega_crm.leads.cursor import CursorPosition
 from mega_crm.leads.documents import sql_document, sql_document_with_fields
-from mega_crm.leads.filters import LEADS, LeadFilters, filter_clause, filter_params, filter_shape
+from mega_crm.leads.filters import LEADS, LeadFilters, filter_clause, filter_params, filter_shape, searched
 
 # Statements are built once per shape (which filters are set, the sort, the cursor) and cached:
 # building an SQLAlchemy expression per request cost more CPU than running it.
@@ -85,14 +85,18 @@ def page_of_leads(
 ) -> Page:
     """A page of leads, read as their stored documents in one row: the page's rows aggregated
     into two strings (documents, sort keys), so the database driver steps once, not once per
-    lead (Python's sqlite3 hands the GIL over at every step). With countable() filters the
-    same statement reads the total, so both come from one snapshot."""
+    lead (Python's sqlite3 hands the GIL over at every step). With countable() filters, or a
+    search, the same statement reads the total, so both come from one snapshot."""
     dialect = reader.dialect.name
     after_kind = None if after is None else ("null" if after.value is None else "value")
     shape = (dialect, filter_shape(f), sort_by, descending, after_kind, with_custom_fields)
-    query = _cached(  # countable() and the total's filters depend on the shape only
-        ("page", *shape), lambda: _page_statement(*shape, total=counted_total(f) if countable(f) else None)
-    )
+    if searched(f):
+        query = _cached(("search", *shape), lambda: _search_page_statement(*shape))
+    else:  # countable() and the total's filters depend on the shape only
+        counted = countable(f)
+        query = _cached(
+            ("page", *shape), lambda: _page_statement(*shape, total=counted_total(f) if counted else None)
+        )
     params = filter_params(customer_id, f, reader)
     params.update(limit=limit, offset=offset, part_limit=limit + offset)
     if after is not None:
@@ -118,17 +122,8 @@ def in_page_order(page: Page, descending: bool) -> Page:
     return Page([d for _, d in pairs], [k for k, _ in pairs], page.total)
 
 
-def _page_statement(
-    dialect: str,
-    shape: tuple[bool, ...],
-    sort_by: str,
-    descending: bool,
-    after_kind: str | None,
-    with_custom_fields: bool,
-    *,
-    total: Any,
-) -> Any:
-    column = LEADS.c[sort_by]
+def _row_columns(dialect: str, sort_by: str, with_custom_fields: bool) -> tuple[Any, Any, str, str]:
+    """-> (document column, sort key column, the aggregate joining a page's rows, its separator)."""
     document = f"coalesce(leads.document, {sql_document(dialect)})"
     if with_custom_fields:
         document = sql_document_with_fields(dialect, document)
@@ -140,10 +135,85 @@ def _page_statement(
         stamp = f"to_char(leads.{sort_by} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
         key = f"coalesce({stamp}, '~') || ' ' || leads.id::text"
         aggregate, separator = "string_agg", "chr(30)"
-    columns: tuple[Any, ...] = (
+    return (
         literal_column(document).label("document"),
         literal_column(key).label("sort_key"),
+        aggregate,
+        separator,
     )
+
+
+def _search_page_statement(
+    dialect: str,
+    shape: tuple[bool, ...],
+    sort_by: str,
+    descending: bool,
+    after_kind: str | None,
+    with_custom_fields: bool,
+) -> Any:
+    """A search's page and total in one statement. The matches are found once, as (row, id,
+    sort value) only (MATERIALIZED: both databases would otherwise search twice), counted, and
+    ordered and cut to the page; only the page's rows are then read whole. Ordering the matches
+    as whole rows would read every match's stored document into the sort (15 ms for the 1,233
+    leads a phone's last four digits find among 1M, against 3 ms)."""
+    document, sort_key, aggregate, separator = _row_columns(dialect, sort_by, with_custom_fields)
+    row = literal_column("leads.rowid") if dialect == "sqlite" else LEADS.c.id
+    matches = (
+        select(row.label("row"), LEADS.c.id.label("id"), LEADS.c[sort_by].label("value"))
+        .where(filter_clause(dialect, shape))
+        .cte("matches")
+        .prefix_with("MATERIALIZED")
+    )
+    value, lead_id = matches.c.value, matches.c.id
+    after_id = bindparam("after_id", type_=LEADS.c.id.type)
+    after = tuple_(bindparam("after_value", type_=LEADS.c[sort_by].type), after_id)
+    if after_kind == "value":  # valued leads past it; ascending, the null ones after them all
+        past = tuple_(value, lead_id) < after if descending else tuple_(value, lead_id) > after
+        cursor = [or_(value.is_(None), past) if not descending else and_(value.is_not(None), past)]
+    elif after_kind == "null":  # null leads past it (id order); descending, the valued ones after
+        past = lead_id < after_id if descending else lead_id > after_id
+        cursor = [or_(value.is_not(None), past) if descending else and_(value.is_(None), past)]
+    else:
+        cursor = []
+    column, ids = LEADS.c[sort_by], LEADS.c.id
+    # Nulls last ascending, first descending (last_interaction_at; the others are never null).
+    nulls = column.nullable
+    order = [value.is_(None), value, lead_id] if nulls else [value, lead_id]
+    final = [column.is_(None), column, ids] if nulls else [column, ids]
+    page_rows = (
+        select(matches.c.row)
+        .where(*cursor)
+        .order_by(*(o.desc() for o in order) if descending else order)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+        .subquery("page_rows")
+    )
+    rows = (
+        select(document, sort_key)
+        .select_from(page_rows.join(LEADS, row == page_rows.c.row))
+        .order_by(*(o.desc() for o in final) if descending else final)
+        .subquery("page")
+    )
+    return select(
+        literal_column(f"{aggregate}(page.document, {separator})"),
+        literal_column(f"{aggregate}(page.sort_key, {separator})"),
+        select(func.count()).select_from(matches).scalar_subquery(),
+    ).select_from(rows)
+
+
+def _page_statement(
+    dialect: str,
+    shape: tuple[bool, ...],
+    sort_by: str,
+    descending: bool,
+    after_kind: str | None,
+    with_custom_fields: bool,
+    *,
+    total: Any,
+) -> Any:
+    column = LEADS.c[sort_by]
+    document, sort_key, aggregate, separator = _row_columns(dialect, sort_by, with_custom_fields)
+    columns: tuple[Any, ...] = (document, sort_key)
     where = filter_clause(dialect, shape)
     if sort_by == "last_interaction_at":
         rows = _nulls_last_page(columns, where, column, descending, after_kind)

@@ -31,8 +31,8 @@ from sqlalchemy import Connection, Uuid, bindparam, text
 
 from mega_crm.leads.normalize import ContactError, digits_of, normalize_phone
 
-# Trigram indexes serve queries of at least this many characters (after folding); shorter ones
-# scan the customer's leads.
+# Trigram indexes serve queries of at least this many characters (after folding) that hold a
+# word trigram (word_trigrams()); others scan the customer's leads.
 INDEXED_CHARS = 3
 PARTIAL_PHONE_DIGITS = 4
 # A whole number typed with this many digits or more matches that number only; a shorter one is
@@ -90,93 +90,84 @@ def search_columns(record: dict[str, Any]) -> None:
     record["search_phone"] = search_phone(record.get("contact_phone"))
 
 
-# The part of a query the trigram index is asked for: this many characters (4 trigrams).
-PROBE_CHARS = 6
 # How many leads' search_text the trigram frequencies are estimated from (once per process).
 SAMPLE_LEADS = 20_000
+# How many of a query's trigrams the index is asked for (all of them when fewer).
+RAREST_TRIGRAMS = 3
+# Separators PostgreSQL's trigram index takes out of the text it holds (migration 0008's
+# translate(search_text, PACKED_OUT, '')): see packed().
+PACKED_OUT = " .,'-@_+"
+_PACK = str.maketrans("", "", PACKED_OUT)
+
+
+def packed(folded: str) -> str:
+    """A folded text without PACKED_OUT's separators: what PostgreSQL's trigram index holds.
+    pg_trgm makes trigrams of each word apart, so `richard anderson` would give it only the
+    common trigrams of two common names; packed, it has `rda` and `dan`, which few leads have.
+    (A query that is a part of a text is a part of it packed: the index loses no match.)"""
+    return folded.translate(_PACK)
+
+
+def _trigrams(value: str) -> set[str]:
+    return {value[i : i + 3] for i in range(len(value) - 2)}
+
+
+def word_trigrams(folded: str) -> list[str]:
+    """The trigrams of packed(folded) made of three letters or digits: the only ones pg_trgm
+    indexes (`!!!` and `a.b` have none). A query without one scans (SearchTerms)."""
+    return sorted(g for g in _trigrams(packed(folded)) if g.isalnum())
 
 
 def trigram_counts(texts: list[str]) -> Counter[str]:
-    """In how many of `texts` each trigram occurs: the estimate probe() picks by."""
+    """In how many of `texts` each trigram occurs: the estimate rarest_trigrams() picks by."""
     counts: Counter[str] = Counter()
     for value in texts:
-        counts.update({value[i : i + 3] for i in range(len(value) - 2)})
+        counts.update(_trigrams(value))
     return counts
 
 
-def probe(folded: str, counts: Counter[str]) -> str:
-    """The part of a folded query (>= INDEXED_CHARS characters) that PostgreSQL's pg_trgm index
-    is asked for (as a LIKE pattern), the whole query then being checked on the leads it finds:
-    of its PROBE_CHARS-character windows, the one whose trigrams are rarest in `counts`
-    (trigram_counts of a sample of leads). SQLite asks for rarest_trigrams() instead.
+def rarest_trigrams(folded: str, counts: Counter[str], *, words: bool = False) -> list[str]:
+    """The RAREST_TRIGRAMS trigrams of a folded, indexed query that are rarest in `counts`
+    (trigram_counts of a sample of leads), for the index to intersect; the whole query is then
+    checked on the leads they find. SQLite (FTS5's trigram tokenizer): any trigram of the
+    query. PostgreSQL (`words`): word_trigrams(), counted over packed texts, those of ASCII
+    letters and digits first (a database whose LC_CTYPE is C indexes no other letters).
 
-    Why: both indexes read each of the pattern's trigrams' lists of leads through, so a trigram
-    in many leads costs as much as reading them. At 1M leads, FTS5 took 12.9 ms for
-    `chard anderson-whi` as a whole, 0.9 ms for its window `ard an` (635 candidates); 6.6 ms
-    for `hard.anderson-white500751@out`, 0.7 ms for `white500751`. Four rare trigrams in a row
-    keep the candidates few. A query with no three letters or digits in a row (`!!!`) gives
-    pg_trgm nothing to look up: it scans the customer's leads, as a 1-2 character one does."""
-    if len(folded) <= PROBE_CHARS:
-        return folded
-    windows = [folded[i : i + PROBE_CHARS] for i in range(len(folded) - PROBE_CHARS + 1)]
-
-    def cost(window: str) -> tuple[bool, int, int]:
-        # pg_trgm makes trigrams of letters and digits only: a window without three of them in a
-        # row (`!!!!!!`, `-.-.-.`) would leave the index nothing to read, so any other comes first.
-        unindexable = _ALNUM_RUN.search(window) is None
-        letters = sum(ch.isalnum() for ch in window)
-        return (
-            unindexable,
-            -letters if unindexable else 0,
-            sum(counts[window[i : i + 3]] for i in range(len(window) - 2)),
-        )
-
-    return min(windows, key=cost)
-
-
-_ALNUM_RUN = re.compile(r"[^\W_]{3}")  # three letters or digits in a row
-
-
-# How many of a query's trigrams SQLite's FTS5 index is asked for (all of them when fewer).
-RAREST_TRIGRAMS = 3
-
-
-def rarest_trigrams(folded: str, counts: Counter[str]) -> list[str]:
-    """The RAREST_TRIGRAMS trigrams of a folded query (>= INDEXED_CHARS characters) that are
-    rarest in `counts`, for SQLite's FTS5 index to intersect; the whole query is then checked on
-    the leads they find.
-
-    Why: FTS5 reads each asked trigram's list of leads through, adjacent or not, so a few rare
-    ones cost less than a window of common ones and leave fewer leads to check. At 1M leads,
-    `vid gonzalez-hi`: its window `vid go` 1.0 ms and 610 candidates, its three rarest
-    trigrams 0.4 ms and 49 (each candidate costs a read of its lead row)."""
-    grams = sorted({folded[i : i + 3] for i in range(len(folded) - 2)}, key=lambda g: (counts[g], g))
-    return grams[:RAREST_TRIGRAMS]
+    Why: both indexes read each asked trigram's list of leads through, so a few rare trigrams
+    cost less than many common ones and leave fewer leads to check. At 1M leads, SQLite, `vid
+    gonzalez-hi`: its window `vid go` 1.0 ms and 610 candidates, its three rarest trigrams
+    0.4 ms and 49; PostgreSQL, `chard anderson-whi`: its whole packed text 11 ms, its three
+    rarest packed trigrams (`rda`, `nwh`, `dan`) 0.9 ms and 16 candidates, the exact matches."""
+    if words:
+        grams = word_trigrams(folded)
+        return sorted(grams, key=lambda g: (not g.isascii(), counts[g], g))[:RAREST_TRIGRAMS]
+    return sorted(_trigrams(folded), key=lambda g: (counts[g], g))[:RAREST_TRIGRAMS]
 
 
 @dataclass(frozen=True)
 class SearchTerms:
     """A `search` query, read by the rule in the module docstring. Each field None when unused.
-    text: the folded query when it has >= INDEXED_CHARS characters (the index serves it);
-    short_text: the folded query when it has fewer (a scan); phone_key: the last 10 digits of a
-    whole phone number; phone_digits: the query's digits, to match as a part of phones."""
+    text: the folded query when the trigram indexes serve it (INDEXED_CHARS characters or more,
+    word_trigrams() among them); scan_text: the folded query otherwise (1-2 characters, `!!!`,
+    `a.b`: a scan of the customer's leads); phone_key: the last 10 digits of a whole phone
+    number; phone_digits: the query's digits, to match as a part of phones."""
 
     text: str | None = None
-    short_text: str | None = None
+    scan_text: str | None = None
     phone_key: str | None = None
     phone_digits: str | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.text or self.short_text or self.phone_key or self.phone_digits)
+        return not (self.text or self.scan_text or self.phone_key or self.phone_digits)
 
 
 def parse_search(query: str, region: str) -> SearchTerms:
     """-> the SearchTerms of a `search` query; `region`: MEGA_DEFAULT_PHONE_REGION. A query that
     folds to nothing (blank, or only combining marks) has no terms: it filters nothing."""
     folded = fold(query)
-    text = folded if len(folded) >= INDEXED_CHARS else None
-    short_text = folded if folded and text is None else None
+    text = folded if len(folded) >= INDEXED_CHARS and word_trigrams(folded) else None
+    scan_text = folded if folded and text is None else None
     phone_key = phone_digits = None
     typed = unicodedata.normalize("NFKC", query).strip()  # full-width digits as digits
     if _PHONE_LIKE.fullmatch(typed) and _DIGIT.search(typed):
@@ -187,7 +178,7 @@ def parse_search(query: str, region: str) -> SearchTerms:
         digits = "".join(str(unicodedata.decimal(c)) for c in _DIGIT.findall(typed))
         if len(digits) >= PARTIAL_PHONE_DIGITS and not (phone_key and len(digits) >= WHOLE_NUMBER_DIGITS):
             phone_digits = digits
-    return SearchTerms(text, short_text, phone_key, phone_digits)
+    return SearchTerms(text, scan_text, phone_key, phone_digits)
 
 
 _REFRESH_BATCH = 5_000

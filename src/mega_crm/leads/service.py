@@ -291,7 +291,7 @@ def build_filters(q: ListLeadsQuery, phone_region: str) -> repo.LeadFilters:
         status=q.status,
         stage_id=q.stage_id,
         search_text=terms.text,
-        search_short=terms.short_text,
+        search_scan=terms.scan_text,
         search_phone_key=terms.phone_key,
         search_phone_digits=terms.phone_digits,
         created_since=q.created_since,  # aware, in UTC (validation.parse_rfc3339)
@@ -336,11 +336,11 @@ def list_leads(
             with_custom_fields=q.include_custom_fields,
         )
 
-    if repo.countable(filters):  # the page's statement reads the total too
+    if repo.countable(filters) or repo.searched(filters):  # the page's statement reads the total too
         found = page()
         assert found.total is not None
         total = found.total
-    else:  # search or date filters: count once per filter until the customer's next write
+    else:  # date filters: count once per filter until the customer's next write
         with reader.snapshot():
             version = repo.leads_version(reader, customer_id)
             cache_key = (customer_id, filters)
