@@ -13,7 +13,9 @@ The rule (README, "Pulling leads"), the same on SQLite and PostgreSQL:
 * A query with letters is text only: its digits never match phones.
 
 Every lead write stores `search_text` (folded name and email) and `search_phone` (the phone's
-digit forms), computed here; the databases index them with trigrams (migration 0005).
+digit forms), computed here; the databases index them with trigrams (migrations 0005 and 0008:
+PostgreSQL's index holds search_text packed(), see there). A query serves itself from the index
+when it has a word trigram (word_trigrams()); any other scans the customer's leads.
 """
 
 from __future__ import annotations
