@@ -43,10 +43,10 @@ class LeadFilters:
 
 
 def searched(f: LeadFilters) -> bool:
-    """Whether `f` has a `search` the indexes serve (3+ characters, or a phone): the page's
-    statement counts its matches too (pages.py). A 1-2 character one is a scan that a page
+    """Whether `f` has a `search` the indexes serve: the page's statement counts its matches
+    too (pages.py). A scan (1-2 characters, no word trigram: search_scan) is one that a page
     usually ends early (the matches are many), counted apart, as date filters are."""
-    return any(getattr(f, name) is not None for name in INDEXED_SEARCH)
+    return f.search_scan is None and any(getattr(f, name) is not None for name in INDEXED_SEARCH)
 
 
 def filter_shape(f: LeadFilters) -> tuple[bool, ...]:
@@ -68,6 +68,8 @@ def filter_params(customer_id: uuid.UUID, f: LeadFilters, reader: RawConnection)
         value = getattr(f, name)
         if value is not None:
             params[name] = value
+    if f.search_scan is not None:  # a scan: each lead is tested, no index is asked
+        return params
     if not reader.is_sqlite:  # LIKE patterns over the pg_trgm indexes
         if f.search_text is not None:
             grams = rarest_trigrams(f.search_text, _trigram_counts(reader), words=True)
@@ -126,9 +128,14 @@ def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | 
     packed text (migration 0008) and phone digits (bitmap index scans), or'ed with the phone
     index's match. A query the index cannot serve is a plain substring test of the customer's
     leads."""
-    if has["search_scan"]:
+    if has["search_scan"]:  # and a phone-like query's phone terms, tested on each lead alike
         position = "instr" if dialect == "sqlite" else "strpos"
-        return text(f"{position}(leads.search_text, :search_scan) > 0")  # type: ignore[return-value]
+        tests = [f"{position}(leads.search_text, :search_scan) > 0"]
+        if has["search_phone_digits"]:
+            tests.append(f"{position}(leads.search_phone, :search_phone_digits) > 0")
+        if has["search_phone_key"]:
+            tests.append("leads.phone_last10 = :search_phone_key")
+        return text(f"({' OR '.join(tests)})")  # type: ignore[return-value]
     if not (has["search_text"] or has["search_phone_digits"] or has["search_phone_key"]):
         return None
     if dialect == "sqlite":
@@ -167,7 +174,8 @@ def filter_clause(dialect: str, shape: tuple[bool, ...]) -> ColumnElement[bool]:
     has = dict(zip(FILTER_NAMES, shape, strict=True))
     c = LEADS.c
     clauses: list[ColumnElement[bool]] = [c.customer_id == bindparam("customer_id")]
-    if dialect == "sqlite" and (has["search_text"] or has["search_phone_digits"] or has["search_phone_key"]):
+    indexed = any(has[name] for name in INDEXED_SEARCH) and not has["search_scan"]
+    if dialect == "sqlite" and indexed:
         # The search's rowids are where the plan must start: SQLite would rather walk one of the
         # customer's indexes in page order, testing every lead against them (a scan). Unary +
         # keeps it from using customer_id (every leads index starts with it) to do so.

@@ -41,6 +41,10 @@ PARTIAL_PHONE_DIGITS = 4
 # often a fragment in countries whose numbers vary in length (`030 1234` in DE), and matches as a
 # part of phones too.
 WHOLE_NUMBER_DIGITS = 10
+# No stored phone form has more digits (E.164 allows 15; a national format adds a trunk prefix):
+# a query with more is a part of none, and is not looked up (an FTS5 phrase of 60,000 digits'
+# trigrams took seconds).
+MAX_PHONE_DIGITS = 20
 # Between the folded name and email in `search_text`: whitespace to str.split(), so a folded query
 # never holds it and no match can span the two.
 SEPARATOR = "\x1f"
@@ -98,7 +102,7 @@ SAMPLE_LEADS = 20_000
 RAREST_TRIGRAMS = 3
 # Separators PostgreSQL's trigram index takes out of the text it holds (migration 0008's
 # translate(search_text, PACKED_OUT, '')): see packed().
-PACKED_OUT = " .,'-@_+"
+PACKED_OUT = " .,'-@_+/()"
 _PACK = str.maketrans("", "", PACKED_OUT)
 
 
@@ -178,7 +182,8 @@ def parse_search(query: str, region: str) -> SearchTerms:
         except ContactError:
             pass
         digits = "".join(str(unicodedata.decimal(c)) for c in _DIGIT.findall(typed))
-        if len(digits) >= PARTIAL_PHONE_DIGITS and not (phone_key and len(digits) >= WHOLE_NUMBER_DIGITS):
+        partial = PARTIAL_PHONE_DIGITS <= len(digits) <= MAX_PHONE_DIGITS
+        if partial and not (phone_key and len(digits) >= WHOLE_NUMBER_DIGITS):
             phone_digits = digits
     return SearchTerms(text, scan_text, phone_key, phone_digits)
 

@@ -25,7 +25,7 @@ depends_on = None
 OLD_INDEX = "ix_leads_search_text_trgm"
 INDEX = "ix_leads_search_text_packed_trgm"
 # leads.search.PACKED_OUT as of this revision (a migration never imports application code).
-PACKED_OUT = " .,'-@_+"
+PACKED_OUT = " .,'-@_+/()"
 
 
 def _trigram_ops() -> str:
