@@ -76,3 +76,17 @@ def test_a_query_with_more_digits_than_any_phone_is_no_phone_lookup(
         assert r.status_code == 200, r.text
         assert r.json()["total"] == 0
     assert parse_search("1" * MAX_PHONE_DIGITS, "US").phone_digits == "1" * MAX_PHONE_DIGITS
+
+
+def test_query_bytes_that_are_not_utf8_are_refused(client: TestClient, tenant: Tenant) -> None:
+    """Starlette read them as U+FFFD, and `search=%FF` found a lead named with U+FFFD (mojibake
+    from an import, which the write path accepts). Now a 400, on every parameter and route; a
+    U+FFFD typed as UTF-8 (%EF%BF%BD) is text like any other."""
+    create(client, tenant, {"contact_name": "Jos\ufffd Mojibake"})
+    for raw in ("search=%FF", "search=%C3", "search=Jos%FF", "status=%C3%28", "search=%ED%A0%80"):
+        r = client.get(f"{LEADS}?{raw}", headers=tenant.headers)
+        assert r.status_code == 400, (raw, r.text)
+        assert r.json()["error"]["message"].startswith("The query string is not UTF-8"), r.text
+    r = client.get(f"{LEADS}?search=Jos%EF%BF%BD", headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["total"] == 1

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -90,6 +91,8 @@ _MAX_NAME_ECHO = 64  # an unknown parameter's name is quoted back up to this man
 def parse_query(request: Request, model: type[M]) -> M:
     """The query string as `model`: every parameter known to it (by alias), given at most once,
     with text any store can hold. InvalidRequestError (400) naming each offending parameter."""
+    if not _is_utf8(request.scope.get("query_string", b"")):
+        raise InvalidRequestError("The query string is not UTF-8 text (it has bytes that are not UTF-8).")
     params = request.query_params
     known = {field.alias or name for name, field in model.model_fields.items()}
     problems: list[str] = []
@@ -111,6 +114,19 @@ def parse_query(request: Request, model: type[M]) -> M:
         return model.model_validate(values)
     except ValidationError as exc:
         raise _invalid(exc) from None
+
+
+def _is_utf8(query_string: bytes) -> bool:
+    """Whether a raw query string's bytes, percent-escapes decoded, are UTF-8 (RFC 3986 §2.5).
+    Starlette reads any other byte as U+FFFD, which a lead's text may hold (`%FF` found names
+    with U+FFFD in them): such a query is refused instead."""
+    if b"%" not in query_string and query_string.isascii():
+        return True
+    try:
+        unquote_to_bytes(query_string).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _invalid(exc: ValidationError) -> InvalidRequestError:
