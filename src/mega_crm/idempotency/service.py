@@ -2,12 +2,12 @@
 
 The key is claimed in the transaction that does the work, and the response is stored in it too:
 a crash or an error rolls the claim back with the leads, and a key costs two small statements
-more than a request without one, with no commit of its own. A concurrent request with the same
-key meets the claim at the unique index: on PostgreSQL its INSERT waits there until the first
-request commits (then it replays the stored response) or rolls back (then it claims the key);
-SQLite runs one write transaction at a time anyway. A claim committed without a response (by
-versions before this one, which claimed in a transaction of its own) is a request in progress
-for CLAIM_LEASE, then taken over.
+more than a request without one, with no commit and (PostgreSQL) no round trip of its own. A
+concurrent request with the same key meets the claim at the unique index: on PostgreSQL its
+INSERT waits there until the first request commits (then it replays the stored response) or
+rolls back (then it claims the key); SQLite runs one write transaction at a time anyway. A
+claim committed without a response (by versions before this one, which claimed in a
+transaction of its own) is a request in progress for CLAIM_LEASE, then taken over.
 """
 
 from __future__ import annotations
@@ -66,9 +66,13 @@ def run_idempotent(
 ) -> StoredResponse:
     """`work` in one write transaction; with a `key`, at most once per (customer, endpoint, key),
     replaying the stored response to a request with the same `fingerprint()` and refusing (409)
-    one with another. The claim, the work and the stored response commit together."""
+    one with another. The claim, the work and the stored response commit together.
+
+    The usual key, one not seen before, is claimed by a statement sent ahead of the work and read
+    after it (PostgreSQL: in the work's first round trip, see Database.write_session's
+    `pipelined`). A key already there rolls that work back, unseen, and is judged by `_claim`."""
     if key is None:
-        with db.write_session() as session:
+        with db.write_session(pipelined=True) as session:
             status, body = work(session)
         return StoredResponse(status, body, replayed=False)
 
@@ -76,14 +80,43 @@ def run_idempotent(
         raise InvalidRequestError(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters.")
     _purge_if_due(db)
     hashed = fingerprint()
+    where = {"customer_id": customer_id, "endpoint": endpoint, "key": key}
+    try:
+        with db.write_session(pipelined=True) as session:
+            raw = RawConnection.of(session)
+            claimed = raw.send(_CLAIM_NEW, {"id": new_id(), **where, **_times(hashed, ttl)})
+            if raw.is_sqlite and claimed.first() is None:  # no round trip to save: judge it now
+                raise _KeyTaken
+            try:
+                status, body = work(session)
+            except Exception:
+                if claimed.first() is None:
+                    raise _KeyTaken from None  # the key's answer, not this work's error
+                raise
+            record = claimed.first()
+            if record is None:
+                raise _KeyTaken
+            store_response(raw, as_uuid(record[0]), status, body)
+        return StoredResponse(status, body, replayed=False)
+    except _KeyTaken:
+        pass
     with db.write_session() as session:
         raw = RawConnection.of(session)
-        claim = _claim(raw, customer_id, endpoint, key, hashed, ttl)
+        claim = _claim(raw, where, hashed, ttl)
         if isinstance(claim, StoredResponse):
             return claim
         status, body = work(session)
         store_response(raw, claim, status, body)
     return StoredResponse(status, body, replayed=False)
+
+
+class _KeyTaken(Exception):
+    """The key is in the table already: the transaction that tried to claim it is rolled back."""
+
+
+def _times(fingerprint: str, ttl: timedelta) -> dict[str, Any]:
+    now = utcnow()
+    return {"request_hash": fingerprint, "created_at": now, "expires_at": now + ttl}
 
 
 _COLUMNS = "id, customer_id, endpoint, key, request_hash, created_at, expires_at"
@@ -120,15 +153,15 @@ _STORE = {
 
 
 def _claim(
-    raw: RawConnection, customer_id: uuid.UUID, endpoint: str, key: str, fingerprint: str, ttl: timedelta
+    raw: RawConnection, where: dict[str, Any], fingerprint: str, ttl: timedelta
 ) -> StoredResponse | uuid.UUID:
-    """Claim the key in `raw`'s transaction -> the record's id; or the stored response to replay.
-    Raises ConflictError (409) for a key used with another request body, or held by a request
-    still in progress (a claim committed without its response, younger than CLAIM_LEASE)."""
-    where = {"customer_id": customer_id, "endpoint": endpoint, "key": key}
+    """Claim the key `where` names (customer_id, endpoint, key) in `raw`'s transaction -> the
+    record's id; or the stored response to replay. Raises ConflictError (409) for a key used
+    with another request body, or held by a request still in progress (a claim committed
+    without its response, younger than CLAIM_LEASE)."""
     for _ in range(3):
-        now = utcnow()
-        times = {"request_hash": fingerprint, "created_at": now, "expires_at": now + ttl}
+        times = _times(fingerprint, ttl)
+        now = times["created_at"]
         claimed = raw.first(_CLAIM_NEW, {"id": new_id(), **where, **times})
         if claimed is not None:
             return as_uuid(claimed[0])
@@ -136,12 +169,12 @@ def _claim(
         if found is None:
             continue  # purged between the two statements: claim it again
         record_id, request_hash, status, body, created_at, expires_at = found
-        if as_datetime(expires_at) > now:  # type: ignore[operator]
+        if as_datetime(expires_at) > now:
             if request_hash != fingerprint:
                 raise ConflictError("This Idempotency-Key was already used with a different request body.")
             if status is not None:
                 return StoredResponse(status, as_json(body) or {}, replayed=True)
-            if now - as_datetime(created_at) < CLAIM_LEASE:  # type: ignore[operator]
+            if now - as_datetime(created_at) < CLAIM_LEASE:
                 raise _in_progress()
         # Expired, or claimed by a request that died: the key is this request's now.
         raw.run(_TAKE_OVER, {"id": record_id, **times})
