@@ -89,20 +89,20 @@ def create_lead(
     `outcomes`: gets "created" or "merged" appended (for metrics, once the caller has committed).
 
     Its reads are sent together, then read (one round trip in a pipelined transaction): the
-    customer's write lock first, so the dedup read after it sees every lead committed before
-    the lock was taken; the pipeline and fields; the dedup candidates; the webhooks to notify.
-    Its writes then go out with the commit."""
+    pipeline and fields and the webhooks to notify, then the customer's write lock (held from
+    here to COMMIT), then the dedup candidates, after the lock so that they include every lead
+    committed before it. Its writes then go out with the commit."""
     contact = resolve_contact(request, phone_region)
     lead_input = contact[0]
-    clock = repo.begin_customer_write_later(session, customer_id, utcnow())
     config_rows = repo.customer_config_later(session, customer_id)
+    subscriptions = prefetch_subscriptions(session, customer_id)
+    clock = repo.begin_customer_write_later(session, customer_id, utcnow())
     matching = repo.leads_matching_later(
         session,
         customer_id,
         {lead_input.email_normalized} if lead_input.email_normalized else set(),
         {lead_input.phone_last10} if lead_input.phone_last10 else set(),
     )
-    subscriptions = prefetch_subscriptions(session, customer_id)
     now = clock()
     if now is None:  # deleted between auth and now
         raise InvalidRequestError("Unknown customer.")
