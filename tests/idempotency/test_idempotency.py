@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 
 from mega_crm.app import create_app
 from mega_crm.db import Database, utcnow
@@ -255,20 +255,22 @@ def test_a_crash_releases_the_key(
 
 @pytest.mark.parametrize(("path", "body"), [(LEADS, named), (BULK, bulk_body)])
 def test_the_response_is_stored_in_the_transaction_that_writes_the_leads(
-    client: TestClient, db: Database, tenant: Tenant, path: str, body: Callable[[], dict[str, Any]]
+    client: TestClient,
+    db: Database,
+    tenant: Tenant,
+    path: str,
+    body: Callable[[], dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Fail the statement that stores the response: the leads written before it must roll back."""
 
-    def fail_on_store(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE IDEMPOTENCY_RECORDS"):
-            raise RuntimeError("lost the database while storing the response")
+    def fail_on_store(*_: Any) -> None:
+        raise RuntimeError("lost the database while storing the response")
 
     key, payload = new_key(), body()
-    event.listen(db.engine, "before_cursor_execute", fail_on_store)
-    try:
+    with monkeypatch.context() as patched:
+        patched.setattr(idempotency, "store_response", fail_on_store)
         r = client.post(path, json=payload, headers=with_key(tenant, key))
-    finally:
-        event.remove(db.engine, "before_cursor_execute", fail_on_store)
     assert r.status_code == 500
     assert total(client, tenant) == 0, "leads committed without their stored response"
     # and the retry, with the same key, does the work exactly once

@@ -1,7 +1,8 @@
-"""A loopback TCP proxy in front of PostgreSQL that counts round trips: every exchange of the
-PostgreSQL protocol ends with the server's ReadyForQuery ('Z') message, once per simple query,
-per extended-protocol Sync, per BEGIN, COMMIT, ROLLBACK and per pool ping. (Pipeline mode would
-answer several Syncs in one round trip; nothing here uses it.) Connect with sslmode=disable."""
+"""A loopback TCP proxy in front of PostgreSQL that counts round trips: an exchange in which the
+client sends and then waits for the server's answer, counted on each connection when the server
+starts answering after the client has sent (one per simple query, per extended-protocol Sync,
+per BEGIN, COMMIT, ROLLBACK and per pool ping without a pipeline; in psycopg's pipeline mode
+several statements, a Flush or a Sync, answered together are one). Connect with sslmode=disable."""
 
 from __future__ import annotations
 
@@ -36,26 +37,21 @@ class RoundTripCounter:
             for s in (client, server):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+            asked = [False]  # the client has sent since the server last answered
+            threading.Thread(target=self._pump, args=(client, server, False, asked), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True, asked), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, from_server: bool) -> None:
-        buffer = b""
+    def _pump(self, source: socket.socket, sink: socket.socket, from_server: bool, asked: list[bool]) -> None:
         try:
             while chunk := source.recv(65536):
+                # Marked before forwarding: the answer cannot arrive before the question is noted.
+                with self._lock:
+                    if not from_server:
+                        asked[0] = True
+                    elif asked[0]:
+                        asked[0] = False
+                        self.count += 1
                 sink.sendall(chunk)
-                if not from_server:
-                    continue
-                buffer += chunk
-                # Server messages: type byte, int32 length (itself included), body.
-                while len(buffer) >= 5:
-                    length = int.from_bytes(buffer[1:5], "big")
-                    if len(buffer) < 1 + length:
-                        break
-                    if buffer[:1] == b"Z":
-                        with self._lock:
-                            self.count += 1
-                    buffer = buffer[1 + length :]
         except OSError:
             pass
         finally:

@@ -76,6 +76,7 @@ class Database:
         )
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False, autoflush=False)
         memos.watch_writes(self.engine, self._sessions, self._write_sessions)
+        raw.watch_pipelines(self.engine)
         self._lanes = lanes.Lanes(self.engine, pool_size=pool_size, run_group=self.run_group)
 
     @contextmanager
@@ -119,10 +120,12 @@ class Database:
             yield session
 
     @contextmanager
-    def write_session(self, *, commit: bool = True) -> Iterator[Session]:
+    def write_session(self, *, commit: bool = True, pipelined: bool = False) -> Iterator[Session]:
         """One write transaction: commits on success (unless `commit` is False, for dry runs),
         rolls back on any exception. On the write lane's thread during a group commit, a
-        savepoint of the group's transaction, released or rolled back the same way."""
+        savepoint of the group's transaction, released or rolled back the same way.
+        `pipelined` (PostgreSQL): raw statements are queued and answered together (see
+        raw.pipelined), for the request paths written for it (the lead writes)."""
         group = self.group_session()
         if group is not None:
             savepoint = group.begin_nested()
@@ -142,7 +145,11 @@ class Database:
         try:
             with self._write_sessions() as session:
                 try:
-                    yield session
+                    if pipelined and not self.is_sqlite:
+                        with raw.pipelined(session, commit=commit):
+                            yield session
+                    else:
+                        yield session
                     if commit:
                         session.commit()
                     else:

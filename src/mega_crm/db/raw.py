@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Dialect, Engine
+from sqlalchemy import Dialect, Engine, event
 from sqlalchemy.orm import Session
 
 from mega_crm.db.memos import Memos, memos_of
@@ -134,6 +134,90 @@ class RawConnection:
         """-> the first row `query` answers, or None."""
         rows = self.all(query, params)
         return rows[0] if rows else None
+
+    def send(self, query: Query, params: dict[str, Any]) -> Pending:
+        """Run `query` with `params`; its rows are read from the returned Pending. In a pipelined
+        transaction (`pipelined`) the statement is only queued: statements sent one after another,
+        then read, share one round trip. Elsewhere it has run and been read when this returns."""
+        cursor = self.execute(*self._bind(query, params))
+        if _PIPELINE not in self.connection.info:
+            return Pending(rows=list(cursor.fetchall()) if cursor.description else [])
+        return Pending(cursor=cursor)
+
+
+class Pending:
+    """The rows of a statement sent by RawConnection.send, read on first use."""
+
+    __slots__ = ("_cursor", "_rows")
+
+    def __init__(self, *, rows: list[tuple[Any, ...]] | None = None, cursor: Any = None) -> None:
+        self._rows = rows
+        self._cursor = cursor
+
+    def all(self) -> list[tuple[Any, ...]]:
+        """-> every row (PostgreSQL, pipelined: waits for the answers of what was sent so far)."""
+        if self._rows is None:
+            self._rows = list(self._cursor.fetchall())
+            self._cursor = None
+        return self._rows
+
+    def first(self) -> tuple[Any, ...] | None:
+        """-> the first row, or None."""
+        rows = self.all()
+        return rows[0] if rows else None
+
+
+_PIPELINE = "mega_pipeline"  # in a pooled connection's info while its transaction is pipelined
+
+
+@contextmanager
+def pipelined(session: Session, *, commit: bool) -> Iterator[None]:
+    """PostgreSQL: the session's transaction in psycopg's pipeline mode, for the hot writes.
+
+    A raw statement (RawConnection.run / send) is queued, not waited for: the reads a write
+    needs go out together and are answered in one round trip (Pending), and the writes after
+    them go out with the COMMIT and the Sync that ends the pipeline, one more round trip. The
+    transaction's BEGIN and COMMIT are our own queued statements (psycopg would Sync after its
+    BEGIN); the session's commit() then finds no transaction open and sends nothing. A
+    statement run through SQLAlchemy is answered at once (`_answer_now`): SQLAlchemy reads its
+    result as soon as it is run. An error of a queued statement is raised when the answers are
+    read, at the latest when the block ends; the transaction is then rolled back. On leaving,
+    the connection is back in psycopg's own transaction handling."""
+    from psycopg.pq import TransactionStatus
+
+    connection = session.connection()
+    fairy = connection.connection
+    driver: Any = fairy.driver_connection  # a psycopg.Connection
+    driver.autocommit = True  # the BEGIN below is ours, queued with what follows
+    try:
+        with driver.pipeline() as pipeline:
+            fairy.info[_PIPELINE] = pipeline
+            driver.cursor().execute("BEGIN")
+            yield
+            driver.cursor().execute("COMMIT" if commit else "ROLLBACK")
+    except BaseException:
+        if not (driver.closed or driver.broken) and driver.info.transaction_status != TransactionStatus.IDLE:
+            try:
+                driver.cursor().execute("ROLLBACK")
+            except Exception:  # a lost connection: the error that brought us here is raised
+                pass
+        raise
+    finally:
+        fairy.info.pop(_PIPELINE, None)
+        if not (driver.closed or driver.broken):
+            driver.autocommit = False
+
+
+def watch_pipelines(engine: Engine) -> None:
+    """Statements run through SQLAlchemy in a pipelined transaction are answered at once."""
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "after_cursor_execute", _answer_now)
+
+
+def _answer_now(connection: Any, *_: Any) -> None:
+    pipeline = connection.connection.info.get(_PIPELINE)
+    if pipeline is not None:
+        pipeline.sync()  # a Sync inside BEGIN … COMMIT: the transaction stays open
 
 
 @contextmanager

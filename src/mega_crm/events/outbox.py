@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -34,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from mega_crm.db import Memo, Query, RawConnection, UTCDateTime, as_json, as_uuid, memoized, utcnow
+from mega_crm.db import Memo, Query, RawConnection, UTCDateTime, as_json, as_uuid, memoized, memos_of, utcnow
 from mega_crm.lead_shape import WEBHOOK_FIELDS
 
 LEAD_CREATED = "lead.created"
@@ -97,10 +98,14 @@ def _wake_local_workers(_session: Session) -> None:
         listener()
 
 
+_NOTIFY = Query(text("SELECT pg_notify(:channel, '')"))
+
+
 def notify_workers(session: Session) -> None:
     """PostgreSQL: wake LISTENing workers when this transaction commits (a no-op on rollback)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+    raw = RawConnection.of(session)
+    if not raw.is_sqlite:
+        raw.run(_NOTIFY, {"channel": NOTIFY_CHANNEL})
 
 
 def wake_workers_on_commit(session: Session) -> None:
@@ -138,6 +143,36 @@ def _subscriptions(session: Session, customer_id: uuid.UUID) -> list[tuple[Any, 
     return RawConnection.of(session).all(_SUBSCRIBED, {"customer_id": customer_id})
 
 
+def prefetch_subscriptions(session: Session, customer_id: uuid.UUID) -> Callable[[], None]:
+    """Send the read of the customer's subscriptions now (unless this transaction has them); the
+    returned function reads its answer into the transaction's memo, where
+    subscribed_webhook_ids finds it: in a pipelined transaction the read shares the round trip
+    of the statements sent beside it (RawConnection.send)."""
+    memos = memos_of(session)
+    if memos is None or customer_id in memos.entries(_SUBSCRIPTIONS):
+        return lambda: None
+    pending = RawConnection.of(session).send(_SUBSCRIBED, {"customer_id": customer_id})
+
+    def read() -> None:
+        memos.entries(_SUBSCRIPTIONS)[customer_id] = pending.all()
+
+    return read
+
+
+# Raw (see mega_crm.db.Query), so that in a pipelined transaction they go out with the commit.
+_EVENT_COLUMNS = "id, customer_id, event_type, lead_id, lead, details, created_at"
+_INSERT_EVENT = {
+    dialect: Query(
+        text(
+            f"INSERT INTO webhook_events ({_EVENT_COLUMNS}) VALUES (:id, :customer_id, :event_type, "
+            f":lead_id, {json_param.format('lead')}, {json_param.format('details')}, :created_at)"
+        )
+    )
+    for dialect, json_param in (("sqlite", ":{}"), ("postgresql", "CAST(:{} AS json)"))
+}
+_INSERT_DELIVERY = Query(insert(_DELIVERIES))
+
+
 def insert_event_with_deliveries(
     session: Session,
     *,
@@ -152,16 +187,19 @@ def insert_event_with_deliveries(
     """One event row (`lead`: the payload's lead; `details`: the payload's other members) and a
     pending delivery, due now, per webhook. -> the deliveries' ids, in `webhook_ids` order."""
     event_id = uuid.uuid4()
-    session.execute(
-        insert(_EVENTS).values(
-            id=event_id,
-            customer_id=customer_id,
-            event_type=event_type,
-            lead_id=lead_id,
-            lead=lead,
-            details=details,
-            created_at=now,
-        )
+    raw = RawConnection.of(session)
+    raw.run(
+        _INSERT_EVENT[raw.dialect.name],
+        {
+            "id": event_id,
+            "customer_id": customer_id,
+            "event_type": event_type,
+            "lead_id": lead_id,
+            # JSON text, as SQLAlchemy's JSON type writes it (None as JSON null)
+            "lead": orjson.dumps(lead).decode(),
+            "details": orjson.dumps(details).decode(),
+            "created_at": now,
+        },
     )
     return insert_deliveries(session, event_id, webhook_ids, now)
 
@@ -171,8 +209,7 @@ def insert_deliveries(
 ) -> list[uuid.UUID]:
     """A pending delivery of the event, due now, per webhook. -> their ids."""
     rows = [pending_delivery(webhook_id, event_id, now) for webhook_id in webhook_ids]
-    if rows:
-        session.execute(insert(_DELIVERIES), rows)
+    RawConnection.of(session).run_many(_INSERT_DELIVERY, rows)
     return [row["id"] for row in rows]
 
 

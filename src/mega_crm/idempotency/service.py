@@ -1,9 +1,13 @@
 """Idempotency-Key handling for the write routes.
 
-A key is claimed in its own short transaction, so a concurrent request with the same key sees the
-claim and gets 409 instead of writing twice. The stored response is then written in the same
-transaction as the leads it describes: a crash leaves either both or neither. A claim whose
-request died is taken over after CLAIM_LEASE; a request that fails with an error releases its claim.
+The key is claimed in the transaction that does the work, and the response is stored in it too:
+a crash or an error rolls the claim back with the leads, and a key costs two small statements
+more than a request without one, with no commit and (PostgreSQL) no round trip of its own. A
+concurrent request with the same key meets the claim at the unique index: on PostgreSQL its
+INSERT waits there until the first request commits (then it replays the stored response) or
+rolls back (then it claims the key); SQLite runs one write transaction at a time anyway. A
+claim committed without a response (by versions before this one, which claimed in a
+transaction of its own) is a request in progress for CLAIM_LEASE, then taken over.
 """
 
 from __future__ import annotations
@@ -18,12 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError
+import orjson
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
-from mega_crm.db import Database, new_id, utcnow
+from mega_crm.db import Database, Query, RawConnection, as_datetime, as_json, as_uuid, new_id, utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError
 from mega_crm.idempotency.models import IdempotencyRecord
 
@@ -63,9 +66,13 @@ def run_idempotent(
 ) -> StoredResponse:
     """`work` in one write transaction; with a `key`, at most once per (customer, endpoint, key),
     replaying the stored response to a request with the same `fingerprint()` and refusing (409)
-    one with another."""
+    one with another. The claim, the work and the stored response commit together.
+
+    The usual key, one not seen before, is claimed by a statement sent ahead of the work and read
+    after it (PostgreSQL: in the work's first round trip, see Database.write_session's
+    `pipelined`). A key already there rolls that work back, unseen, and is judged by `_claim`."""
     if key is None:
-        with db.write_session() as session:
+        with db.write_session(pipelined=True) as session:
             status, body = work(session)
         return StoredResponse(status, body, replayed=False)
 
@@ -73,113 +80,112 @@ def run_idempotent(
         raise InvalidRequestError(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters.")
     _purge_if_due(db)
     hashed = fingerprint()
-    claim = (None if db.is_sqlite else _claim_new(db, customer_id, endpoint, key, hashed, ttl)) or _claim(
-        db, customer_id, endpoint, key, hashed, ttl
-    )
-    if isinstance(claim, StoredResponse):
-        return claim
-    record_id, claimed_at = claim
+    where = {"customer_id": customer_id, "endpoint": endpoint, "key": key}
     try:
-        with db.write_session() as session:
-            status, body = work(session)
-            stored = session.execute(
-                update(IdempotencyRecord)
-                .where(
-                    IdempotencyRecord.id == record_id,
-                    IdempotencyRecord.created_at == claimed_at,
-                    IdempotencyRecord.response_status.is_(None),
-                )
-                .values(response_status=status, response_body=body)
-            )
-            # rowcount 0: our claim lapsed and another request took the key over
-            if stored.rowcount != 1:  # type: ignore[attr-defined]
-                raise _in_progress()
-    except BaseException:
-        _release(db, record_id, claimed_at)
-        raise
+        with db.write_session(pipelined=True) as session:
+            raw = RawConnection.of(session)
+            claimed = raw.send(_CLAIM_NEW, {"id": new_id(), **where, **_times(hashed, ttl)})
+            if raw.is_sqlite and claimed.first() is None:  # no round trip to save: judge it now
+                raise _KeyTaken
+            try:
+                status, body = work(session)
+            except Exception:
+                if claimed.first() is None:
+                    raise _KeyTaken from None  # the key's answer, not this work's error
+                raise
+            record = claimed.first()
+            if record is None:
+                raise _KeyTaken
+            store_response(raw, as_uuid(record[0]), status, body)
+        return StoredResponse(status, body, replayed=False)
+    except _KeyTaken:
+        pass
+    with db.write_session() as session:
+        raw = RawConnection.of(session)
+        claim = _claim(raw, where, hashed, ttl)
+        if isinstance(claim, StoredResponse):
+            return claim
+        status, body = work(session)
+        store_response(raw, claim, status, body)
     return StoredResponse(status, body, replayed=False)
 
 
-def _claim_new(
-    db: Database, customer_id: uuid.UUID, endpoint: str, key: str, fingerprint: str, ttl: timedelta
-) -> tuple[uuid.UUID, datetime] | None:
-    """PostgreSQL, a key not seen before (the usual case): the claim in one statement that
-    commits on its own (INSERT … ON CONFLICT DO NOTHING RETURNING, autocommit), one round trip
-    instead of BEGIN, SELECT, INSERT and COMMIT. -> (record id, claimed at), or None when the
-    key is already there (then `_claim` reads and judges it)."""
+class _KeyTaken(Exception):
+    """The key is in the table already: the transaction that tried to claim it is rolled back."""
+
+
+def _times(fingerprint: str, ttl: timedelta) -> dict[str, Any]:
     now = utcnow()
-    statement = (
-        pg_insert(IdempotencyRecord)
-        .values(
-            id=new_id(),
-            customer_id=customer_id,
-            endpoint=endpoint,
-            key=key,
-            request_hash=fingerprint,
-            created_at=now,
-            expires_at=now + ttl,
-        )
-        .on_conflict_do_nothing(index_elements=["customer_id", "endpoint", "key"])
-        .returning(IdempotencyRecord.id)
+    return {"request_hash": fingerprint, "created_at": now, "expires_at": now + ttl}
+
+
+_COLUMNS = "id, customer_id, endpoint, key, request_hash, created_at, expires_at"
+# The usual case, a key not seen before, in one statement; on PostgreSQL a concurrent
+# transaction's uncommitted claim of the same key makes it wait for that transaction's end.
+_CLAIM_NEW = Query(
+    text(
+        f"INSERT INTO idempotency_records ({_COLUMNS}) "
+        "VALUES (:id, :customer_id, :endpoint, :key, :request_hash, :created_at, :expires_at) "
+        "ON CONFLICT (customer_id, endpoint, key) DO NOTHING RETURNING id"
     )
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        row = connection.execute(statement).first()
-    return (row[0], now) if row is not None else None
+)
+_FIND = (
+    "SELECT id, request_hash, response_status, response_body, created_at, expires_at "
+    "FROM idempotency_records WHERE customer_id = :customer_id AND endpoint = :endpoint AND key = :key"
+)
+_FIND_LOCKED = {"sqlite": Query(text(_FIND)), "postgresql": Query(text(_FIND + " FOR UPDATE"))}
+# An expired key, or a claim whose request died, becomes this request's claim.
+_TAKE_OVER = Query(
+    text(
+        "UPDATE idempotency_records SET request_hash = :request_hash, created_at = :created_at, "
+        "expires_at = :expires_at, response_status = NULL, response_body = NULL WHERE id = :id"
+    )
+)
+_STORE = {
+    dialect: Query(
+        text(
+            f"UPDATE idempotency_records SET response_status = :status, response_body = {body} "
+            "WHERE id = :id"
+        )
+    )
+    for dialect, body in (("sqlite", ":body"), ("postgresql", "CAST(:body AS json)"))
+}
 
 
 def _claim(
-    db: Database, customer_id: uuid.UUID, endpoint: str, key: str, fingerprint: str, ttl: timedelta
-) -> StoredResponse | tuple[uuid.UUID, Any]:
+    raw: RawConnection, where: dict[str, Any], fingerprint: str, ttl: timedelta
+) -> StoredResponse | uuid.UUID:
+    """Claim the key `where` names (customer_id, endpoint, key) in `raw`'s transaction -> the
+    record's id; or the stored response to replay. Raises ConflictError (409) for a key used
+    with another request body, or held by a request still in progress (a claim committed
+    without its response, younger than CLAIM_LEASE)."""
     for _ in range(3):
-        now = utcnow()
-        try:
-            with db.write_session() as session:
-                record = session.scalars(
-                    select(IdempotencyRecord).where(
-                        IdempotencyRecord.customer_id == customer_id,
-                        IdempotencyRecord.endpoint == endpoint,
-                        IdempotencyRecord.key == key,
-                    )
-                ).one_or_none()
-                if record is not None and record.expires_at > now:
-                    if record.request_hash != fingerprint:
-                        raise ConflictError(
-                            "This Idempotency-Key was already used with a different request body."
-                        )
-                    if record.response_status is not None:
-                        return StoredResponse(record.response_status, record.response_body or {}, True)
-                    if now - record.created_at < CLAIM_LEASE:
-                        raise _in_progress()
-                    record.created_at = now  # the earlier request died: take its claim over
-                    return record.id, now
-                if record is not None:  # expired: the key is free again
-                    # Core DELETE: a concurrent request may have deleted it first (0 rows is fine).
-                    session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == record.id))
-                record = IdempotencyRecord(
-                    customer_id=customer_id,
-                    endpoint=endpoint,
-                    key=key,
-                    request_hash=fingerprint,
-                    created_at=now,
-                    expires_at=now + ttl,
-                )
-                session.add(record)
-                session.flush()
-                return record.id, now
-        except IntegrityError:
-            continue  # a concurrent request inserted the same key first: read what it wrote
+        times = _times(fingerprint, ttl)
+        now = times["created_at"]
+        claimed = raw.first(_CLAIM_NEW, {"id": new_id(), **where, **times})
+        if claimed is not None:
+            return as_uuid(claimed[0])
+        found = raw.first(_FIND_LOCKED[raw.dialect.name], where)
+        if found is None:
+            continue  # purged between the two statements: claim it again
+        record_id, request_hash, status, body, created_at, expires_at = found
+        if as_datetime(expires_at) > now:
+            if request_hash != fingerprint:
+                raise ConflictError("This Idempotency-Key was already used with a different request body.")
+            if status is not None:
+                return StoredResponse(status, as_json(body) or {}, replayed=True)
+            if now - as_datetime(created_at) < CLAIM_LEASE:
+                raise _in_progress()
+        # Expired, or claimed by a request that died: the key is this request's now.
+        raw.run(_TAKE_OVER, {"id": record_id, **times})
+        return as_uuid(record_id)
     raise _in_progress()
 
 
-def _release(db: Database, record_id: uuid.UUID, claimed_at: Any) -> None:
-    with db.write_session() as session:
-        session.execute(
-            delete(IdempotencyRecord).where(
-                IdempotencyRecord.id == record_id,
-                IdempotencyRecord.created_at == claimed_at,
-                IdempotencyRecord.response_status.is_(None),
-            )
-        )
+def store_response(raw: RawConnection, record_id: uuid.UUID, status: int, body: dict[str, Any]) -> None:
+    """The response of the request that claimed `record_id`, in the transaction of its work."""
+    stored = orjson.dumps(body).decode()
+    raw.run(_STORE[raw.dialect.name], {"id": record_id, "status": status, "body": stored})
 
 
 def _in_progress() -> ConflictError:
@@ -208,6 +214,10 @@ def purge_expired(db: Database, limit: int = PURGE_BATCH) -> int:
                 select(IdempotencyRecord.id).where(IdempotencyRecord.expires_at <= utcnow()).limit(limit)
             )
         )
-        if ids:
-            session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(ids)))
+        if ids:  # expiry checked again: a request may have taken one of these keys over since
+            session.execute(
+                delete(IdempotencyRecord).where(
+                    IdempotencyRecord.id.in_(ids), IdempotencyRecord.expires_at <= utcnow()
+                )
+            )
         return len(ids)

@@ -5,6 +5,7 @@ The reads are in leads/pages.py (filters: leads/filters.py), the counts in leads
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -13,7 +14,7 @@ from sqlalchemy import Table, bindparam, case, select, text, update
 from sqlalchemy.orm import Session
 
 from mega_crm.customers.models import Customer, Owner
-from mega_crm.db import Memo, Query, RawConnection, as_datetime, as_json, as_shared_uuid, as_uuid, memoized
+from mega_crm.db import Memo, Query, RawConnection, as_datetime, as_json, as_shared_uuid, as_uuid, memos_of
 from mega_crm.leads.counts import COUNTS, Bucket, add_to_counts, bucket_of, countable, recount
 from mega_crm.leads.filters import LeadFilters, searched
 from mega_crm.leads.models import Lead
@@ -85,17 +86,35 @@ def customer_config(session: Session, customer_id: uuid.UUID) -> tuple[list[Stag
     """-> (the pipeline in order, the custom-field slugs). Read once per transaction and
     customer: the writes a group commit runs together share it (a write to those tables in the
     transaction reads them again)."""
-    stages, slugs = memoized(
-        session, _CUSTOMER_CONFIG, customer_id, lambda: _read_config(session, customer_id)
-    )
-    return list(stages), set(slugs)
+    return customer_config_later(session, customer_id)()
 
 
-def _read_config(session: Session, customer_id: uuid.UUID) -> tuple[list[StageRow], set[str]]:
+def customer_config_later(
+    session: Session, customer_id: uuid.UUID
+) -> Callable[[], tuple[list[StageRow], set[str]]]:
+    """customer_config, its statement sent now and its answer read when the result is called
+    (in a pipelined transaction, with the statements sent beside it: RawConnection.send)."""
+    memos = memos_of(session)
+    entries = memos.entries(_CUSTOMER_CONFIG) if memos is not None else {}
+    known = entries.get(customer_id)
+    params = {"customer_id": customer_id}
+    pending = None if known is not None else RawConnection.of(session).send(_CONFIG, params)
+
+    def read() -> tuple[list[StageRow], set[str]]:
+        found = known
+        if found is None:
+            assert pending is not None
+            found = _config_of(pending.all())
+            if memos is not None:
+                memos.entries(_CUSTOMER_CONFIG)[customer_id] = found
+        return list(found[0]), set(found[1])
+
+    return read
+
+
+def _config_of(rows: list[tuple[Any, ...]]) -> tuple[list[StageRow], set[str]]:
     stages, slugs = [], set()
-    for kind, id_, slug, name, color, _position in RawConnection.of(session).all(
-        _CONFIG, {"customer_id": customer_id}
-    ):
+    for kind, id_, slug, name, color, _position in rows:
         if kind == 0:
             stages.append(StageRow(as_uuid(id_), slug, name, color))
         else:
@@ -116,11 +135,19 @@ def leads_matching(
 ) -> list[dict[str, Any]]:
     """The customer's leads whose normalised email is in `emails` or phone key in `phones`, each
     once, as records (column -> value, no document)."""
+    return leads_matching_later(session, customer_id, emails, phones)()
+
+
+def leads_matching_later(
+    session: Session, customer_id: uuid.UUID, emails: set[str], phones: set[str]
+) -> Callable[[], list[dict[str, Any]]]:
+    """leads_matching, its statement sent now and its answer read when the result is called."""
     if not emails and not phones:
-        return []
+        return list
     raw = RawConnection.of(session)
     params = {"customer_id": customer_id, "emails": sorted(emails), "phones": sorted(phones)}
-    return [_record(row) for row in raw.all(_MATCHING[raw.dialect.name], params)]
+    pending = raw.send(_MATCHING[raw.dialect.name], params)
+    return lambda: [_record(row) for row in pending.all()]
 
 
 def _record(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -229,8 +256,22 @@ def begin_customer_write(session: Session, customer_id: uuid.UUID, now: datetime
     create twins, and write times increase strictly in commit order, so keyset sync never skips
     a commit. Bumping leads_version also invalidates the cached list totals. None: no customer.
     """
-    row = RawConnection.of(session).first(_BEGIN_WRITE, {"customer_id": customer_id, "now_us": _to_us(now)})
-    return None if row is None else _EPOCH + timedelta(microseconds=row[0])
+    return begin_customer_write_later(session, customer_id, now)()
+
+
+def begin_customer_write_later(
+    session: Session, customer_id: uuid.UUID, now: datetime
+) -> Callable[[], datetime | None]:
+    """begin_customer_write, its statement sent now and its answer read when the result is called.
+    The statements sent after it in a pipelined transaction run once it holds the lock."""
+    params = {"customer_id": customer_id, "now_us": _to_us(now)}
+    pending = RawConnection.of(session).send(_BEGIN_WRITE, params)
+
+    def read() -> datetime | None:
+        row = pending.first()
+        return None if row is None else _EPOCH + timedelta(microseconds=row[0])
+
+    return read
 
 
 _CUSTOMERS: Table = Customer.__table__  # type: ignore[assignment]

@@ -39,10 +39,10 @@ class CustomerConfig:
         return next((s for s in self.stages if s.id == stage_id), None) if stage_id else None
 
 
-def resolve_row(
-    row: LeadCreateRequest | BulkLeadRow, config: CustomerConfig, phone_region: str
-) -> tuple[LeadInput | None, list[str], list[str]]:
-    """-> (input or None, errors, ignored custom-field slugs)."""
+def resolve_contact(row: LeadCreateRequest | BulkLeadRow, phone_region: str) -> tuple[LeadInput, list[str]]:
+    """The row's contact read without the customer's configuration -> (the input with its name,
+    source, email and phone, normalised as far as they are valid; the errors so far). What a
+    write matches existing leads by is known before anything is read."""
     errors: list[str] = []
     lead = LeadInput(
         contact_name=row.contact_name or None,
@@ -61,6 +61,18 @@ def resolve_row(
             lead.contact_phone, lead.phone_last10 = normalize_phone(row.contact_phone, phone_region)
         except ContactError as exc:
             errors.append(str(exc))
+    return lead, errors
+
+
+def resolve_row(
+    row: LeadCreateRequest | BulkLeadRow,
+    config: CustomerConfig,
+    phone_region: str,
+    contact: tuple[LeadInput, list[str]] | None = None,
+) -> tuple[LeadInput | None, list[str], list[str]]:
+    """-> (input or None, errors, ignored custom-field slugs). `contact`: resolve_contact's
+    answer for this row, when the caller has it already."""
+    lead, errors = contact or resolve_contact(row, phone_region)
     if row.stage_slug:
         stage = next((s for s in config.stages if s.slug == row.stage_slug), None)
         if stage is None:

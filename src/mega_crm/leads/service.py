@@ -15,12 +15,12 @@ from sqlalchemy.orm import Session
 
 from mega_crm.db import RawConnection, utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError
-from mega_crm.events.outbox import record_lead_created, record_lead_updated
+from mega_crm.events.outbox import prefetch_subscriptions, record_lead_created, record_lead_updated
 from mega_crm.leads import repository as repo
 from mega_crm.leads.cursor import CursorCodec, CursorPosition
 from mega_crm.leads.dedup import LeadInput, MergeDefaults, MergePlan, RowOutcome, plan_merge
 from mega_crm.leads.documents import lead_body, render_document
-from mega_crm.leads.rows import CustomerConfig, load_config, parse_uuid, resolve_row
+from mega_crm.leads.rows import CustomerConfig, load_config, parse_uuid, resolve_contact, resolve_row
 from mega_crm.leads.schemas import BulkLeadRow, LeadCreateRequest, ListLeadsQuery
 from mega_crm.leads.search import SearchTerms, parse_search, search_columns
 from mega_crm.validation import describe_errors
@@ -86,20 +86,32 @@ def create_lead(
     outcomes: list[str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """createLead inside the caller's write transaction -> (201, {"lead": …}).
-    `outcomes`: gets "created" or "merged" appended (for metrics, once the caller has committed)."""
-    # The pipeline and fields, and the input's validation, before the customer's write lock:
-    # on PostgreSQL the lock is held until COMMIT, one round trip less of it per create.
-    config = load_config(session, customer_id, set())
-    lead_input, errors, _ignored = resolve_row(request, config, phone_region)
-    if lead_input is None:
-        raise InvalidRequestError(" ".join(errors))
-    now = _begin_lead_write(session, customer_id)
-    existing = repo.leads_matching(
+    `outcomes`: gets "created" or "merged" appended (for metrics, once the caller has committed).
+
+    Its reads are sent together, then read (one round trip in a pipelined transaction): the
+    pipeline and fields and the webhooks to notify, then the customer's write lock (held from
+    here to COMMIT), then the dedup candidates, after the lock so that they include every lead
+    committed before it. Its writes then go out with the commit."""
+    contact = resolve_contact(request, phone_region)
+    lead_input = contact[0]
+    config_rows = repo.customer_config_later(session, customer_id)
+    subscriptions = prefetch_subscriptions(session, customer_id)
+    clock = repo.begin_customer_write_later(session, customer_id, utcnow())
+    matching = repo.leads_matching_later(
         session,
         customer_id,
         {lead_input.email_normalized} if lead_input.email_normalized else set(),
         {lead_input.phone_last10} if lead_input.phone_last10 else set(),
     )
+    now = clock()
+    if now is None:  # deleted between auth and now
+        raise InvalidRequestError("Unknown customer.")
+    config = CustomerConfig(*config_rows())
+    resolved, errors, _ignored = resolve_row(request, config, phone_region, contact)
+    if resolved is None:
+        raise InvalidRequestError(" ".join(errors))
+    existing = matching()
+    subscriptions()
     defaults = MergeDefaults(
         customer_id=customer_id,
         now=now,
@@ -113,7 +125,7 @@ def create_lead(
     originals = {
         rec["id"]: {**rec, "custom_fields": dict(rec.get("custom_fields") or {})} for rec in existing
     }
-    plan = plan_merge([(lead_input, RowOutcome(row_ref=None, status="failed"))], existing, defaults)
+    plan = plan_merge([(resolved, RowOutcome(row_ref=None, status="failed"))], existing, defaults)
     _apply_plan(session, customer_id, plan, before, config)
     outcome = plan.outcomes[0]
     assert outcome.lead_id is not None
