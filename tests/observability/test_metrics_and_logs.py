@@ -69,7 +69,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     h = _headers(token, cid)
     receiver = Receiver()
     ok_hook, broken_hook = receiver.endpoint(), receiver.endpoint(500, 500, 500)
-    secrets = [token]
+    # A webhook URL's path may hold a receiver's token: httpx logged each delivery's whole URL.
+    secrets = [token, ok_hook.path, broken_hook.path]
     ids: dict[str, str] = {}
     try:
         with Served(workdir, env) as server, httpx.Client(base_url=server.base, timeout=10) as c:

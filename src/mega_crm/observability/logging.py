@@ -130,6 +130,10 @@ def configure_logging(level: str = "info", log_format: str | None = None) -> Non
     root.addHandler(handler)
     root.setLevel(numeric)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter on every start
+    # httpx logs each request's whole URL at INFO: a webhook URL's path and query string may
+    # hold a receiver's token. The delivery log and webhook_attempt lines say what happened.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # uvicorn's own handlers would print a second, differently formatted copy of each line.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
