@@ -62,7 +62,8 @@ INDEXED_SEARCH = ("search_text", "search_phone_key", "search_phone_digits")
 
 
 def filter_params(customer_id: uuid.UUID, f: LeadFilters, reader: RawConnection) -> dict[str, Any]:
-    """The bound parameters of filter_clause() for `f` (the search's trigram patterns and MATCH text included)."""
+    """The bound parameters of filter_clause() for `f`, the search's trigram patterns (PostgreSQL)
+    or MATCH text (SQLite) included."""
     params: dict[str, Any] = {"customer_id": customer_id}
     for name in FILTER_NAMES:
         value = getattr(f, name)
