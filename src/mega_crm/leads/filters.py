@@ -101,7 +101,9 @@ _SAMPLE = {
     dialect: Query(text(f"SELECT search_text FROM leads {hint} WHERE search_text IS NOT NULL LIMIT :n"))
     for dialect, hint in (("sqlite", "NOT INDEXED"), ("postgresql", ""))
 }
-_TRIGRAMS: list[tuple[float, Counter[str]]] = []  # (when, counts): rarest_trigrams' estimate
+# dialect -> (when, counts): rarest_trigrams' estimate (each database's own texts: packed on
+# PostgreSQL)
+_TRIGRAMS: dict[str, tuple[float, Counter[str]]] = {}
 _TRIGRAMS_SECONDS = 3600.0
 
 
@@ -109,11 +111,13 @@ def _trigram_counts(reader: RawConnection) -> Counter[str]:
     """Trigram frequencies in a sample of the leads (PostgreSQL: of their packed texts, as its
     index holds them), counted again every _TRIGRAMS_SECONDS (a few tens of ms; two threads
     may both count, harmlessly)."""
-    if not _TRIGRAMS or time.monotonic() - _TRIGRAMS[0][0] > _TRIGRAMS_SECONDS:
-        texts = [row[0] for row in reader.all(_SAMPLE[reader.dialect.name], {"n": SAMPLE_LEADS})]
-        counts = trigram_counts(texts if reader.is_sqlite else [packed(t) for t in texts])
-        _TRIGRAMS[:] = [(time.monotonic(), counts)]
-    return _TRIGRAMS[0][1]
+    dialect = reader.dialect.name
+    known = _TRIGRAMS.get(dialect)
+    if known is None or time.monotonic() - known[0] > _TRIGRAMS_SECONDS:
+        texts = [row[0] for row in reader.all(_SAMPLE[dialect], {"n": SAMPLE_LEADS})]
+        known = (time.monotonic(), trigram_counts(texts if reader.is_sqlite else [packed(t) for t in texts]))
+        _TRIGRAMS[dialect] = known
+    return known[1]
 
 
 # PostgreSQL's index of search_text (migration 0008) is over this expression: the same text.
