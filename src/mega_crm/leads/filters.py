@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, func, literal_column, or_, text
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, literal_column, select, text
 
 from mega_crm.db import Query, RawConnection
-from mega_crm.leads.models import Lead
+from mega_crm.leads.models import Lead, LeadPhoneGram
 from mega_crm.leads.search import (
     PACKED_OUT,
+    PARTIAL_PHONE_DIGITS,
     RAREST_TRIGRAMS,
     SAMPLE_LEADS,
     packed,
@@ -24,6 +25,7 @@ from mega_crm.leads.search import (
 )
 
 LEADS: Table = Lead.__table__  # type: ignore[assignment]
+GRAMS: Table = LeadPhoneGram.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,14 @@ class LeadFilters:
     updated_since: datetime | None = None
     lead_line: str | None = None
 
+    @property
+    def search_phone_gram(self) -> str | None:
+        """search_phone_digits when they are one gram of lead_phone_grams (PARTIAL_PHONE_DIGITS,
+        a phone's last four): that table's rows of it are exactly its matches."""
+        digits = self.search_phone_digits
+        exact = digits is not None and len(digits) == PARTIAL_PHONE_DIGITS and self.search_scan is None
+        return digits if exact else None
+
 
 def searched(f: LeadFilters) -> bool:
     """Whether `f` has a `search` the indexes serve: the page's statement counts its matches
@@ -56,7 +66,7 @@ def filter_shape(f: LeadFilters) -> tuple[bool, ...]:
 
 FILTER_NAMES = (
     "status", "stage_id", "lead_line", "created_since", "updated_since",
-    "search_text", "search_scan", "search_phone_key", "search_phone_digits",
+    "search_text", "search_scan", "search_phone_key", "search_phone_digits", "search_phone_gram",
 )  # fmt: skip
 INDEXED_SEARCH = ("search_text", "search_phone_key", "search_phone_digits")
 
@@ -71,22 +81,18 @@ def filter_params(customer_id: uuid.UUID, f: LeadFilters, reader: RawConnection)
             params[name] = value
     if f.search_scan is not None:  # a scan: each lead is tested, no index is asked
         return params
-    if not reader.is_sqlite:  # LIKE patterns over the pg_trgm indexes
-        if f.search_text is not None:
-            grams = rarest_trigrams(f.search_text, _trigram_counts(reader), words=True)
-            for i in range(RAREST_TRIGRAMS):  # letters and digits only: nothing to escape
-                params[f"search_gram_{i}"] = "%" + grams[min(i, len(grams) - 1)] + "%"
-        if f.search_phone_digits is not None:
-            params["search_phone_like"] = "%" + f.search_phone_digits + "%"
-    elif f.search_text is not None or f.search_phone_digits is not None:
-        # One FTS5 query for both: the text's rarest trigrams, or the phone digits as a phrase.
-        terms = []
-        if f.search_text is not None:
-            grams = rarest_trigrams(f.search_text, _trigram_counts(reader))
-            terms.append("(" + " AND ".join(f"search_text : {_fts_string(g)}" for g in grams) + ")")
-        if f.search_phone_digits is not None:
-            terms.append(f"search_phone : {_fts_string(f.search_phone_digits)}")
-        params["search_match"] = " OR ".join(terms)
+    if f.search_phone_digits is not None:  # lead_phone_grams' rows of its first and last grams
+        params["search_gram_first"] = f.search_phone_digits[:PARTIAL_PHONE_DIGITS]
+        params["search_gram_last"] = f.search_phone_digits[-PARTIAL_PHONE_DIGITS:]
+    if f.search_text is None:
+        return params
+    if not reader.is_sqlite:  # LIKE patterns over the pg_trgm index
+        grams = rarest_trigrams(f.search_text, _trigram_counts(reader), words=True)
+        for i in range(RAREST_TRIGRAMS):  # letters and digits only: nothing to escape
+            params[f"search_gram_{i}"] = "%" + grams[min(i, len(grams) - 1)] + "%"
+    else:  # the FTS5 query: the text's rarest trigrams
+        grams = rarest_trigrams(f.search_text, _trigram_counts(reader))
+        params["search_match"] = " AND ".join(_fts_string(g) for g in grams)
     return params
 
 
@@ -124,66 +130,76 @@ def _trigram_counts(reader: RawConnection) -> Counter[str]:
 PACKED_SQL = "translate(leads.search_text, '{}', '')".format(PACKED_OUT.replace("'", "''"))
 
 
-def _search_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool] | None:
-    """The leads a search matches (see leads/search.py), or None without one. The trigram index
-    is asked for the query's rarest trigrams (search.rarest_trigrams), and the whole query is
-    checked on the rows it finds.
-    SQLite: rowids from the FTS5 table leads_search (migration 0005), plus the phone index's
-    match, as one IN list the plan starts from; PostgreSQL: LIKE over the trigram-indexed
-    packed text (migration 0008) and phone digits (bitmap index scans), or'ed with the phone
-    index's match. A query the index cannot serve is a plain substring test of the customer's
-    leads."""
-    if has["search_scan"]:  # and a phone-like query's phone terms, tested on each lead alike
-        position = "instr" if dialect == "sqlite" else "strpos"
-        tests = [f"{position}(leads.search_text, :search_scan) > 0"]
-        if has["search_phone_digits"]:
-            tests.append(f"{position}(leads.search_phone, :search_phone_digits) > 0")
-        if has["search_phone_key"]:
-            tests.append("leads.phone_last10 = :search_phone_key")
-        return text(f"({' OR '.join(tests)})")  # type: ignore[return-value]
-    if not (has["search_text"] or has["search_phone_digits"] or has["search_phone_key"]):
-        return None
-    if dialect == "sqlite":
-        parts, checks = [], []
-        if has["search_text"] or has["search_phone_digits"]:
-            parts.append("SELECT rowid FROM leads_search WHERE leads_search MATCH :search_match")
-        if has["search_text"]:
-            checks.append("instr(leads.search_text, :search_text) > 0")
-        if has["search_phone_digits"]:
-            checks.append("instr(leads.search_phone, :search_phone_digits) > 0")
-        if has["search_phone_key"]:
-            parts.append(
-                "SELECT rowid FROM leads "
-                "WHERE customer_id = :customer_id AND phone_last10 = :search_phone_key"
-            )
-            checks.append("leads.phone_last10 = :search_phone_key")
-        rows = f"leads.rowid IN ({' UNION ALL '.join(parts)}) AND ({' OR '.join(checks)})"
-        return text(rows)  # type: ignore[return-value]
-    c = LEADS.c
-    # In this order, cheapest first: PostgreSQL checks each found row against them in turn, and
-    # the packed text is computed anew for each LIKE (1,233 rows for `7169`: 28 ms text first).
-    terms: list[ColumnElement[bool]] = []
-    if has["search_phone_key"]:
-        terms.append(c.phone_last10 == bindparam("search_phone_key"))
+def _scan_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool]:
+    """A search the indexes cannot serve (search_scan): a substring test of each of the
+    customer's leads, and a phone-like query's phone terms tested on each lead alike."""
+    position = "instr" if dialect == "sqlite" else "strpos"
+    tests = [f"{position}(leads.search_text, :search_scan) > 0"]
     if has["search_phone_digits"]:
-        terms.append(c.search_phone.like(bindparam("search_phone_like")))
+        tests.append(f"{position}(leads.search_phone, :search_phone_digits) > 0")
+    if has["search_phone_key"]:
+        tests.append("leads.phone_last10 = :search_phone_key")
+    return text(f"({' OR '.join(tests)})")  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class SearchTerm:
+    """One way an indexed search matches (see leads/search.py), as a condition on `leads`.
+    by_rows: the condition is an IN list of rows the plan must start from (filter_clause)."""
+
+    clause: ColumnElement[bool]
+    by_rows: bool
+
+
+def search_terms(dialect: str, shape: tuple[bool, ...], *, grams_apart: bool = False) -> list[SearchTerm]:
+    """The terms of an indexed search (searched()), which its matches are the union of.
+    Text: SQLite's FTS5 table leads_search (migration 0005) or PostgreSQL's trigram index of the
+    packed text (migration 0008) asked for the query's rarest trigrams (search.rarest_trigrams),
+    the whole query checked on the rows they find. A whole phone number: the phone_last10 index.
+    Phone digits: the leads in lead_phone_grams (migration 0009) under the query's first and last
+    four digits, their digits checked; left out with `grams_apart`, for a statement that reads
+    a search_phone_gram from lead_phone_grams itself (pages.py)."""
+    has = dict(zip(FILTER_NAMES, shape, strict=True))
+    c = LEADS.c
+    terms = []
     if has["search_text"]:
-        packed_text: ColumnElement[str] = literal_column(PACKED_SQL)
-        grams = [packed_text.like(bindparam(f"search_gram_{i}")) for i in range(RAREST_TRIGRAMS)]
-        terms.append(and_(func.strpos(c.search_text, bindparam("search_text")) > 0, *grams))
-    return or_(*terms)
+        if dialect == "sqlite":
+            rows = "SELECT rowid FROM leads_search WHERE leads_search MATCH :search_match"
+            clause = text(f"leads.rowid IN ({rows}) AND instr(leads.search_text, :search_text) > 0")
+            terms.append(SearchTerm(clause, by_rows=True))  # type: ignore[arg-type]
+        else:
+            packed_text: ColumnElement[str] = literal_column(PACKED_SQL)
+            grams = [packed_text.like(bindparam(f"search_gram_{i}")) for i in range(RAREST_TRIGRAMS)]
+            found = and_(func.strpos(c.search_text, bindparam("search_text")) > 0, *grams)
+            terms.append(SearchTerm(found, by_rows=False))
+    if has["search_phone_key"]:
+        terms.append(SearchTerm(c.phone_last10 == bindparam("search_phone_key"), by_rows=False))
+    if has["search_phone_digits"] and not grams_apart:
+        leads_of = [
+            select(GRAMS.c.lead_id).where(
+                GRAMS.c.customer_id == bindparam("customer_id"), GRAMS.c.gram == bindparam(name)
+            )
+            for name in ("search_gram_first", "search_gram_last")
+        ]
+        position = func.instr if dialect == "sqlite" else func.strpos
+        found = and_(
+            c.id.in_(leads_of[0].intersect(leads_of[1])),
+            position(c.search_phone, bindparam("search_phone_digits")) > 0,
+        )
+        terms.append(SearchTerm(found, by_rows=True))
+    return terms
 
 
-def filter_clause(dialect: str, shape: tuple[bool, ...]) -> ColumnElement[bool]:
-    """The WHERE clause of a filter_shape(), the customer's leads only; parameters: filter_params()."""
+def filter_clause(dialect: str, shape: tuple[bool, ...], *, by_rows: bool = False) -> ColumnElement[bool]:
+    """The WHERE clause of a filter_shape(), the customer's leads only, a scan's search included
+    (an indexed search's are search_terms(), each ANDed with this); parameters: filter_params().
+    `by_rows`: for a SearchTerm.by_rows, whose rows SQLite's plan must start from: it would
+    rather walk one of the customer's indexes in page order, testing every lead (a scan). Unary
+    + keeps it from using customer_id (every leads index starts with it) to do so."""
     has = dict(zip(FILTER_NAMES, shape, strict=True))
     c = LEADS.c
     clauses: list[ColumnElement[bool]] = [c.customer_id == bindparam("customer_id")]
-    indexed = any(has[name] for name in INDEXED_SEARCH) and not has["search_scan"]
-    if dialect == "sqlite" and indexed:
-        # The search's rowids are where the plan must start: SQLite would rather walk one of the
-        # customer's indexes in page order, testing every lead against them (a scan). Unary +
-        # keeps it from using customer_id (every leads index starts with it) to do so.
+    if dialect == "sqlite" and by_rows:
         clauses[0] = text("+leads.customer_id = :customer_id")  # type: ignore[call-overload]
     for name in ("status", "stage_id", "lead_line"):
         if has[name]:
@@ -192,7 +208,12 @@ def filter_clause(dialect: str, shape: tuple[bool, ...]) -> ColumnElement[bool]:
         clauses.append(c.created_at >= bindparam("created_since", type_=c.created_at.type))
     if has["updated_since"]:
         clauses.append(c.updated_at >= bindparam("updated_since", type_=c.updated_at.type))
-    search = _search_clause(dialect, has)
-    if search is not None:
-        clauses.append(search)
+    if has["search_scan"]:
+        clauses.append(_scan_clause(dialect, has))
     return and_(*clauses)
+
+
+def only_searched(shape: tuple[bool, ...]) -> bool:
+    """Whether a filter_shape() filters by its search alone (no status, date…)."""
+    has = dict(zip(FILTER_NAMES, shape, strict=True))
+    return not any(has[name] for name in FILTER_NAMES if not name.startswith("search_"))
