@@ -15,7 +15,6 @@ from sqlalchemy import ColumnElement, Table, and_, bindparam, func, literal_colu
 from mega_crm.db import Query, RawConnection
 from mega_crm.leads.models import Lead, LeadPhoneGram
 from mega_crm.leads.search import (
-    PACKED_OUT,
     PARTIAL_PHONE_DIGITS,
     RAREST_TRIGRAMS,
     SAMPLE_LEADS,
@@ -126,8 +125,9 @@ def _trigram_counts(reader: RawConnection) -> Counter[str]:
     return known[1]
 
 
-# PostgreSQL's index of search_text (migration 0008) is over this expression: the same text.
-PACKED_SQL = "translate(leads.search_text, '{}', '')".format(PACKED_OUT.replace("'", "''"))
+# PostgreSQL's packed(search_text), stored and trigram-indexed (migration 0010; the model does not
+# describe it, see described_by_models).
+PACKED_SQL = "leads.search_packed"
 
 
 def _scan_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool]:

@@ -207,8 +207,10 @@ _SQLITE_FULL_UPDATE = _sqlite_update_of([name for name in LEAD_COLUMNS if name n
 
 # On PostgreSQL the batch travels as one JSON parameter expanded by json_populate_recordset:
 # one statement and one parameter whatever the row count (psycopg re-parses a statement with
-# 10,000 placeholders on every call, which cost more than the insert itself).
-_PG_ROWS = "SELECT * FROM json_populate_recordset(NULL::leads, CAST(:rows AS json))"
+# 10,000 placeholders on every call, which cost more than the insert itself). The columns are
+# named: leads has a generated one (search_packed, migration 0010) that takes no value.
+_PG_COLUMNS = ", ".join(LEAD_COLUMNS)
+_PG_ROWS = f"({_PG_COLUMNS}) SELECT {_PG_COLUMNS} FROM json_populate_recordset(NULL::leads, CAST(:rows AS json))"
 _PG_INSERT = Query(text(f"INSERT INTO leads {_PG_ROWS}"))
 _PG_UPSERT = Query(text(
     f"INSERT INTO leads {_PG_ROWS} ON CONFLICT (id) DO UPDATE SET "
