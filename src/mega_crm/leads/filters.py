@@ -144,49 +144,52 @@ def _scan_clause(dialect: str, has: dict[str, bool]) -> ColumnElement[bool]:
 
 @dataclass(frozen=True)
 class SearchTerm:
-    """One way an indexed search matches (see leads/search.py), as a condition on `leads`.
-    by_rows: the condition is an IN list of rows the plan must start from (filter_clause)."""
+    """One way an indexed search matches (see leads/search.py), as conditions on `leads`.
+    clause: the index's rows, checked; test: whether a lead matches this way, the row alone
+    (no index: what later terms exclude, so that the terms' matches are disjoint);
+    by_rows: the clause is an IN list of rows the plan must start from (filter_clause);
+    digits: the phone digits' term, which lead_phone_grams may serve alone (pages.py)."""
 
     clause: ColumnElement[bool]
+    test: ColumnElement[bool]
     by_rows: bool
+    digits: bool = False
 
 
-def search_terms(dialect: str, shape: tuple[bool, ...], *, grams_apart: bool = False) -> list[SearchTerm]:
-    """The terms of an indexed search (searched()), which its matches are the union of.
-    Text: SQLite's FTS5 table leads_search (migration 0005) or PostgreSQL's trigram index of the
-    packed text (migration 0008) asked for the query's rarest trigrams (search.rarest_trigrams),
-    the whole query checked on the rows they find. A whole phone number: the phone_last10 index.
+def search_terms(dialect: str, shape: tuple[bool, ...]) -> list[SearchTerm]:
+    """The terms of an indexed search (searched()): its matches are their union.
     Phone digits: the leads in lead_phone_grams (migration 0009) under the query's first and last
-    four digits, their digits checked; left out with `grams_apart`, for a statement that reads
-    a search_phone_gram from lead_phone_grams itself (pages.py)."""
+    four digits, their digits checked. A whole phone number: the phone_last10 index. Text:
+    SQLite's FTS5 table leads_search (migrations 0005, 0009) or PostgreSQL's trigram index of the
+    packed text (migration 0010) asked for the query's rarest trigrams (search.rarest_trigrams),
+    the whole query checked on the rows they find."""
     has = dict(zip(FILTER_NAMES, shape, strict=True))
     c = LEADS.c
+    position = func.instr if dialect == "sqlite" else func.strpos
     terms = []
-    if has["search_text"]:
-        if dialect == "sqlite":
-            rows = "SELECT rowid FROM leads_search WHERE leads_search MATCH :search_match"
-            clause = text(f"leads.rowid IN ({rows}) AND instr(leads.search_text, :search_text) > 0")
-            terms.append(SearchTerm(clause, by_rows=True))  # type: ignore[arg-type]
-        else:
-            packed_text: ColumnElement[str] = literal_column(PACKED_SQL)
-            grams = [packed_text.like(bindparam(f"search_gram_{i}")) for i in range(RAREST_TRIGRAMS)]
-            found = and_(func.strpos(c.search_text, bindparam("search_text")) > 0, *grams)
-            terms.append(SearchTerm(found, by_rows=False))
-    if has["search_phone_key"]:
-        terms.append(SearchTerm(c.phone_last10 == bindparam("search_phone_key"), by_rows=False))
-    if has["search_phone_digits"] and not grams_apart:
+    if has["search_phone_digits"]:
         leads_of = [
             select(GRAMS.c.lead_id).where(
                 GRAMS.c.customer_id == bindparam("customer_id"), GRAMS.c.gram == bindparam(name)
             )
             for name in ("search_gram_first", "search_gram_last")
         ]
-        position = func.instr if dialect == "sqlite" else func.strpos
-        found = and_(
-            c.id.in_(leads_of[0].intersect(leads_of[1])),
-            position(c.search_phone, bindparam("search_phone_digits")) > 0,
-        )
-        terms.append(SearchTerm(found, by_rows=True))
+        test = position(c.search_phone, bindparam("search_phone_digits")) > 0
+        found = and_(c.id.in_(leads_of[0].intersect(leads_of[1])), test)
+        terms.append(SearchTerm(found, test, by_rows=True, digits=True))
+    if has["search_phone_key"]:
+        test = c.phone_last10 == bindparam("search_phone_key")
+        terms.append(SearchTerm(test, test, by_rows=False))
+    if has["search_text"]:
+        test = position(c.search_text, bindparam("search_text")) > 0
+        if dialect == "sqlite":
+            fts = "SELECT rowid FROM leads_search WHERE leads_search MATCH :search_match"
+            rows = text(f"leads.rowid IN ({fts})")
+            terms.append(SearchTerm(and_(rows, test), test, by_rows=True))
+        else:
+            packed_text: ColumnElement[str] = literal_column(PACKED_SQL)
+            grams = [packed_text.like(bindparam(f"search_gram_{i}")) for i in range(RAREST_TRIGRAMS)]
+            terms.append(SearchTerm(and_(test, *grams), test, by_rows=False))
     return terms
 
 

@@ -14,12 +14,13 @@ from sqlalchemy import (
     ColumnElement,
     and_,
     bindparam,
+    false,
     func,
     literal_column,
+    not_,
     or_,
     select,
     tuple_,
-    union,
     union_all,
 )
 
@@ -165,6 +166,9 @@ def _row_columns(dialect: str, sort_by: str, with_custom_fields: bool) -> tuple[
     )
 
 
+_union_all: Any = union_all  # untyped: mypy 2.4 crashes inferring union_all(*selects)
+
+
 def _search_page_statement(
     dialect: str,
     shape: tuple[bool, ...],
@@ -186,21 +190,26 @@ def _search_page_statement(
     covered = gram and sort_by == "updated_at" and only_searched(shape)
     # The page's rows are joined back by rowid on SQLite, by id where lead_phone_grams has no rowid.
     row = literal_column("leads.rowid") if dialect == "sqlite" and not covered else LEADS.c.id
-    sources: list[Any] = [
-        select(row.label("row"), LEADS.c.id.label("id"), LEADS.c[sort_by].label("value")).where(
-            filter_clause(dialect, shape, by_rows=term.by_rows), term.clause
-        )
-        for term in search_terms(dialect, shape, grams_apart=bool(covered))
-    ]
-    if covered:
-        g = GRAMS.c
-        sources.append(
-            select(g.lead_id.label("row"), g.lead_id.label("id"), g.updated_at.label("value")).where(
-                g.customer_id == bindparam("customer_id"), g.gram == bindparam("search_phone_gram")
+    sources: list[Any] = []
+    earlier: list[ColumnElement[bool]] = []  # each term leaves out the leads found before it
+    for term in search_terms(dialect, shape):
+        found: Any
+        if covered and term.digits:
+            g = GRAMS.c
+            found = select(g.lead_id.label("row"), g.lead_id.label("id"), g.updated_at.label("value"))
+            gram_rows = (g.customer_id == bindparam("customer_id"), g.gram == bindparam("search_phone_gram"))
+            found = found.where(*gram_rows)
+        else:
+            found = select(row.label("row"), LEADS.c.id.label("id"), LEADS.c[sort_by].label("value")).where(
+                filter_clause(dialect, shape, by_rows=term.by_rows),
+                term.clause,
+                *(not_(func.coalesce(test, false())) for test in earlier),
             )
-        )
-    found = sources[0] if len(sources) == 1 else union(*sources)
-    matches = found.cte("matches").prefix_with("MATERIALIZED")
+        sources.append(found)
+        earlier.append(term.test)
+    # Disjoint: UNION ALL (a UNION sorted the 1,233 matches of `7169` once more to drop none).
+    found_all: Any = sources[0] if len(sources) == 1 else _union_all(*sources)
+    matches = found_all.cte("matches").prefix_with("MATERIALIZED")
     value, lead_id = matches.c.value, matches.c.id
     after_id = bindparam("after_id", type_=LEADS.c.id.type)
     after = tuple_(bindparam("after_value", type_=LEADS.c[sort_by].type), after_id)

@@ -210,7 +210,9 @@ _SQLITE_FULL_UPDATE = _sqlite_update_of([name for name in LEAD_COLUMNS if name n
 # 10,000 placeholders on every call, which cost more than the insert itself). The columns are
 # named: leads has a generated one (search_packed, migration 0010) that takes no value.
 _PG_COLUMNS = ", ".join(LEAD_COLUMNS)
-_PG_ROWS = f"({_PG_COLUMNS}) SELECT {_PG_COLUMNS} FROM json_populate_recordset(NULL::leads, CAST(:rows AS json))"
+_PG_ROWS = (
+    f"({_PG_COLUMNS}) SELECT {_PG_COLUMNS} FROM json_populate_recordset(NULL::leads, CAST(:rows AS json))"
+)
 _PG_INSERT = Query(text(f"INSERT INTO leads {_PG_ROWS}"))
 _PG_UPSERT = Query(text(
     f"INSERT INTO leads {_PG_ROWS} ON CONFLICT (id) DO UPDATE SET "

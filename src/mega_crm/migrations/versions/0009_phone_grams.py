@@ -18,6 +18,8 @@ FTS5 table is made anew over search_text alone, PostgreSQL's index of search_pho
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -142,7 +144,7 @@ PG_TRIGGERS = ("lead_phone_grams_insert", "lead_phone_grams_update", "lead_phone
 
 def upgrade() -> None:
     bind = op.get_bind()
-    columns = [
+    columns: list[sa.Column[Any]] = [
         sa.Column("customer_id", sa.Uuid(), nullable=False),
         sa.Column("gram", sa.String(length=4), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
