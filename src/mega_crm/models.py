@@ -4,7 +4,7 @@ from mega_crm.auth.models import ApiKey
 from mega_crm.customers.models import Customer, CustomFieldDefinition, Owner, Stage
 from mega_crm.db import Base
 from mega_crm.idempotency.models import IdempotencyRecord
-from mega_crm.leads.models import Lead, LeadCount, LeadPhoneGram
+from mega_crm.leads.models import Lead, LeadCount, LeadDigitGram
 from mega_crm.webhooks.models import Webhook, WebhookDelivery, WebhookEvent
 
 __all__ = [
@@ -15,7 +15,7 @@ __all__ = [
     "IdempotencyRecord",
     "Lead",
     "LeadCount",
-    "LeadPhoneGram",
+    "LeadDigitGram",
     "Owner",
     "Stage",
     "Webhook",

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, and_, bindparam, func, literal_column, select, text
 
 from mega_crm.db import Query, RawConnection
-from mega_crm.leads.models import Lead, LeadPhoneGram
+from mega_crm.leads.models import Lead, LeadDigitGram
 from mega_crm.leads.search import (
     PARTIAL_PHONE_DIGITS,
     RAREST_TRIGRAMS,
@@ -24,7 +24,7 @@ from mega_crm.leads.search import (
 )
 
 LEADS: Table = Lead.__table__  # type: ignore[assignment]
-GRAMS: Table = LeadPhoneGram.__table__  # type: ignore[assignment]
+GRAMS: Table = LeadDigitGram.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,12 @@ class LeadFilters:
     lead_line: str | None = None
 
     @property
-    def search_phone_gram(self) -> str | None:
-        """search_phone_digits when they are one gram of lead_phone_grams (PARTIAL_PHONE_DIGITS,
-        a phone's last four): that table's rows of it are exactly its matches."""
+    def search_gram(self) -> str | None:
+        """The query when it is 4 digits and nothing else (`0958`, a phone's last four): then
+        lead_digit_grams' rows of it are exactly its matches, by text and by phone."""
         digits = self.search_phone_digits
-        exact = digits is not None and len(digits) == PARTIAL_PHONE_DIGITS and self.search_scan is None
-        return digits if exact else None
+        alone = self.search_text in (None, digits) and self.search_scan is None
+        return digits if alone and digits is not None and len(digits) == PARTIAL_PHONE_DIGITS else None
 
 
 def searched(f: LeadFilters) -> bool:
@@ -65,7 +65,7 @@ def filter_shape(f: LeadFilters) -> tuple[bool, ...]:
 
 FILTER_NAMES = (
     "status", "stage_id", "lead_line", "created_since", "updated_since",
-    "search_text", "search_scan", "search_phone_key", "search_phone_digits", "search_phone_gram",
+    "search_text", "search_scan", "search_phone_key", "search_phone_digits", "search_gram",
 )  # fmt: skip
 INDEXED_SEARCH = ("search_text", "search_phone_key", "search_phone_digits")
 
@@ -80,7 +80,7 @@ def filter_params(customer_id: uuid.UUID, f: LeadFilters, reader: RawConnection)
             params[name] = value
     if f.search_scan is not None:  # a scan: each lead is tested, no index is asked
         return params
-    if f.search_phone_digits is not None:  # lead_phone_grams' rows of its first and last grams
+    if f.search_phone_digits is not None:  # lead_digit_grams' rows of its first and last grams
         params["search_gram_first"] = f.search_phone_digits[:PARTIAL_PHONE_DIGITS]
         params["search_gram_last"] = f.search_phone_digits[-PARTIAL_PHONE_DIGITS:]
     if f.search_text is None:
@@ -148,17 +148,17 @@ class SearchTerm:
     clause: the index's rows, checked; test: whether a lead matches this way, the row alone
     (no index: what later terms exclude, so that the terms' matches are disjoint);
     by_rows: the clause is an IN list of rows the plan must start from (filter_clause);
-    digits: the phone digits' term, which lead_phone_grams may serve alone (pages.py)."""
+    kind: "digits" (phone digits), "key" (a whole number) or "text"."""
 
     clause: ColumnElement[bool]
     test: ColumnElement[bool]
     by_rows: bool
-    digits: bool = False
+    kind: str
 
 
 def search_terms(dialect: str, shape: tuple[bool, ...]) -> list[SearchTerm]:
     """The terms of an indexed search (searched()): its matches are their union.
-    Phone digits: the leads in lead_phone_grams (migration 0009) under the query's first and last
+    Phone digits: the leads in lead_digit_grams (migration 0009) under the query's first and last
     four digits, their digits checked. A whole phone number: the phone_last10 index. Text:
     SQLite's FTS5 table leads_search (migrations 0005, 0009) or PostgreSQL's trigram index of the
     packed text (migration 0010) asked for the query's rarest trigrams (search.rarest_trigrams),
@@ -176,20 +176,20 @@ def search_terms(dialect: str, shape: tuple[bool, ...]) -> list[SearchTerm]:
         ]
         test = position(c.search_phone, bindparam("search_phone_digits")) > 0
         found = and_(c.id.in_(leads_of[0].intersect(leads_of[1])), test)
-        terms.append(SearchTerm(found, test, by_rows=True, digits=True))
+        terms.append(SearchTerm(found, test, by_rows=True, kind="digits"))
     if has["search_phone_key"]:
         test = c.phone_last10 == bindparam("search_phone_key")
-        terms.append(SearchTerm(test, test, by_rows=False))
+        terms.append(SearchTerm(test, test, by_rows=False, kind="key"))
     if has["search_text"]:
         test = position(c.search_text, bindparam("search_text")) > 0
         if dialect == "sqlite":
             fts = "SELECT rowid FROM leads_search WHERE leads_search MATCH :search_match"
             rows = text(f"leads.rowid IN ({fts})")
-            terms.append(SearchTerm(and_(rows, test), test, by_rows=True))
+            terms.append(SearchTerm(and_(rows, test), test, by_rows=True, kind="text"))
         else:
             packed_text: ColumnElement[str] = literal_column(PACKED_SQL)
             grams = [packed_text.like(bindparam(f"search_gram_{i}")) for i in range(RAREST_TRIGRAMS)]
-            terms.append(SearchTerm(and_(test, *grams), test, by_rows=False))
+            terms.append(SearchTerm(and_(test, *grams), test, by_rows=False, kind="text"))
     return terms
 
 

@@ -60,6 +60,8 @@ class Lead(Base):
     # the folded name and email, and the phone's digits (E.164 and national format).
     search_text: Mapped[str | None] = mapped_column(Text)
     search_phone: Mapped[str | None] = mapped_column(String(64))
+    # Their runs of 4 digits, a JSON array, which LeadDigitGram's rows follow (by trigger).
+    search_grams: Mapped[str | None] = mapped_column(Text)
 
 
 def _keyset_sorts() -> dict[str | None, frozenset[str]]:
@@ -114,14 +116,15 @@ def described_by_models(dialect: str) -> Callable[..., bool]:
     return include
 
 
-class LeadPhoneGram(Base):
-    """Each run of PHONE_GRAM_DIGITS (4) digits in a lead's `search_phone` forms, once a lead,
-    beside the lead's updated_at: a part of a phone number (`search=0958`) is an index range of
-    its customer's matches, already in listLeads' default order (updated_at, id), so a search's
-    total and first page read no lead but the page's. Kept by the databases' triggers in the
-    transaction of every write to `leads` (migration 0009); about 10 rows a lead with a phone."""
+class LeadDigitGram(Base):
+    """Each run of 4 digits in a lead's search_text and search_phone forms (`search_grams`), once
+    a lead, beside the lead's updated_at: a query of 4 digits (`search=0958`, a phone's last four)
+    is an index range of its customer's matches, by text or phone, already in listLeads' default
+    order (updated_at, id), so a search's total and first page read no lead but the page's. Kept
+    from `search_grams` by the databases' triggers in the transaction of every write to `leads`
+    (migration 0009); about 10 rows a lead with a phone."""
 
-    __tablename__ = "lead_phone_grams"
+    __tablename__ = "lead_digit_grams"
     __table_args__ = {"sqlite_with_rowid": False}
 
     customer_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)

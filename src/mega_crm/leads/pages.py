@@ -182,30 +182,34 @@ def _search_page_statement(
     ordered and cut to the page; only the page's rows are then read whole. Ordering the matches
     as whole rows would read every match's stored document into the sort (15 ms for the 1,233
     leads a phone's last four digits find among 1M, against 3 ms).
-    The matches are the union of the search's terms (filters.search_terms). A phone's last four
-    (search_phone_gram) in the default order with no other filter are lead_phone_grams' rows
-    as they are: counted and cut to the page without reading a lead."""
+    The matches are the union of the search's terms (filters.search_terms), each leaving out
+    the leads found before it. A query of 4 digits alone (search_gram, `0958`) in the default
+    order with no other filter is lead_digit_grams' rows of it, by text and phone: counted and
+    cut to the page without reading a lead."""
     document, sort_key, aggregate, separator = _row_columns(dialect, sort_by, with_custom_fields)
-    gram = dict(zip(FILTER_NAMES, shape, strict=True))["search_phone_gram"]
+    gram = dict(zip(FILTER_NAMES, shape, strict=True))["search_gram"]
     covered = gram and sort_by == "updated_at" and only_searched(shape)
-    # The page's rows are joined back by rowid on SQLite, by id where lead_phone_grams has no rowid.
+    # The page's rows are joined back by rowid on SQLite, by id where lead_digit_grams has no rowid.
     row = literal_column("leads.rowid") if dialect == "sqlite" and not covered else LEADS.c.id
+    terms = search_terms(dialect, shape)
     sources: list[Any] = []
     earlier: list[ColumnElement[bool]] = []  # each term leaves out the leads found before it
-    for term in search_terms(dialect, shape):
-        found: Any
-        if covered and term.digits:
-            g = GRAMS.c
-            found = select(g.lead_id.label("row"), g.lead_id.label("id"), g.updated_at.label("value"))
-            gram_rows = (g.customer_id == bindparam("customer_id"), g.gram == bindparam("search_phone_gram"))
-            found = found.where(*gram_rows)
-        else:
-            found = select(row.label("row"), LEADS.c.id.label("id"), LEADS.c[sort_by].label("value")).where(
+    if covered:
+        g = GRAMS.c
+        found = select(g.lead_id.label("row"), g.lead_id.label("id"), g.updated_at.label("value"))
+        sources.append(
+            found.where(g.customer_id == bindparam("customer_id"), g.gram == bindparam("search_gram"))
+        )
+        earlier.append(or_(*(term.test for term in terms if term.kind != "key")))
+        terms = [term for term in terms if term.kind == "key"]
+    for term in terms:
+        sources.append(
+            select(row.label("row"), LEADS.c.id.label("id"), LEADS.c[sort_by].label("value")).where(
                 filter_clause(dialect, shape, by_rows=term.by_rows),
                 term.clause,
                 *(not_(func.coalesce(test, false())) for test in earlier),
             )
-        sources.append(found)
+        )
         earlier.append(term.test)
     # Disjoint: UNION ALL (a UNION sorted the 1,233 matches of `7169` once more to drop none).
     found_all: Any = sources[0] if len(sources) == 1 else _union_all(*sources)

@@ -186,6 +186,7 @@ _LIGHT_COLUMNS = [
     "updated_at",
     "document",
     "search_text",
+    "search_grams",
 ]
 
 

@@ -89,11 +89,29 @@ def search_phone(e164: str | None) -> str | None:
     return digits if national in digits else f"{digits} {national}"
 
 
+_DIGIT_RUN = re.compile(f"[0-9]{{{PARTIAL_PHONE_DIGITS},}}")
+
+
+def search_grams(text: str | None, phone: str | None) -> str | None:
+    """`leads.search_grams`: each run of PARTIAL_PHONE_DIGITS ASCII digits in a lead's
+    search_text (`bob0958@…`) and in each of its search_phone forms, once, sorted, as a JSON
+    array; None without one. The table lead_digit_grams holds them, each beside the lead's
+    customer and updated_at (kept by triggers, migration 0009): a query of 4 digits (`0958`)
+    matches exactly the leads under its gram, by text or phone, already in updated_at order."""
+    runs = _DIGIT_RUN.findall(text) if text else []
+    if phone:
+        runs += phone.split()
+    width = PARTIAL_PHONE_DIGITS
+    grams = sorted({run[i : i + width] for run in runs for i in range(len(run) - width + 1)})
+    return "[" + ",".join(f'"{gram}"' for gram in grams) + "]" if grams else None
+
+
 def search_columns(record: dict[str, Any]) -> None:
-    """Set `search_text` / `search_phone` of a lead record (column -> value) from its contact
-    fields: every lead write calls this before writing the record."""
+    """Set `search_text` / `search_phone` / `search_grams` of a lead record (column -> value)
+    from its contact fields: every lead write calls this before writing the record."""
     record["search_text"] = search_text(record.get("contact_name"), record.get("contact_email"))
     record["search_phone"] = search_phone(record.get("contact_phone"))
+    record["search_grams"] = search_grams(record["search_text"], record["search_phone"])
 
 
 # How many leads' search_text the trigram frequencies are estimated from (once per process).
@@ -192,9 +210,9 @@ _REFRESH_BATCH = 5_000
 
 
 def refresh_search(connection: Connection, customer_id: uuid.UUID | None = None) -> int:
-    """Recompute `search_text` / `search_phone` of the leads (of one customer, or all) from their
-    contact fields, in batches of _REFRESH_BATCH: the backfill of migration 0005, and for writers
-    that bypass the lead service. SQLite's index follows by trigger. -> leads rewritten."""
+    """Recompute `search_text` / `search_phone` / `search_grams` of the leads (of one customer,
+    or all) from their contact fields, in batches of _REFRESH_BATCH: for writers that bypass the
+    lead service. The indexes follow by trigger. -> leads rewritten."""
     is_sqlite = connection.dialect.name == "sqlite"
     where = "WHERE customer_id = :customer_id AND id > :after" if customer_id else "WHERE id > :after"
     select_batch = text(
@@ -203,12 +221,14 @@ def refresh_search(connection: Connection, customer_id: uuid.UUID | None = None)
     if customer_id is not None:
         select_batch = select_batch.bindparams(bindparam("customer_id", type_=Uuid))
     if is_sqlite:
-        update = text("UPDATE leads SET search_text = :t, search_phone = :p WHERE id = :id")
+        update = text(
+            "UPDATE leads SET search_text = :t, search_phone = :p, search_grams = :g WHERE id = :id"
+        )
     else:  # one statement per batch
         update = text(
-            "UPDATE leads SET search_text = b.t, search_phone = b.p FROM unnest("
-            "CAST(:ids AS uuid[]), CAST(:ts AS text[]), CAST(:ps AS text[])) AS b(id, t, p) "
-            "WHERE leads.id = b.id"
+            "UPDATE leads SET search_text = b.t, search_phone = b.p, search_grams = b.g "
+            "FROM unnest(CAST(:ids AS uuid[]), CAST(:ts AS text[]), CAST(:ps AS text[]), "
+            "CAST(:gs AS text[])) AS b(id, t, p, g) WHERE leads.id = b.id"
         )
     after: Any = "" if is_sqlite else uuid.UUID(int=0)
     done = 0
@@ -219,13 +239,15 @@ def refresh_search(connection: Connection, customer_id: uuid.UUID | None = None)
         rows = connection.execute(select_batch, params).all()
         if not rows:
             return done
-        values = [(row[0], search_text(row[1], row[2]), search_phone(row[3])) for row in rows]
+        values = []
+        for row in rows:
+            record = {"contact_name": row[1], "contact_email": row[2], "contact_phone": row[3]}
+            search_columns(record)
+            values.append({"id": row[0], "t": record["search_text"], "p": record["search_phone"],
+                           "g": record["search_grams"]})  # fmt: skip
         if is_sqlite:
-            connection.execute(update, [{"id": i, "t": t, "p": p} for i, t, p in values])
+            connection.execute(update, values)
         else:
-            connection.execute(
-                update, {"ids": [i for i, _, _ in values], "ts": [t for _, t, _ in values],
-                         "ps": [p for _, _, p in values]}
-            )  # fmt: skip
+            connection.execute(update, {f"{k}s": [v[k] for v in values] for k in ("id", "t", "p", "g")})
         done += len(rows)
         after = rows[-1][0]

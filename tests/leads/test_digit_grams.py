@@ -1,10 +1,11 @@
-"""lead_phone_grams (migration 0009): every 4-digit run ("gram") of each digit form of a lead's
-`search_phone`, once a lead, as (customer_id, gram, updated_at, lead_id). Only the databases'
-triggers keep it, so these tests write through the real paths (createLead, bulkImportLeads, an
-outside writer's UPDATE + search.refresh_search, DELETEs and the customer cascade) and compare
-the whole table with the same set computed in Python from `leads` after every step; they also
-check `search=<four digits>`, which reads the table, against a brute force over the leads, and
-the migration's backfill and downgrade. On SQLite and on PostgreSQL."""
+"""lead_digit_grams (migration 0009): every 4-digit run ("gram") of a lead's search_text and of
+each digit form of its `search_phone`, once a lead, as (customer_id, gram, updated_at, lead_id).
+Only the databases' triggers keep it (from leads.search_grams), so these tests write through the
+real paths (createLead, bulkImportLeads, an outside writer's UPDATE + search.refresh_search,
+DELETEs and the customer cascade) and compare the whole table with the same set computed in
+Python from `leads` after every step; they also check `search=<four digits>`, which reads the
+table, against a brute force over the leads, and the migration's backfill and downgrade. On
+SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from sqlalchemy.engine import make_url
 from mega_crm.customers.models import Customer
 from mega_crm.db import Database, UTCDateTime, normalize_database_url
 from mega_crm.leads import repository
-from mega_crm.leads.models import Lead, LeadPhoneGram
+from mega_crm.leads.models import Lead, LeadDigitGram
 from mega_crm.leads.normalize import digits_of
 from mega_crm.leads.search import fold, refresh_search, search_phone, search_text
 from mega_crm.migrate import alembic_config, upgrade
@@ -41,33 +42,38 @@ GramRow = tuple[uuid.UUID, str, datetime, uuid.UUID]  # (customer_id, gram, upda
 
 
 def grams_of(
-    customer_id: uuid.UUID, lead_id: uuid.UUID, updated_at: datetime, phone: str | None
+    customer_id: uuid.UUID, lead_id: uuid.UUID, updated_at: datetime, folded: str | None, phone: str | None
 ) -> set[GramRow]:
-    """The rows lead_phone_grams must hold for one lead, computed in Python."""
+    """The rows lead_digit_grams must hold for one lead, computed in Python: each window of 4
+    ASCII digits in its folded text, and in each form of its phone."""
+    texts = [*(folded or "").split(), *(phone or "").split()]
     return {
-        (customer_id, form[i : i + 4], updated_at, lead_id)
-        for form in (phone or "").split()
-        for i in range(len(form) - 3)
+        (customer_id, part[i : i + 4], updated_at, lead_id)
+        for part in texts
+        for i in range(len(part) - 3)
+        if all(c in "0123456789" for c in part[i : i + 4])
     }
 
 
 def expected_grams(db: Database) -> set[GramRow]:
     """The whole table as it must be: the grams of every lead of every customer."""
     with db.read_session() as session:
-        leads = session.execute(select(Lead.customer_id, Lead.id, Lead.updated_at, Lead.search_phone)).all()
-    return {row for c, i, u, p in leads for row in grams_of(c, i, u, p)}
+        leads = session.execute(
+            select(Lead.customer_id, Lead.id, Lead.updated_at, Lead.search_text, Lead.search_phone)
+        ).all()
+    return {row for c, i, u, t, p in leads for row in grams_of(c, i, u, t, p)}
 
 
 def stored_grams(db: Database) -> list[GramRow]:
     """The whole table as it is (a list: a row twice would show)."""
-    g = LeadPhoneGram
+    g = LeadDigitGram
     with db.read_session() as session:
         rows = session.execute(select(g.customer_id, g.gram, g.updated_at, g.lead_id)).all()
     return [(c, gram, u, i) for c, gram, u, i in rows]
 
 
 def assert_grams_match(db: Database) -> None:
-    """lead_phone_grams is exactly the Python-computed set: nothing missing, nothing extra."""
+    """lead_digit_grams is exactly the Python-computed set: nothing missing, nothing extra."""
     stored, expected = stored_grams(db), expected_grams(db)
     assert len(stored) == len(set(stored)), "a row is stored twice"
     missing, extra = sorted(expected - set(stored), key=str), sorted(set(stored) - expected, key=str)
@@ -138,8 +144,8 @@ def test_every_write_path_keeps_the_grams_exact(client: TestClient, db: Database
     nophone = create(client, tenant, {"contact_email": "no.phone@example.com"})
     assert_grams_match(db)
     with db.read_session() as session:
-        of_fr = LeadPhoneGram.lead_id == uuid.UUID(fr["id"])
-        fr_grams = set(session.scalars(select(LeadPhoneGram.gram).where(of_fr)))
+        of_fr = LeadDigitGram.lead_id == uuid.UUID(fr["id"])
+        fr_grams = set(session.scalars(select(LeadDigitGram.gram).where(of_fr)))
     assert {"3361", "0612"} <= fr_grams  # from each form
 
     # a merge that changes only the name (and so updated_at): every row moves to the new time
@@ -397,14 +403,14 @@ _INSERT_LEAD = text(
 
 
 def _triggers(db: Database) -> set[str]:
-    """The lead_phone_grams triggers that exist."""
+    """The lead_digit_grams triggers that exist."""
     query = (
         "SELECT name FROM sqlite_master WHERE type = 'trigger'"
         if db.is_sqlite
         else "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
     )
     with db.engine.connect() as connection:
-        return {name for (name,) in connection.execute(text(query)) if name.startswith("lead_phone_grams")}
+        return {name for (name,) in connection.execute(text(query)) if name.startswith("lead_digit_grams")}
 
 
 def test_migration_0009_backfills_and_downgrades(own_database: str) -> None:
@@ -424,11 +430,11 @@ def test_migration_0009_backfills_and_downgrades(own_database: str) -> None:
                     {
                         "id": uuid.uuid4(),
                         "customer_id": tenants[n // len(phones)].customer_id,
-                        "name": f"Old {n}",
+                        "name": f"Old {n} room 2{n:03d}",
                         "phone": phone,
                         "last10": digits_of(phone)[-10:] if phone else None,
                         "at": datetime(2026, 1, 1 + n % 3, 12, 0, n, tzinfo=UTC),
-                        "search_text": search_text(f"Old {n}", None),
+                        "search_text": search_text(f"Old {n} room 2{n:03d}", None),
                         "search_phone": search_phone(phone),
                     },
                 )
@@ -446,10 +452,11 @@ def test_migration_0009_backfills_and_downgrades(own_database: str) -> None:
 
         command.downgrade(alembic_config(own_database), "0008")
         db = Database(own_database)
-        assert not inspect(db.engine).has_table("lead_phone_grams")
+        assert not inspect(db.engine).has_table("lead_digit_grams")
         assert _triggers(db) == set()
         second = tenants[1].customer_id
-        outside_write(db, second, delete(Lead).where(Lead.customer_id == second))
+        with db.write_session() as session:  # at 0008 (no search_grams): a plain delete
+            session.execute(delete(Lead).where(Lead.customer_id == second))
         with db.write_session() as session:
             session.execute(
                 _INSERT_LEAD,
@@ -472,8 +479,8 @@ def test_migration_0009_backfills_and_downgrades(own_database: str) -> None:
         upgrade(own_database, "0009")
         db = Database(own_database)
         with db.read_session() as session:
-            with_phone = set(session.scalars(select(Lead.id).where(Lead.search_phone.is_not(None))))
-        assert {row[3] for row in stored_grams(db)} == with_phone
+            with_grams = set(session.scalars(select(Lead.id).where(Lead.search_grams.is_not(None))))
+        assert {row[3] for row in stored_grams(db)} == with_grams
         assert_grams_match(db)
         assert len(_triggers(db)) == 3
         if db.is_sqlite:
