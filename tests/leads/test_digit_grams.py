@@ -29,7 +29,14 @@ from mega_crm.db import Database, UTCDateTime, normalize_database_url
 from mega_crm.leads import repository
 from mega_crm.leads.models import Lead, LeadDigitGram
 from mega_crm.leads.normalize import digits_of
-from mega_crm.leads.search import fold, refresh_search, search_phone, search_text
+from mega_crm.leads.search import (
+    MAX_TEXT_GRAMS,
+    MORE_GRAMS,
+    fold,
+    refresh_search,
+    search_phone,
+    search_text,
+)
 from mega_crm.migrate import alembic_config, upgrade
 from tests.conftest import POSTGRES_URL
 from tests.fixtures.factories import Tenant, make_tenant
@@ -45,14 +52,21 @@ def grams_of(
     customer_id: uuid.UUID, lead_id: uuid.UUID, updated_at: datetime, folded: str | None, phone: str | None
 ) -> set[GramRow]:
     """The rows lead_digit_grams must hold for one lead, computed in Python: each window of 4
-    ASCII digits in its folded text, and in each form of its phone."""
-    texts = [*(folded or "").split(), *(phone or "").split()]
-    return {
-        (customer_id, part[i : i + 4], updated_at, lead_id)
-        for part in texts
-        for i in range(len(part) - 3)
-        if all(c in "0123456789" for c in part[i : i + 4])
-    }
+    ASCII digits in its folded text (or MORE_GRAMS alone past MAX_TEXT_GRAMS of them), and in
+    each form of its phone."""
+
+    def windows(parts: list[str]) -> set[str]:
+        return {
+            part[i : i + 4]
+            for part in parts
+            for i in range(len(part) - 3)
+            if all(c in "0123456789" for c in part[i : i + 4])
+        }
+
+    from_text = windows((folded or "").split())
+    if len(from_text) > MAX_TEXT_GRAMS:
+        from_text = {MORE_GRAMS}
+    return {(customer_id, gram, updated_at, lead_id) for gram in from_text | windows((phone or "").split())}
 
 
 def expected_grams(db: Database) -> set[GramRow]:
@@ -338,6 +352,10 @@ def test_last_four_digits_find_exactly_the_brute_force_matches(
         {"contact_name": "F", "contact_phone": "+1 212 555 1212"},
         {"contact_name": "G", "contact_phone": "+81 90 1234 5678"},
         {"contact_name": "09 58"},  # found by `09 58` (text), not by `0958`
+        # more digit runs than lead_digit_grams keeps of a text (MORE_GRAMS): its text is read
+        {"contact_name": "Serial " + "".join(f"{n:04d}" for n in range(0, 4000, 37)) + " 0958"},
+        {"contact_name": "Ref " + "-".join(f"{n:04d}" for n in range(1, 4000, 41)),
+         "contact_phone": "+1 646 555 0958"},  # and its phone
     ]
     for row in rows[:4]:
         create(client, tenant, row)
@@ -347,9 +365,9 @@ def test_last_four_digits_find_exactly_the_brute_force_matches(
 
     def check() -> None:
         leads = listing(client, tenant, limit=100)["leads"]
-        assert len(leads) == 10  # the two +1 206 555 0959 rows are one lead
+        assert len(leads) == 12  # the two +1 206 555 0959 rows are one lead
         last_fours = {digits_of(x["contact_phone"])[-4:] for x in leads if x["contact_phone"]}
-        queries = last_fours | {"5812", "0958", "09 58"}  # 5812: in both forms of D's phone
+        queries = last_fours | {"5812", "0958", "09 58", "0074", "0083"}  # 5812: in both forms of D's phone
         for query in sorted(queries):
             wanted = [x for x in leads if matches(x, query)]
             assert wanted, query
@@ -360,7 +378,10 @@ def test_last_four_digits_find_exactly_the_brute_force_matches(
         assert_grams_match(db)
 
     check()
-    assert len([x for x in listing(client, tenant, limit=100)["leads"] if matches(x, "0958")]) == 6
+    assert len([x for x in listing(client, tenant, limit=100)["leads"] if matches(x, "0958")]) == 8
+    with db.read_session() as session:  # the two long texts are marked, not spelled out
+        marked = session.scalars(select(LeadDigitGram.lead_id).where(LeadDigitGram.gram == MORE_GRAMS))
+        assert len(set(marked)) == 4  # in both customers
     # merges move A and Room 0958 to the end of the default order
     create(client, tenant, {"contact_name": "A again", "contact_phone": "+12065550958"})
     bulk(client, tenant, [{"contact_name": "Room 0958 again", "contact_phone": "+12065550959"}])

@@ -40,6 +40,7 @@ from mega_crm.leads.filters import (
     search_terms,
     searched,
 )
+from mega_crm.leads.search import MORE_GRAMS
 
 # Statements are built once per shape (which filters are set, the sort, the cursor) and cached:
 # building an SQLAlchemy expression per request cost more CPU than running it.
@@ -199,6 +200,17 @@ def _search_page_statement(
         found = select(g.lead_id.label("row"), g.lead_id.label("id"), g.updated_at.label("value"))
         sources.append(
             found.where(g.customer_id == bindparam("customer_id"), g.gram == bindparam("search_gram"))
+        )
+        # Leads whose text has more grams than it stores (MORE_GRAMS): their text read, the
+        # leads that lead_digit_grams gave by phone left out.
+        position = func.instr if dialect == "sqlite" else func.strpos
+        more = select(g.lead_id).where(g.customer_id == bindparam("customer_id"), g.gram == MORE_GRAMS)
+        sources.append(
+            select(LEADS.c.id.label("row"), LEADS.c.id.label("id"), LEADS.c.updated_at.label("value")).where(
+                LEADS.c.id.in_(more),
+                position(LEADS.c.search_text, bindparam("search_gram")) > 0,
+                not_(func.coalesce(position(LEADS.c.search_phone, bindparam("search_gram")) > 0, false())),
+            )
         )
         earlier.append(or_(*(term.test for term in terms if term.kind != "key")))
         terms = [term for term in terms if term.kind == "key"]

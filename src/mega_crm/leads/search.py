@@ -90,20 +90,31 @@ def search_phone(e164: str | None) -> str | None:
 
 
 _DIGIT_RUN = re.compile(f"[0-9]{{{PARTIAL_PHONE_DIGITS},}}")
+# At most this many of a lead's grams come from its name and email: a text with more (a name of
+# many digits; 500 names of 100,000 digits would be 5M rows) is marked by MORE_GRAMS instead, and
+# a search of 4 digits reads those leads' text (pages.py). Phones have at most 61 grams.
+MAX_TEXT_GRAMS = 32
+MORE_GRAMS = "more"
 
 
 def search_grams(text: str | None, phone: str | None) -> str | None:
     """`leads.search_grams`: each run of PARTIAL_PHONE_DIGITS ASCII digits in a lead's
-    search_text (`bob0958@…`) and in each of its search_phone forms, once, sorted, as a JSON
-    array; None without one. The table lead_digit_grams holds them, each beside the lead's
-    customer and updated_at (kept by triggers, migration 0009): a query of 4 digits (`0958`)
-    matches exactly the leads under its gram, by text or phone, already in updated_at order."""
-    runs = _DIGIT_RUN.findall(text) if text else []
-    if phone:
-        runs += phone.split()
+    search_text (`bob0958@…`; MORE_GRAMS for all of them past MAX_TEXT_GRAMS) and in each of its
+    search_phone forms, once, sorted, as a JSON array; None without one. The table
+    lead_digit_grams holds them, each beside the lead's customer and updated_at (kept by
+    triggers, migration 0009): a query of 4 digits (`0958`) matches the leads under its gram,
+    by text or phone, already in updated_at order."""
     width = PARTIAL_PHONE_DIGITS
-    grams = sorted({run[i : i + width] for run in runs for i in range(len(run) - width + 1)})
-    return "[" + ",".join(f'"{gram}"' for gram in grams) + "]" if grams else None
+
+    def grams(runs: list[str]) -> set[str]:
+        return {run[i : i + width] for run in runs for i in range(len(run) - width + 1)}
+
+    found = grams(_DIGIT_RUN.findall(text)) if text else set()
+    if len(found) > MAX_TEXT_GRAMS:
+        found = {MORE_GRAMS}
+    if phone:
+        found |= grams(phone.split())
+    return "[" + ",".join(f'"{gram}"' for gram in sorted(found)) + "]" if found else None
 
 
 def search_columns(record: dict[str, Any]) -> None:

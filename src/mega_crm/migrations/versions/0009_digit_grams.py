@@ -132,10 +132,15 @@ _BATCH = 5_000
 
 
 def _grams(text: str | None, phone: str | None) -> str | None:
-    runs = _DIGIT_RUN.findall(text) if text else []
-    runs += phone.split() if phone else []
-    grams = sorted({run[i : i + 4] for run in runs for i in range(len(run) - 3)})
-    return "[" + ",".join(f'"{gram}"' for gram in grams) + "]" if grams else None
+    def grams(runs: list[str]) -> set[str]:
+        return {run[i : i + 4] for run in runs for i in range(len(run) - 3)}
+
+    found = grams(_DIGIT_RUN.findall(text)) if text else set()
+    if len(found) > 32:  # MAX_TEXT_GRAMS
+        found = {"more"}  # MORE_GRAMS
+    if phone:
+        found |= grams(phone.split())
+    return "[" + ",".join(f'"{gram}"' for gram in sorted(found)) + "]" if found else None
 
 
 def _fill_search_grams(bind: Any) -> None:
