@@ -9,6 +9,7 @@ SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -52,7 +53,7 @@ def grams_of(
     customer_id: uuid.UUID, lead_id: uuid.UUID, updated_at: datetime, folded: str | None, phone: str | None
 ) -> set[GramRow]:
     """The rows lead_digit_grams must hold for one lead, computed in Python: each window of 4
-    ASCII digits in its folded text (or MORE_GRAMS alone past MAX_TEXT_GRAMS of them), and in
+    ASCII digits in its folded text (or MORE_GRAMS alone past MAX_TEXT_GRAMS windows), and in
     each form of its phone."""
 
     def windows(parts: list[str]) -> set[str]:
@@ -63,8 +64,10 @@ def grams_of(
             if all(c in "0123456789" for c in part[i : i + 4])
         }
 
-    from_text = windows((folded or "").split())
-    if len(from_text) > MAX_TEXT_GRAMS:
+    words = (folded or "").split()
+    from_text = windows(words)
+    runs = [run for word in words for run in re.findall("[0-9]{4,}", word)]
+    if sum(len(run) - 3 for run in runs) > MAX_TEXT_GRAMS:
         from_text = {MORE_GRAMS}
     return {(customer_id, gram, updated_at, lead_id) for gram in from_text | windows((phone or "").split())}
 

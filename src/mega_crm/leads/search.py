@@ -90,30 +90,29 @@ def search_phone(e164: str | None) -> str | None:
 
 
 _DIGIT_RUN = re.compile(f"[0-9]{{{PARTIAL_PHONE_DIGITS},}}")
-# At most this many of a lead's grams come from its name and email: a text with more (a name of
-# many digits; 500 names of 100,000 digits would be 5M rows) is marked by MORE_GRAMS instead, and
-# a search of 4 digits reads those leads' text (pages.py). Phones have at most 61 grams.
+# At most this many of a lead's grams come from its name and email: a text with more runs of 4
+# digits, repeats counted (a name of many digits; 500 names of 100,000 digits would be 5M rows),
+# is marked by MORE_GRAMS instead, and a search of 4 digits reads those leads' text (pages.py).
+# Phones have at most 61 grams.
 MAX_TEXT_GRAMS = 32
 MORE_GRAMS = "more"
 
 
 def search_grams(text: str | None, phone: str | None) -> str | None:
     """`leads.search_grams`: each run of PARTIAL_PHONE_DIGITS ASCII digits in a lead's
-    search_text (`bob0958@…`; MORE_GRAMS for all of them past MAX_TEXT_GRAMS) and in each of its
+    search_text (`bob0958@…`; MORE_GRAMS instead past MAX_TEXT_GRAMS runs) and in each of its
     search_phone forms, once, sorted, as a JSON array; None without one. The table
     lead_digit_grams holds them, each beside the lead's customer and updated_at (kept by
     triggers, migration 0009): a query of 4 digits (`0958`) matches the leads under its gram,
     by text or phone, already in updated_at order."""
     width = PARTIAL_PHONE_DIGITS
-
-    def grams(runs: list[str]) -> set[str]:
-        return {run[i : i + width] for run in runs for i in range(len(run) - width + 1)}
-
-    found = grams(_DIGIT_RUN.findall(text)) if text else set()
-    if len(found) > MAX_TEXT_GRAMS:
+    runs = _DIGIT_RUN.findall(text) if text else []
+    if sum(len(run) - width + 1 for run in runs) > MAX_TEXT_GRAMS:  # counted before made
         found = {MORE_GRAMS}
-    if phone:
-        found |= grams(phone.split())
+    else:
+        found = {run[i : i + width] for run in runs for i in range(len(run) - width + 1)}
+    for form in phone.split() if phone else ():
+        found.update(form[i : i + width] for i in range(len(form) - width + 1))
     return "[" + ",".join(f'"{gram}"' for gram in sorted(found)) + "]" if found else None
 
 

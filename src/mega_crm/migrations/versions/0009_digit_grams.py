@@ -132,14 +132,13 @@ _BATCH = 5_000
 
 
 def _grams(text: str | None, phone: str | None) -> str | None:
-    def grams(runs: list[str]) -> set[str]:
-        return {run[i : i + 4] for run in runs for i in range(len(run) - 3)}
-
-    found = grams(_DIGIT_RUN.findall(text)) if text else set()
-    if len(found) > 32:  # MAX_TEXT_GRAMS
+    runs = _DIGIT_RUN.findall(text) if text else []
+    if sum(len(run) - 3 for run in runs) > 32:  # MAX_TEXT_GRAMS
         found = {"more"}  # MORE_GRAMS
-    if phone:
-        found |= grams(phone.split())
+    else:
+        found = {run[i : i + 4] for run in runs for i in range(len(run) - 3)}
+    for form in phone.split() if phone else ():
+        found.update(form[i : i + 4] for i in range(len(form) - 3))
     return "[" + ",".join(f'"{gram}"' for gram in sorted(found)) + "]" if found else None
 
 
