@@ -126,5 +126,12 @@ def test_a_full_disk_is_503_logged_once_and_writes_recover_when_space_returns(
     messages = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()]
     assert len(messages) == 2, messages  # failing once, working again once
     assert "working again" in messages[1]
-    outage = [r.getMessage() for r in caplog.records if "database unavailable" in r.getMessage()]
-    assert len(outage) <= 1, outage
+    # Once per change of state: a loaded machine may see a write succeed between two full-disk
+    # failures (a checkpoint freed room), which is two outages, each logged once, not a flood.
+    states = [
+        "down" if "database unavailable" in m else "up"
+        for m in (r.getMessage() for r in caplog.records)
+        if "database unavailable" in m or "database available again" in m
+    ]
+    assert all(a != b for a, b in zip(states, states[1:], strict=False)), states
+    assert states.count("down") <= 3, states
