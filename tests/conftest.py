@@ -20,11 +20,12 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from mega_crm.app import create_app
 from mega_crm.config import Settings
-from mega_crm.db import Database
+from mega_crm.db import Database, normalize_database_url
 from mega_crm.migrate import upgrade
 from tests.fixtures.contract import reference_available, validate_response
 from tests.fixtures.factories import Tenant, make_tenant
@@ -81,6 +82,28 @@ def db_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     url = database_url(backend, tmp_path_factory.mktemp(backend))
     upgrade(Database(url).url)
     return url
+
+
+@pytest.fixture
+def empty_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A database of its own, empty, to migrate step by step (the session's is already at
+    head): SQLite, or a PostgreSQL database beside the test one, dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    assert POSTGRES_URL
+    url = make_url(normalize_database_url(POSTGRES_URL))
+    name = f"{url.database}_empty"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

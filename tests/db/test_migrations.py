@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -17,7 +15,7 @@ from mega_crm.db import Database, UTCDateTime, normalize_database_url, utcnow
 from mega_crm.leads.models import described_by_models
 from mega_crm.migrate import upgrade
 from mega_crm.models import Base
-from tests.conftest import POSTGRES_URL, ContractClient, make_settings
+from tests.conftest import ContractClient, make_settings
 from tests.fixtures.factories import make_tenant
 from tests.leads.api import LEADS
 
@@ -31,28 +29,6 @@ def test_migrations_match_the_models(db: Database) -> None:
         context = MigrationContext.configure(connection, opts={"include_object": include})
         differences = compare_metadata(context, Base.metadata)
     assert differences == []
-
-
-@pytest.fixture
-def empty_database(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A database of its own (the session's is already at head): SQLite, or a PostgreSQL database
-    beside the test one, dropped afterwards."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'backfill.db'}"
-        return
-    assert POSTGRES_URL
-    url = make_url(normalize_database_url(POSTGRES_URL))
-    name = f"{url.database}_backfill"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_migration_0005_makes_existing_leads_searchable(empty_database: str) -> None:

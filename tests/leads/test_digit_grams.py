@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import phonenumbers
-import pytest
 from alembic import command
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Uuid, bindparam, create_engine, delete, inspect, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import Uuid, bindparam, delete, inspect, select, text, update
 
 from mega_crm.customers.models import Customer
-from mega_crm.db import Database, UTCDateTime, normalize_database_url
+from mega_crm.db import Database, UTCDateTime
 from mega_crm.leads import repository
 from mega_crm.leads.models import Lead, LeadDigitGram
 from mega_crm.leads.normalize import digits_of
@@ -39,7 +35,6 @@ from mega_crm.leads.search import (
     search_text,
 )
 from mega_crm.migrate import alembic_config, upgrade
-from tests.conftest import POSTGRES_URL
 from tests.fixtures.factories import Tenant, make_tenant
 from tests.leads.api import bulk, create, listing
 
@@ -394,28 +389,6 @@ def test_last_four_digits_find_exactly_the_brute_force_matches(
 # --- 4. the migration: backfill, downgrade, upgrade again ----------------------------------------
 
 
-@pytest.fixture
-def own_database(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A database of its own to migrate step by step: SQLite, or a PostgreSQL database beside
-    the test one, dropped afterwards."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'grams.db'}"
-        return
-    assert POSTGRES_URL
-    url = make_url(normalize_database_url(POSTGRES_URL))
-    name = f"{url.database}_grams"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 _INSERT_LEAD = text(
     "INSERT INTO leads (id, customer_id, contact_name, contact_phone, phone_last10, source_platform, "
     "source_type, status, custom_fields, interaction_count, created_at, updated_at, search_text, "
@@ -437,13 +410,13 @@ def _triggers(db: Database) -> set[str]:
         return {name for (name,) in connection.execute(text(query)) if name.startswith("lead_digit_grams")}
 
 
-def test_migration_0009_backfills_and_downgrades(own_database: str) -> None:
+def test_migration_0009_backfills_and_downgrades(empty_database: str) -> None:
     """Leads written at 0008 (phones with one or two forms, a repeated gram, none, two customers,
     several updated_at) have exactly the Python-computed grams once 0009 has run, and triggers
     keep them after. Downgrading to 0008 removes the table and its triggers (leads stay writable),
     and upgrading to 0009 again backfills the same set."""
-    upgrade(own_database, "0008")
-    db = Database(own_database)
+    upgrade(empty_database, "0008")
+    db = Database(empty_database)
     try:
         tenants = [make_tenant(db), make_tenant(db)]
         phones = ["+12065550958", "+12125551212", "+33612345678", "+442079460958", "+819012345678", None]
@@ -464,8 +437,8 @@ def test_migration_0009_backfills_and_downgrades(own_database: str) -> None:
                 )
         db.dispose()
 
-        upgrade(own_database, "0009")
-        db = Database(own_database)
+        upgrade(empty_database, "0009")
+        db = Database(empty_database)
         assert len(stored_grams(db)) > 50
         assert_grams_match(db)
         assert len(_triggers(db)) == 3
@@ -474,8 +447,8 @@ def test_migration_0009_backfills_and_downgrades(own_database: str) -> None:
         assert_grams_match(db)
         db.dispose()
 
-        command.downgrade(alembic_config(own_database), "0008")
-        db = Database(own_database)
+        command.downgrade(alembic_config(empty_database), "0008")
+        db = Database(empty_database)
         assert not inspect(db.engine).has_table("lead_digit_grams")
         assert _triggers(db) == set()
         second = tenants[1].customer_id
@@ -500,8 +473,8 @@ def test_migration_0009_backfills_and_downgrades(own_database: str) -> None:
                 connection.execute(text("INSERT INTO leads_search(leads_search) VALUES ('integrity-check')"))
         db.dispose()
 
-        upgrade(own_database, "0009")
-        db = Database(own_database)
+        upgrade(empty_database, "0009")
+        db = Database(empty_database)
         with db.read_session() as session:
             with_grams = set(session.scalars(select(Lead.id).where(Lead.search_grams.is_not(None))))
         assert {row[3] for row in stored_grams(db)} == with_grams
