@@ -4,16 +4,25 @@ itself must still not be found, on either database."""
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text as sql_text
 
 from mega_crm.db import Database
 from mega_crm.leads.filters import PACKED_SQL
-from mega_crm.leads.search import RAREST_TRIGRAMS, fold, parse_search, rarest_trigrams, word_trigrams
+from mega_crm.leads.search import (
+    RAREST_TRIGRAMS,
+    fold,
+    packed,
+    parse_search,
+    rarest_trigrams,
+    word_trigrams,
+)
 from tests.fixtures.factories import Tenant
 from tests.leads.api import create
 from tests.leads.test_search import found
@@ -84,3 +93,26 @@ def test_postgresql_searches_through_its_packed_trigram_index(
             )
         )
     assert "ix_leads_search_packed_trgm" in plan, plan
+
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30).filter(str.strip),
+    local=st.from_regex(r"[a-z0-9]{1,6}([._'+-][a-z0-9]{1,6}){0,2}", fullmatch=True),
+)
+def test_postgresql_stores_the_packed_text_the_application_computes(
+    client: TestClient, db: Database, tenant: Tenant, name: str, local: str
+) -> None:
+    """leads.search_packed (migration 0010: a generated column, with its own copy of the
+    separators) is search.packed(search_text), as the trigram estimate counts it."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL's column (SQLite's index is the FTS5 table)")
+    email = f"{local}.{uuid.uuid4().hex[:8]}@example.com"  # a new lead each time, not a merge
+    lead = create(client, tenant, {"contact_name": name, "contact_email": email})
+    with db.read_session() as session:
+        folded, stored = session.execute(
+            sql_text("SELECT search_text, search_packed FROM leads WHERE id = :id"),
+            {"id": uuid.UUID(lead["id"])},
+        ).one()
+    assert stored == packed(folded), (name, folded)
