@@ -227,9 +227,12 @@ def _bare_routes(app: Any) -> None:
     """Issue 12's floors, on the same server, driver, pool and lanes as the lead routes, with no
     key check, validation or rules: POST BARE_CREATE_PATH writes the body's contact as one lead
     row (one INSERT and its commit, in a write session as createLead's); GET BARE_PAGE_PATH
-    reads 100 stored lead documents of the x-customer-id's active leads, newest first (one
-    SELECT by the (customer, status, created_at, id) index range)."""
-    from sqlalchemy import bindparam, insert, select
+    reads 100 stored lead documents of the x-customer-id's active leads in listLeads' default
+    order, updated_at then id ascending: the rows and index range (customer, status,
+    updated_at, id) of the bench's `listLeads ?status=active&limit=100`, in one SELECT. (Until
+    session 8 it read the newest created, which sit together at the end of the table: 34
+    buffers against the 105 of listLeads' rows at 10k leads, a cheaper floor for other rows.)"""
+    from sqlalchemy import bindparam, insert, literal_column, select
     from starlette.responses import Response
 
     from mega_crm.api.state import app_state
@@ -247,8 +250,8 @@ def _bare_routes(app: Any) -> None:
     page = Query(
         select(table.c.document)
         .where(table.c.customer_id == bindparam("customer_id"), table.c.status == "active")
-        .order_by(table.c.created_at.desc(), table.c.id.desc())
-        .limit(100)
+        .order_by(table.c.updated_at, table.c.id)
+        .limit(literal_column("100"))  # written out: a prepared statement planned once
     )
 
     @app.post(BARE_CREATE_PATH, include_in_schema=False)
