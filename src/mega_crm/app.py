@@ -17,6 +17,7 @@ from mega_crm.api.openapi import contract_openapi
 from mega_crm.api.routes import leads as lead_endpoints
 from mega_crm.api.routes import webhooks as webhook_endpoints
 from mega_crm.api.state import AppState, app_state
+from mega_crm.auth.access import KeyCache
 from mega_crm.config import Settings, get_settings
 from mega_crm.db import Database
 from mega_crm.failures import UnexpectedErrorMiddleware
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         totals=TotalsCache(),
         secret_key=secret_key,
         readiness=health.Readiness(db, settings),
+        keys=KeyCache(),
     )
     state.attach(app)
 

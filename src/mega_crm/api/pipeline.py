@@ -6,7 +6,9 @@ string parsed, on the event loop (a route may choose its lane from the parsed qu
 does, in this order: authenticate the key (401), count the request against its rate limit (429),
 check customer and scope (403), refuse a query string or a body that does not parse (400), and
 the work itself. So an anonymous caller learns nothing about the input, and a request costs one
-thread hop, not one per dependency.
+thread hop, not one per dependency. A route whose work confirms the key in its own statement
+(`confirms_key`: listLeads) skips the key's lookup when the key is cached (auth.access.KeyCheck);
+a key found changed there runs the request again, the key looked up.
 
 Query strings and bodies are parsed here, by the pydantic models the routes declare in their
 OpenAPI (`openapi.query_parameters` / `openapi.request_body`), not by FastAPI's per-parameter
@@ -29,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from mega_crm.api.state import AppState, app_state
-from mega_crm.auth.access import Principal, authorize
+from mega_crm.auth.access import KeyCheck, Principal, StaleKey, authorize
 from mega_crm.db import Lane, RawConnection
 from mega_crm.errors import InvalidRequestError
 from mega_crm.ratelimit.limiter import DEFAULT_BUCKET
@@ -53,6 +55,7 @@ class Call:
     raw_body: bytes
     reader: RawConnection  # the read transaction the key was checked in (see Database.raw_read)
     params: BaseModel  # the query string, parsed by the model the route declared
+    key_check: KeyCheck | None = None  # a cached key the work confirms (serve's confirms_key)
 
     @property
     def customer_id(self) -> uuid.UUID:
@@ -141,13 +144,16 @@ async def serve(
     lane: Lane | Callable[[Q], Lane] = "read",
     bucket: str = DEFAULT_BUCKET,
     query: type[Q] | None = None,
+    confirms_key: bool = False,
 ) -> Response:
     """Run `work` for a caller holding `scope`, counted against the key's `bucket`, on a thread
     of `lane`: "write" for writes, "slow" for work that may take long (a read that may not be
     served by an index range, a DNS lookup), "read" for the rest (see mega_crm.db); or a function
     of the parsed `query` that chooses one (a query that does not parse is refused in the read
     lane). `query`: the model of the route's query string (`Call.query`); by default the route
-    takes none. Raises DatabaseTimeout (503) after MEGA_DB_TIMEOUT_SECONDS without an answer."""
+    takes none. `confirms_key`: the work passes `Call.key_check`, when set, to a statement that
+    confirms it (see auth.access.KeyCheck). Raises DatabaseTimeout (503) after
+    MEGA_DB_TIMEOUT_SECONDS without an answer."""
     raw = await request.body() if request.method in ("POST", "PUT", "PATCH") else b""
     state = app_state(request.app)
     params: BaseModel | InvalidRequestError
@@ -162,7 +168,7 @@ async def serve(
         chosen = lane(params) if query is not None and isinstance(params, query) else "read"
     deadline = state.settings.db_timeout_seconds  # then 503 (DatabaseTimeout)
     return await state.db.run(
-        chosen, _authorized, request, state, scope, bucket, raw, work, params, deadline=deadline
+        chosen, _authorized, request, state, scope, bucket, raw, work, params, confirms_key, deadline=deadline
     )
 
 
@@ -174,16 +180,30 @@ def _authorized(
     raw: bytes,
     work: Callable[[Call], Response],
     params: BaseModel | InvalidRequestError,
+    confirms_key: bool,
 ) -> Response:
     db = state.db
     group = db.group_session()
     if group is not None:  # in a group commit: check the key inside its transaction, once per key
         reader = RawConnection.of(group)
-        principal = authorize(request, scope, bucket, reader, state.settings, state.limiter)
-        return work(_call(request, state, principal, raw, reader, params))
+        principal, _ = authorize(request, scope, bucket, reader, state.settings, state.limiter)
+        return work(_call(request, state, principal, raw, reader, params, None))
+    keys = state.keys if confirms_key else None
     with db.raw_read() as reader:
-        principal = authorize(request, scope, bucket, reader, state.settings, state.limiter)
-        return work(_call(request, state, principal, raw, reader, params))
+        principal, check = authorize(request, scope, bucket, reader, state.settings, state.limiter, keys)
+        try:
+            response = work(_call(request, state, principal, raw, reader, params, check))
+        except StaleKey:
+            assert check is not None
+            assert keys is not None
+            keys.evict(check.token_hash)
+            principal, _ = authorize(
+                request, scope, bucket, reader, state.settings, state.limiter, counted=check.counted
+            )
+            return work(_call(request, state, principal, raw, reader, params, None))
+        if check is not None and not check.confirmed:  # a route that said it confirms, and did not
+            raise RuntimeError("the work did not confirm the cached key")
+        return response
 
 
 def _call(
@@ -193,9 +213,10 @@ def _call(
     raw: bytes,
     reader: RawConnection,
     params: BaseModel | InvalidRequestError,
+    check: KeyCheck | None,
 ) -> Call:
     """The authorized request as its work sees it; InvalidRequestError (400) for a query string
     that did not parse (refused only now, after the key check)."""
     if isinstance(params, InvalidRequestError):
         raise params
-    return Call(request, state, principal, raw, reader, params)
+    return Call(request, state, principal, raw, reader, params, check)

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 if TYPE_CHECKING:  # annotations only: this module is imported by layers those modules import
     from mega_crm.api.health import Readiness
+    from mega_crm.auth.access import KeyCache
     from mega_crm.config import Settings
     from mega_crm.db import Database
     from mega_crm.leads.cursor import CursorCodec
@@ -34,6 +35,7 @@ class AppState:
     totals: TotalsCache  # listLeads' `total` per customer and filters
     secret_key: bytes  # MEGA_SECRET_KEY (webhook secrets, delivery cursors)
     readiness: Readiness  # /readyz's checks
+    keys: KeyCache  # keys looked up before, for routes that confirm them in their statement
 
     def attach(self, app: Starlette) -> None:
         """Make this the state `app_state(app)` returns."""

@@ -4,25 +4,32 @@ Run by api.pipeline.serve() for every API request.
 Order of checks: x-customer-id present and a UUID, token well-formed and live (401); the key's
 rate limit (429; from here on every response carries the RateLimit-* headers, since the caller is
 authenticated); key locked to that customer and holding the route's scope (403).
+
+A route whose work reads the key's state in its own statement (`KeyCheck`, pipeline's
+`confirms_key`) authorizes from a `KeyCache` of keys looked up before, without a statement of its
+own: its answer stands only if that statement, run after the request arrived, found the key as
+cached (revoked, deleted, re-scoped or re-limited since: `StaleKey`, and the request is run again
+with the key looked up). So revocation still takes effect on the next request.
 """
 
 from __future__ import annotations
 
 import hmac
 import re
+import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from fastapi import Request
-from sqlalchemy import bindparam, select
+from sqlalchemy import String, bindparam, cast, func, literal, select
 
 from mega_crm.auth.models import ApiKey
 from mega_crm.config import Settings
 from mega_crm.customers.models import Customer
 from mega_crm.db import Memo, Query, RawConnection, as_uuid
-from mega_crm.errors import AuthenticationError, AuthorizationError
+from mega_crm.errors import ApiError, AuthenticationError, AuthorizationError
 from mega_crm.ratelimit.limiter import BULK_BUCKET, RateLimiter
 from mega_crm.security import TOKEN_RE, hash_api_token
 
@@ -62,7 +69,27 @@ class LiveKey:
     scopes: list[str]
     rate_limit_default: str | None
     rate_limit_bulk: str | None
+    state: str  # _KEY_STATE: what a KeyCheck compares
 
+
+def _key_state() -> Any:
+    """Everything authorization reads of a key, as one text (both databases): its id, customer,
+    scopes, revocation time and its customer's limits, '|'-joined, '~' for a NULL."""
+    parts = [
+        cast(ApiKey.id, String),
+        cast(ApiKey.customer_id, String),
+        cast(ApiKey.scopes, String),
+        cast(ApiKey.revoked_at, String),
+        Customer.rate_limit_default,
+        Customer.rate_limit_bulk,
+    ]
+    state: Any = func.coalesce(parts[0], literal("~"))
+    for part in parts[1:]:
+        state = state + literal("|") + func.coalesce(part, literal("~"))
+    return state
+
+
+_KEY_STATE = _key_state()
 
 # Only the columns auth needs, run raw (see Database.raw_read): this runs on every request.
 _KEY_LOOKUP = Query(
@@ -74,40 +101,115 @@ _KEY_LOOKUP = Query(
         ApiKey.revoked_at,
         Customer.rate_limit_default,
         Customer.rate_limit_bulk,
+        _KEY_STATE,
     )
     .join(Customer, Customer.id == ApiKey.customer_id)
     .where(ApiKey.token_hash == bindparam("token_hash"))
 )
+
+
+def key_state_column() -> Any:
+    """A scalar subquery: the current _KEY_STATE of the key whose token hash is the statement's
+    `key_token_hash` parameter (NULL once deleted), for a KeyCheck's statement to read."""
+    return (
+        select(_KEY_STATE)
+        .select_from(ApiKey)
+        .join(Customer, Customer.id == ApiKey.customer_id)
+        .where(ApiKey.token_hash == bindparam("key_token_hash"))
+        .scalar_subquery()
+        .label("key_state")
+    )
+
+
+class StaleKey(Exception):
+    """A cached key's state differs from the database's: the request is run again, looked up."""
+
+
+@dataclass
+class KeyCheck:
+    """A cached key to confirm: the work's statement selects key_state_column() with `params`,
+    and passes what it found to `confirm` before the work's answer may stand."""
+
+    token_hash: str
+    state: str
+    confirmed: bool = field(default=False, init=False)
+    counted: str | None = field(default=None, init=False)  # the rate-limit spec counted with it
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The parameters key_state_column() needs."""
+        return {"key_token_hash": self.token_hash}
+
+    def confirm(self, found: str | None) -> None:
+        """`found`: key_state_column()'s value. Raises StaleKey unless it is the cached state."""
+        if found is None or not hmac.compare_digest(found, self.state):
+            raise StaleKey
+        self.confirmed = True
+
+
+class KeyCache:
+    """Live keys looked up before (token hash -> _KEY_LOOKUP's row), for routes that confirm a
+    key in their own statement (KeyCheck); at most `size` (then emptied), shared by threads."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._rows: dict[str, tuple[Any, ...]] = {}
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, token_hash: str) -> tuple[Any, ...] | None:
+        """The cached row, or None."""
+        return self._rows.get(token_hash)
+
+    def put(self, token_hash: str, row: tuple[Any, ...]) -> None:
+        """Cache a live key's row."""
+        with self._lock:
+            if len(self._rows) >= self._size:
+                self._rows.clear()
+            self._rows[token_hash] = row
+
+    def evict(self, token_hash: str) -> None:
+        """Forget a key (found stale)."""
+        with self._lock:
+            self._rows.pop(token_hash, None)
 # The keys a group commit's transaction has looked up (token hash -> _KEY_LOOKUP's row). Not
 # dropped by writes to customers: every lead write bumps its customer's clock, and the limits
 # read here change only from the operator CLI, never inside a request's transaction.
 _KNOWN_KEYS = Memo[str, tuple[Any, ...]]("api_keys", tables={"api_keys"})
 
 
-def authenticate(request: Request, reader: RawConnection) -> tuple[LiveKey, uuid.UUID]:
-    """-> (the live key with its customer's limits, the customer the request names); 401 otherwise.
-    A reader in a session's transaction (a group commit's) looks each key up once in it."""
+def authenticate(
+    request: Request, reader: RawConnection, keys: KeyCache | None = None
+) -> tuple[LiveKey, uuid.UUID, KeyCheck | None]:
+    """-> (the live key with its customer's limits, the customer the request names, the KeyCheck
+    to pass when the key came from `keys` unconfirmed, else None); 401 otherwise. A key looked
+    up live is put in `keys`. A reader in a session's transaction (a group commit's) looks each
+    key up once in it."""
     requested_customer = _customer_header(request)
     token = _bearer_token(request)
     if not TOKEN_RE.fullmatch(token):
         raise AuthenticationError("Invalid API key.")
     token_hash = hash_api_token(token)
+    row = keys.get(token_hash) if keys is not None else None
+    check = None if row is None else KeyCheck(token_hash, row[7])
     known = reader.memos.entries(_KNOWN_KEYS) if reader.memos is not None else None
-    row = known.get(token_hash) if known is not None else None
+    if row is None and known is not None:
+        row = known.get(token_hash)
     if row is None:
         row = reader.first(_KEY_LOOKUP, {"token_hash": token_hash})
         if row is not None and known is not None:
             known[token_hash] = row
+        if row is not None and row[4] is None and keys is not None:
+            keys.put(token_hash, row)
     # The lookup is by a SHA-256 of the token, so the index reveals nothing about stored
     # tokens; the digest is still compared in constant time before it is trusted.
     if row is None or not hmac.compare_digest(row[2], token_hash):
         raise AuthenticationError("Invalid API key.")
-    key_id, customer_id, _hash, scopes, revoked_at, limit_default, limit_bulk = row
+    key_id, customer_id, _hash, scopes, revoked_at, limit_default, limit_bulk, state = row
     if revoked_at is not None:
         raise AuthenticationError("This API key has been revoked.")
     scopes = orjson.loads(scopes) if isinstance(scopes, str | bytes) else scopes
-    key = LiveKey(as_uuid(key_id), as_uuid(customer_id), scopes, limit_default, limit_bulk)
-    return key, requested_customer
+    key = LiveKey(as_uuid(key_id), as_uuid(customer_id), scopes, limit_default, limit_bulk, state)
+    return key, requested_customer, check
 
 
 def authorize(
@@ -117,19 +219,55 @@ def authorize(
     reader: RawConnection,
     settings: Settings,
     limiter: RateLimiter,
-) -> Principal:
+    keys: KeyCache | None = None,
+    counted: str | None = None,
+) -> tuple[Principal, KeyCheck | None]:
     """Authenticate, count the request against the key's `bucket` in `limiter` (the key's own
     limits, else `settings`' defaults), then check customer and scope. Raises
-    AuthenticationError (401), RateLimitError (429), AuthorizationError (403)."""
-    key, requested_customer = authenticate(request, reader)
-    spec = (
-        key.rate_limit_bulk or settings.rate_limit_bulk
-        if bucket == BULK_BUCKET
-        else key.rate_limit_default or settings.rate_limit_default
-    )
-    state = limiter.hit(str(key.id), bucket, spec)
+    AuthenticationError (401), RateLimitError (429), AuthorizationError (403).
+    -> (the principal, the KeyCheck the work must confirm when the key came from `keys`, else
+    None). A refusal judged on a cached key is judged again on the key looked up, unless it is
+    unchanged. `counted`: the spec this request was counted under already (a KeyCheck's, when
+    it is run again): a request is counted once per window."""
+    key, requested_customer, check = authenticate(request, reader, keys)
+    spec = _spec(key, bucket, settings)
+    try:
+        _count(request, limiter, key, bucket, spec, counted)
+        counted = spec
+        principal = _admit(request, scope, key, requested_customer)
+    except ApiError:
+        if check is None:
+            raise
+        assert keys is not None
+        keys.evict(check.token_hash)
+        fresh, requested_customer, _ = authenticate(request, reader, keys)
+        if fresh.state == check.state:
+            raise
+        _count(request, limiter, fresh, bucket, _spec(fresh, bucket, settings), counted)
+        return _admit(request, scope, fresh, requested_customer), None
+    if check is not None:
+        check.counted = spec
+    return principal, check
+
+
+def _spec(key: LiveKey, bucket: str, settings: Settings) -> str:
+    """The rate-limit spec of the key's `bucket`: its customer's, else the settings' default."""
+    if bucket == BULK_BUCKET:
+        return key.rate_limit_bulk or settings.rate_limit_bulk
+    return key.rate_limit_default or settings.rate_limit_default
+
+
+def _count(
+    request: Request, limiter: RateLimiter, key: LiveKey, bucket: str, spec: str, counted: str | None
+) -> None:
+    """Count the request (429 past a limit); from here on its answer carries RateLimit-* headers."""
+    state = limiter.hit(str(key.id), bucket, spec, counted)
     if state is not None:
         request.state.rate_limit_headers = state.headers()
+
+
+def _admit(request: Request, scope: str, key: LiveKey, requested_customer: uuid.UUID) -> Principal:
+    """Check the key's customer and scope (403); -> the principal, also set on request.state."""
     if key.customer_id != requested_customer:
         raise AuthorizationError("This API key is locked to a different customer.")
     if scope not in key.scopes:

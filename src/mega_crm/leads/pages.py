@@ -24,6 +24,7 @@ from sqlalchemy import (
     union_all,
 )
 
+from mega_crm.auth.access import KeyCheck, key_state_column
 from mega_crm.db import Query, RawConnection
 from mega_crm.leads.counts import countable, counted_total
 from mega_crm.leads.cursor import CursorPosition
@@ -106,24 +107,32 @@ def page_of_leads(
     offset: int,
     after: CursorPosition | None,
     with_custom_fields: bool,
+    key_check: KeyCheck | None = None,
 ) -> Page:
     """A page of leads, read as their stored documents in one row: the page's rows aggregated
     into two strings (documents, sort keys), so the database driver steps once, not once per
     lead (Python's sqlite3 hands the GIL over at every step). With countable() filters, or a
-    search, the same statement reads the total, so both come from one snapshot."""
+    search, the same statement reads the total, so both come from one snapshot. `key_check`:
+    the statement reads the cached key's state too, and confirms it (StaleKey if it changed)."""
     dialect = reader.dialect.name
     after_kind = None if after is None else ("null" if after.value is None else "value")
     shape = (dialect, filter_shape(f), sort_by, descending, after_kind, with_custom_fields)
+    checked = key_check is not None
     if searched(f):
-        query = _cached(("search", *shape), lambda: _search_page_statement(*shape))
+        search = _search_page_statement
+        query = _cached(("search", *shape, checked), lambda: _checked(search(*shape), checked))
     else:  # countable() and the total's filters depend on the shape only
         counted = countable(f)
         first = limit if offset == 0 else None  # see _page_statement's `first`
         query = _cached(
-            ("page", *shape, first),
-            lambda: _page_statement(*shape, total=counted_total(f) if counted else None, first=first),
+            ("page", *shape, first, checked),
+            lambda: _checked(
+                _page_statement(*shape, total=counted_total(f) if counted else None, first=first), checked
+            ),
         )
     params = filter_params(customer_id, f, reader)
+    if key_check is not None:
+        params.update(key_check.params)
     params.update(limit=limit, offset=offset, part_limit=limit + offset)
     if after is not None:
         params["after_id"] = after.lead_id
@@ -131,11 +140,18 @@ def page_of_leads(
             params["after_value"] = after.value
     row = reader.first(query, params)
     assert row is not None  # an aggregate without GROUP BY always answers one row
-    documents, keys, total = row
+    documents, keys, total = row[:3]
+    if key_check is not None:
+        key_check.confirm(row[3])
     total = None if total is None else int(total)
     if documents is None:
         return Page([], [], total)
     return in_page_order(Page(documents.split(_SEPARATOR), keys.split(_SEPARATOR), total), descending)
+
+
+def _checked(statement: Any, checked: bool) -> Any:
+    """`statement`, reading the cached key's state (auth.access.key_state_column) when `checked`."""
+    return statement.add_columns(key_state_column()) if checked else statement
 
 
 def in_page_order(page: Page, descending: bool) -> Page:

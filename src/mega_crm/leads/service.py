@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mega_crm.auth.access import KeyCheck
 from mega_crm.db import RawConnection, utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError
 from mega_crm.events.outbox import prefetch_subscriptions, record_lead_created, record_lead_updated
@@ -324,9 +325,11 @@ def list_leads(
     codec: CursorCodec,
     totals: TotalsCache,
     phone_region: str,
+    key_check: KeyCheck | None = None,
 ) -> bytes:
     """listLeads' response body, JSON: the page is the leads' stored documents joined together.
-    `phone_region`: MEGA_DEFAULT_PHONE_REGION, for phone numbers in `search`."""
+    `phone_region`: MEGA_DEFAULT_PHONE_REGION, for phone numbers in `search`. `key_check`: a
+    cached key, confirmed by the page's statement (raises auth.access.StaleKey if it changed)."""
     filters = build_filters(q, phone_region)
     after: CursorPosition | None = None
     if q.cursor:
@@ -346,6 +349,7 @@ def list_leads(
             offset=offset,
             after=after,
             with_custom_fields=q.include_custom_fields,
+            key_check=key_check,
         )
 
     if repo.countable(filters) or repo.searched(filters):  # the page's statement reads the total too

@@ -131,8 +131,10 @@ class RateLimiter:
         outage = OutageLog("rate-limit storage", "requests are not being limited")
         self.breaker = CircuitBreaker(breaker_seconds, outage)
 
-    def hit(self, key_id: str, bucket: str, spec: str) -> RateLimitState | None:
+    def hit(self, key_id: str, bucket: str, spec: str, counted: str | None = None) -> RateLimitState | None:
         """Count one request against every window of the bucket; 429 if any is exhausted.
+        `counted`: a spec this request was already counted under (judged again after its key
+        changed: auth.access); its windows are not counted twice, only reported.
 
         A refused request is counted against no window, so a client held back by the minute
         window does not burn its hourly budget. The reported window is the most constraining
@@ -144,7 +146,7 @@ class RateLimiter:
         if not self.breaker.allow():
             return None
         try:
-            state = self._hit(key_id, bucket, spec)
+            state = self._hit(key_id, bucket, spec, counted)
         except StorageError as exc:
             self.breaker.failed(f"{type(exc.storage_error).__name__}: {str(exc.storage_error)[:200]}")
             return None
@@ -154,17 +156,19 @@ class RateLimiter:
         self.breaker.succeeded()
         return state
 
-    def _hit(self, key_id: str, bucket: str, spec: str) -> RateLimitState:
+    def _hit(self, key_id: str, bucket: str, spec: str, counted: str | None) -> RateLimitState:
         items = parse_limits(spec)
+        done = set(parse_limits(counted)) if counted else set()
+        due = [item for item in items if item not in done]
         # A refused hit is not counted; testing first only matters with several windows.
-        tested = len(items) > 1
+        tested = len(due) > 1
         exhausted = next(
-            (item for item in items if tested and not self._limiter.test(item, bucket, key_id)), None
+            (item for item in due if tested and not self._limiter.test(item, bucket, key_id)), None
         )
         if exhausted is None:
             # test-then-hit is not atomic: a request that loses the race for a window's last slot
             # is refused, and may have been counted in the windows before it (rare, harmless).
-            exhausted = next((item for item in items if not self._limiter.hit(item, bucket, key_id)), None)
+            exhausted = next((item for item in due if not self._limiter.hit(item, bucket, key_id)), None)
         if exhausted is not None:
             headers = self._state(exhausted, bucket, key_id).headers()
             headers["RateLimit-Remaining"] = "0"

@@ -49,14 +49,18 @@ def _reply(result: StoredResponse, operation: str) -> Response:
     openapi_extra=query_parameters(ListLeadsQuery),
 )
 async def list_leads(request: Request) -> Response:
-    return await serve(request, LEADS_READ, _list_leads, lane=list_lane, query=ListLeadsQuery)
+    return await serve(
+        request, LEADS_READ, _list_leads, lane=list_lane, query=ListLeadsQuery, confirms_key=True
+    )
 
 
 def _list_leads(call: Call) -> Response:
     query = call.query(ListLeadsQuery)
     state = call.state
     region = state.settings.default_phone_region
-    body = service.list_leads(call.reader, call.customer_id, query, state.cursor_codec, state.totals, region)
+    body = service.list_leads(
+        call.reader, call.customer_id, query, state.cursor_codec, state.totals, region, call.key_check
+    )
     return Response(body, media_type="application/json")
 
 
