@@ -334,11 +334,46 @@ class Server(ServerProcess):
     def cpu_seconds(self) -> float:
         """User + system CPU of the server process so far (all its threads)."""
         assert self.proc is not None
+        return _process_cpu(self.proc.pid)
+
+    def database_cpu(self) -> dict[int, float] | None:
+        """PostgreSQL on this machine: the CPU seconds so far of each backend connected to the
+        server's database (its pool's connections), by pid; None for SQLite or a database whose
+        processes are not this machine's."""
+        if not self.url.startswith("postgresql"):
+            return None
         try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            if self._sampler is None:
+                import psycopg
+                from sqlalchemy.engine import make_url
+
+                url = make_url(self.url).set(drivername="postgresql").difference_update_query(["pool_mode"])
+                self._sampler = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+            rows = self._sampler.execute(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        except Exception:  # no sampling: the figure is left out
+            return None
+        found = {pid: _process_cpu(pid) for (pid,) in rows}
+        return {pid: cpu for pid, cpu in found.items() if cpu == cpu} or None  # NaN: not ours
+
+    _sampler: Any = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
+        super().__exit__(*exc)
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (NaN if it is not readable here)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- load generator --------------------------------------------------------------------------
@@ -387,6 +422,12 @@ class LoadResult:
     latencies_ms: list[float]
     client_cpu: float  # fraction of one core used by the load generator
     server_cpu: float  # fraction of one core used by the server process
+    database_cpu: float | None = None  # fraction of one core used by its PostgreSQL backends
+
+    def cpu_ms(self) -> float:
+        """Server + database CPU per request, ms (the database's when it was measured)."""
+        per_core = self.server_cpu + (self.database_cpu or 0.0)
+        return per_core / self.rps * 1000 if self.rps else float("nan")
 
     @property
     def rps(self) -> float:
@@ -437,6 +478,7 @@ async def _load(
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
     marks: dict[str, float] = {}
+    database: dict[str, dict[int, float] | None] = {}
 
     async def worker() -> int:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -449,6 +491,7 @@ async def _load(
                 if t0 >= window_start and "cpu" not in marks:
                     marks["cpu"] = time.process_time()
                     marks["server_cpu"] = server.cpu_seconds()
+                    database["start"] = server.database_cpu()
                 writer.write(make_request(next(counter)))
                 status, _body = await _read_response(reader)
                 t1 = time.perf_counter()
@@ -462,7 +505,15 @@ async def _load(
     counts = await asyncio.gather(*(worker() for _ in range(connections)))
     cpu = time.process_time() - marks.get("cpu", time.process_time())
     server_cpu = server.cpu_seconds() - marks.get("server_cpu", server.cpu_seconds())
-    return LoadResult(sum(counts), seconds, statuses, latencies, cpu / seconds, server_cpu / seconds)
+    first, last = database.get("start"), server.database_cpu()
+    # Backends that ended in the window are missed (a pool keeps its connections).
+    database_cpu = None
+    if first is not None and last is not None:
+        database_cpu = sum(c - first.get(p, 0.0) for p, c in last.items())
+    return LoadResult(
+        sum(counts), seconds, statuses, latencies, cpu / seconds, server_cpu / seconds,
+        None if database_cpu is None else database_cpu / seconds,
+    )  # fmt: skip
 
 
 # --- latency of sequential calls -------------------------------------------------------------
