@@ -70,7 +70,8 @@ from mega_crm.leads import repository, search
 from mega_crm.leads.documents import refresh_documents, render_document
 from mega_crm.leads.models import Lead
 
-SEED_VERSION = 3  # bump when the generated data changes: cached databases are then re-seeded
+# 4: with search_grams (3 left them empty on a fresh machine: no lead_digit_grams rows)
+SEED_VERSION = 4  # bump when the generated data changes: cached databases are then re-seeded
 SMALL = 10_000
 BULK_ROWS = 500
 RUN_PREFIX = "bench-run-"
@@ -139,8 +140,8 @@ g AS (
 h AS (
   SELECT *, min(created_s + (a * 7 + b) % 7776000, :latest) AS updated_s FROM g
 )
-INSERT INTO leads ({LEAD_COLUMNS}, search_text, search_phone)
-SELECT
+INSERT INTO leads ({LEAD_COLUMNS}, search_text, search_phone, search_grams)
+SELECT *, mega_search_grams(st, sp) FROM (SELECT
   substr(lower(hex(randomblob(16))), 1, 12) || '4' || substr(lower(hex(randomblob(8))), 1, 3)
     || substr('89ab', 1 + (c % 4), 1) || substr(lower(hex(randomblob(8))), 1, 15),
   :cid,
@@ -167,9 +168,9 @@ SELECT
        ELSE {ts("updated_s", "(c * 11) % 1000000")} END,
   -- search.search_text / search_phone of these ASCII names, emails and +1 phones
   lower({first} || ' ' || {last}) || char(31)
-    || CASE WHEN b % 20 = 0 THEN '' ELSE lower({local} || '@' || {domain}) END,
-  CASE WHEN c % 10 = 0 THEN NULL ELSE '1' || {last10} END
-FROM h
+    || CASE WHEN b % 20 = 0 THEN '' ELSE lower({local} || '@' || {domain}) END AS st,
+  CASE WHEN c % 10 = 0 THEN NULL ELSE '1' || {last10} END AS sp
+FROM h)
 """
 
 
@@ -189,7 +190,7 @@ def _seed_sql_postgres() -> str:
     last10 = f"{pick('CAST(:areas AS text[])', 'd % 20')} || (2000000 + (n * 7919) % 8000000)"
     created = "to_timestamp(created_s + ((a * 15 + n) % 1000000) / 1e6)"
     return f"""
-INSERT INTO leads ({LEAD_COLUMNS}, search_text, search_phone)
+INSERT INTO leads ({LEAD_COLUMNS}, search_text, search_phone, search_grams)
 SELECT
   gen_random_uuid(),
   CAST(:cid AS uuid),
@@ -217,7 +218,15 @@ SELECT
        ELSE to_timestamp(updated_s + ((c * 11) % 1000000) / 1e6) END,
   lower({first} || ' ' || {last}) || chr(31)
     || CASE WHEN b % 20 = 0 THEN '' ELSE lower({local} || '@' || {domain}) END,
-  CASE WHEN c % 10 = 0 THEN NULL ELSE '1' || {last10} END
+  CASE WHEN c % 10 = 0 THEN NULL ELSE '1' || {last10} END,
+  -- search.search_grams: the 4-digit runs of the email's number (the only digits of the text)
+  -- and of the phone, sorted, as a JSON array
+  (SELECT '[' || string_agg('"' || g || '"', ',' ORDER BY g COLLATE "C") || ']'
+   FROM (SELECT DISTINCT substr(s, i, 4) AS g
+         FROM unnest(ARRAY[CASE WHEN b % 20 = 0 THEN NULL ELSE CAST(n AS text) END,
+                           CASE WHEN c % 10 = 0 THEN NULL ELSE '1' || {last10} END]) AS s,
+              generate_series(1, length(s) - 3) AS i
+         WHERE s IS NOT NULL) grams)
 FROM (
   SELECT *, least(created_s + (a * 7 + b) % 7776000, :latest) AS updated_s
   FROM (
@@ -296,6 +305,9 @@ def seed_leads(db: Any, tenant: Tenant, count: int) -> float:
         indexes = _lead_indexes(conn, db.is_sqlite)
         for name, _ in indexes:
             conn.execute(text(f'DROP INDEX "{name}"'))
+        if db.is_sqlite:  # the digit grams, by the service's own function
+            driver = conn.connection.driver_connection
+            driver.create_function("mega_search_grams", 2, search.search_grams, deterministic=True)
         conn.execute(text(sql), params)
         conn.execute(
             text("UPDATE customers SET leads_version = leads_version + 1 WHERE id = :id"),
@@ -317,12 +329,17 @@ def seed_leads(db: Any, tenant: Tenant, count: int) -> float:
 
 def _check_search_columns(conn: Any, tenant: Tenant) -> None:
     rows = conn.execute(
-        select(Lead.contact_name, Lead.contact_email, Lead.contact_phone, Lead.search_text, Lead.search_phone)
+        select(
+            Lead.contact_name, Lead.contact_email, Lead.contact_phone,
+            Lead.search_text, Lead.search_phone, Lead.search_grams,
+        )
         .where(Lead.customer_id == tenant.customer_id)
         .limit(2000)
-    )
-    for name, email, phone, stored_text, stored_phone in rows:
-        if (stored_text, stored_phone) != (search.search_text(name, email), search.search_phone(phone)):
+    )  # fmt: skip
+    for name, email, phone, *stored in rows:
+        record = {"contact_name": name, "contact_email": email, "contact_phone": phone}
+        search.search_columns(record)
+        if tuple(stored) != (record["search_text"], record["search_phone"], record["search_grams"]):
             raise RuntimeError(f"seeded search columns differ from the service's: {name!r} {email!r}")
 
 

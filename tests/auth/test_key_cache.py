@@ -90,3 +90,86 @@ def test_the_cache_holds_only_live_keys(client: TestClient, db: Database) -> Non
     admin.revoke_key(db, tenant.key_id)
     assert_error(client.get(LEADS, headers=tenant.headers), 401, "authentication_error")
     assert app_state(client.app).keys.get(hash_api_token(tenant.token)) is None  # type: ignore[arg-type]
+
+
+# --- found by a hostile review ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"limits": "100\u2003per\u2003minute"}, id="limit-with-unicode-spaces"),
+        pytest.param({"scopes": ["public_api:leads:read", "lecture_é"]}, id="non-ascii-scope"),
+    ],
+)
+def test_a_key_whose_state_is_not_ascii_keeps_working(
+    client: TestClient, db: Database, change: dict[str, object]
+) -> None:
+    """The state is compared as bytes: hmac.compare_digest refuses str with non-ASCII
+    characters, and every request after the first was a 500."""
+    tenant = make_tenant(db)
+    if "limits" in change:
+        admin.set_limits(db, tenant.customer_id, str(change["limits"]), None)
+    else:
+        with db.write_session() as session:
+            session.execute(update(ApiKey).where(ApiKey.id == tenant.key_id).values(scopes=change["scopes"]))
+    assert [client.get(LEADS, headers=tenant.headers).status_code for _ in range(3)] == [200, 200, 200]
+
+
+@pytest.mark.parametrize("query", ["cursor=garbage", "status=bogus", "limit=0", "offset=1&cursor=x"])
+def test_a_revoked_key_is_401_even_for_a_request_refused_before_its_statement(
+    client: TestClient, db: Database, query: str
+) -> None:
+    """A request refused (400) before the page's statement confirmed the cached key is judged
+    again on the key looked up: a revoked key is 401, as without the cache, every time."""
+    tenant = _cached_tenant(client, db)
+    admin.revoke_key(db, tenant.key_id)
+    for _ in range(2):
+        r = client.get(f"{LEADS}?{query}", headers=tenant.headers)
+        assert_error(r, 401, "authentication_error")
+        assert "RateLimit-Remaining" not in r.headers  # a 401 is never counted
+
+
+def test_a_rescoped_key_is_403_for_a_bad_query_too(client: TestClient, db: Database) -> None:
+    tenant = _cached_tenant(client, db)
+    with db.write_session() as session:
+        session.execute(update(ApiKey).where(ApiKey.id == tenant.key_id).values(scopes=[LEADS_WRITE]))
+    assert_error(client.get(f"{LEADS}?cursor=garbage", headers=tenant.headers), 403, "authorization_error")
+
+
+def test_a_bad_query_with_an_unchanged_cached_key_is_400_counted_once(
+    client: TestClient, db: Database
+) -> None:
+    tenant = _cached_tenant(client, db)
+    answers = [client.get(f"{LEADS}?cursor=garbage", headers=tenant.headers) for _ in range(2)]
+    for r in answers:
+        assert_error(r, 400, "invalid_request_error")
+    remaining = [int(r.headers["RateLimit-Remaining"]) for r in answers]
+    assert remaining[0] - remaining[1] == 1
+
+
+def test_the_request_that_finds_its_key_revoked_is_not_counted(client: TestClient, db: Database) -> None:
+    tenant = _cached_tenant(client, db)
+    before = int(client.get(LEADS, headers=tenant.headers).headers["RateLimit-Remaining"])
+    admin.revoke_key(db, tenant.key_id)
+    r = client.get(LEADS, headers=tenant.headers)
+    assert_error(r, 401, "authentication_error")
+    assert "RateLimit-Remaining" not in r.headers
+    with db.write_session() as session:  # the key back: its budget shows what was counted
+        session.execute(update(ApiKey).where(ApiKey.id == tenant.key_id).values(revoked_at=None))
+    after = int(client.get(LEADS, headers=tenant.headers).headers["RateLimit-Remaining"])
+    assert after == before - 1  # only this last request
+
+
+def test_the_request_that_finds_new_limits_is_counted_in_the_new_windows_only(
+    client: TestClient, db: Database
+) -> None:
+    """Counted once per window of the limits it is judged under: the windows of the old limits
+    it was counted in first are given back."""
+    tenant = make_tenant(db, limits=("50/minute;1000/hour", None))
+    for _ in range(2):
+        assert client.get(LEADS, headers=tenant.headers).status_code == 200  # cached from the first
+    admin.set_limits(db, tenant.customer_id, "4/minute", None)
+    assert client.get(LEADS, headers=tenant.headers).headers["RateLimit-Remaining"] == "3"
+    admin.set_limits(db, tenant.customer_id, "50/minute;1000/hour", None)
+    assert client.get(LEADS, headers=tenant.headers).headers["RateLimit-Remaining"] == "47"

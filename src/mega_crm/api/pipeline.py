@@ -31,9 +31,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from mega_crm.api.state import AppState, app_state
-from mega_crm.auth.access import KeyCheck, Principal, StaleKey, authorize
+from mega_crm.auth.access import KeyCheck, Principal, StaleKey, authorize, authorize_again
 from mega_crm.db import Lane, RawConnection
-from mega_crm.errors import InvalidRequestError
+from mega_crm.errors import ApiError, InvalidRequestError
 from mega_crm.ratelimit.limiter import DEFAULT_BUCKET
 from mega_crm.validation import describe_errors, text_refusal
 
@@ -189,19 +189,26 @@ def _authorized(
         principal, _ = authorize(request, scope, bucket, reader, state.settings, state.limiter)
         return work(_call(request, state, principal, raw, reader, params, None))
     keys = state.keys if confirms_key else None
+    settings, limiter = state.settings, state.limiter
     with db.raw_read() as reader:
-        principal, check = authorize(request, scope, bucket, reader, state.settings, state.limiter, keys)
+        principal, check = authorize(request, scope, bucket, reader, settings, limiter, keys)
+        if check is None:
+            return work(_call(request, state, principal, raw, reader, params, None))
+        assert keys is not None
         try:
             response = work(_call(request, state, principal, raw, reader, params, check))
-        except StaleKey:
-            assert check is not None
-            assert keys is not None
-            keys.evict(check.token_hash)
-            principal, _ = authorize(
-                request, scope, bucket, reader, state.settings, state.limiter, counted=check.counted
-            )
+        except (StaleKey, ApiError):
+            if check.confirmed:  # the key stood: so does the answer
+                raise
+            # Found changed, or refused before its statement ran (a query string that does not
+            # parse, a bad cursor): judged again on the key looked up, as without the cache.
+            principal = authorize_again(request, scope, bucket, reader, settings, limiter, keys, check)
             return work(_call(request, state, principal, raw, reader, params, None))
-        if check is not None and not check.confirmed:  # a route that said it confirms, and did not
+        except BaseException:
+            keys.evict(check.token_hash)  # nothing cached outlives a failure it may have caused
+            raise
+        if not check.confirmed:  # a route that said it confirms, and did not
+            keys.evict(check.token_hash)
             raise RuntimeError("the work did not confirm the cached key")
         return response
 

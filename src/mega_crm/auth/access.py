@@ -134,6 +134,7 @@ class KeyCheck:
     state: str
     confirmed: bool = field(default=False, init=False)
     counted: str | None = field(default=None, init=False)  # the rate-limit spec counted with it
+    limit_key: str = field(default="", init=False)  # the key id its windows are counted under
 
     @property
     def params(self) -> dict[str, str]:
@@ -141,8 +142,9 @@ class KeyCheck:
         return {"key_token_hash": self.token_hash}
 
     def confirm(self, found: str | None) -> None:
-        """`found`: key_state_column()'s value. Raises StaleKey unless it is the cached state."""
-        if found is None or not hmac.compare_digest(found, self.state):
+        """`found`: key_state_column()'s value. Raises StaleKey unless it is the cached state.
+        (Compared as UTF-8 bytes: a scope or a limit may hold any text.)"""
+        if found is None or not hmac.compare_digest(found.encode(), self.state.encode()):
             raise StaleKey
         self.confirmed = True
 
@@ -220,34 +222,56 @@ def authorize(
     settings: Settings,
     limiter: RateLimiter,
     keys: KeyCache | None = None,
-    counted: str | None = None,
 ) -> tuple[Principal, KeyCheck | None]:
     """Authenticate, count the request against the key's `bucket` in `limiter` (the key's own
     limits, else `settings`' defaults), then check customer and scope. Raises
     AuthenticationError (401), RateLimitError (429), AuthorizationError (403).
     -> (the principal, the KeyCheck the work must confirm when the key came from `keys`, else
-    None). A refusal judged on a cached key is judged again on the key looked up, unless it is
-    unchanged. `counted`: the spec this request was counted under already (a KeyCheck's, when
-    it is run again): a request is counted once per window."""
+    None). A refusal judged on a cached key stands if the key is unchanged, and is judged
+    again on the key looked up otherwise (`authorize_again`)."""
     key, requested_customer, check = authenticate(request, reader, keys)
     spec = _spec(key, bucket, settings)
     try:
-        _count(request, limiter, key, bucket, spec, counted)
-        counted = spec
+        _count(request, limiter, key, bucket, spec, None)
+        if check is not None:
+            check.counted, check.limit_key = spec, str(key.id)
         principal = _admit(request, scope, key, requested_customer)
     except ApiError:
         if check is None:
             raise
         assert keys is not None
-        keys.evict(check.token_hash)
-        fresh, requested_customer, _ = authenticate(request, reader, keys)
-        if fresh.state == check.state:
+        row = reader.first(_KEY_LOOKUP, {"token_hash": check.token_hash})
+        if row is not None and row[7] == check.state:
             raise
-        _count(request, limiter, fresh, bucket, _spec(fresh, bucket, settings), counted)
-        return _admit(request, scope, fresh, requested_customer), None
-    if check is not None:
-        check.counted = spec
+        return authorize_again(request, scope, bucket, reader, settings, limiter, keys, check), None
     return principal, check
+
+
+def authorize_again(
+    request: Request,
+    scope: str,
+    bucket: str,
+    reader: RawConnection,
+    settings: Settings,
+    limiter: RateLimiter,
+    keys: KeyCache,
+    check: KeyCheck,
+) -> Principal:
+    """The request of an unconfirmed KeyCheck (found stale, or refused before its statement ran)
+    judged again as `authorize` would with no cache: the key looked up, and the request counted
+    once per window. The windows counted under the cached key's limits and not under the key's
+    are given back, and all of them when the key is gone (a 401 is never counted, nor carries
+    RateLimit-* headers). Raises as authorize."""
+    keys.evict(check.token_hash)
+    request.state.rate_limit_headers = None
+    try:
+        key, requested_customer, _ = authenticate(request, reader, keys)
+    except AuthenticationError:
+        if check.counted:
+            limiter.refund(check.limit_key, bucket, check.counted)
+        raise
+    _count(request, limiter, key, bucket, _spec(key, bucket, settings), check.counted)
+    return _admit(request, scope, key, requested_customer)
 
 
 def _spec(key: LiveKey, bucket: str, settings: Settings) -> str:
@@ -260,7 +284,8 @@ def _spec(key: LiveKey, bucket: str, settings: Settings) -> str:
 def _count(
     request: Request, limiter: RateLimiter, key: LiveKey, bucket: str, spec: str, counted: str | None
 ) -> None:
-    """Count the request (429 past a limit); from here on its answer carries RateLimit-* headers."""
+    """Count the request (429 past a limit); from here on its answer carries RateLimit-* headers.
+    `counted`: the spec it was counted under already (RateLimiter.hit)."""
     state = limiter.hit(str(key.id), bucket, spec, counted)
     if state is not None:
         request.state.rate_limit_headers = state.headers()

@@ -134,7 +134,8 @@ class RateLimiter:
     def hit(self, key_id: str, bucket: str, spec: str, counted: str | None = None) -> RateLimitState | None:
         """Count one request against every window of the bucket; 429 if any is exhausted.
         `counted`: a spec this request was already counted under (judged again after its key
-        changed: auth.access); its windows are not counted twice, only reported.
+        changed: auth.access); its windows are not counted twice, only reported, and those
+        `spec` no longer has are given back (`refund`).
 
         A refused request is counted against no window, so a client held back by the minute
         window does not burn its hourly budget. The reported window is the most constraining
@@ -147,6 +148,8 @@ class RateLimiter:
             return None
         try:
             state = self._hit(key_id, bucket, spec, counted)
+            if counted:
+                self._refund(key_id, bucket, counted, keep=spec)
         except StorageError as exc:
             self.breaker.failed(f"{type(exc.storage_error).__name__}: {str(exc.storage_error)[:200]}")
             return None
@@ -155,6 +158,22 @@ class RateLimiter:
             raise
         self.breaker.succeeded()
         return state
+
+    def refund(self, key_id: str, bucket: str, spec: str) -> None:
+        """Give back one request counted under `spec` (a request judged again found its key gone:
+        it is answered 401, which is never counted). Storage errors are ignored (breaker)."""
+        if not self.breaker.allow():
+            return
+        try:
+            self._refund(key_id, bucket, spec, keep=None)
+        except StorageError as exc:
+            self.breaker.failed(f"{type(exc.storage_error).__name__}: {str(exc.storage_error)[:200]}")
+
+    def _refund(self, key_id: str, bucket: str, spec: str, keep: str | None) -> None:
+        kept = set(parse_limits(keep)) if keep else set()
+        for item in parse_limits(spec):
+            if item not in kept:
+                self._limiter.hit(item, bucket, key_id, cost=-1)  # the window's count, one less
 
     def _hit(self, key_id: str, bucket: str, spec: str, counted: str | None) -> RateLimitState:
         items = parse_limits(spec)
