@@ -56,13 +56,20 @@ def test_a_busy_slow_lane_does_not_hold_up_page_reads(
         pytest.skip("lanes are separate threads on SQLite; PostgreSQL shares one pool")
     create(client, tenant, {"contact_name": "Somebody"})
     release = threading.Event()
+    running = threading.Semaphore(0)
     app_db = app_state(client.app).db
-    # Fill both threads of the slow lane with work that waits until released.
-    blockers = [
-        threading.Thread(target=asyncio.run, args=(app_db.run("slow", release.wait),)) for _ in range(2)
-    ]
+
+    def hold() -> None:
+        running.release()
+        release.wait()
+
+    # Fill both threads of the slow lane with work that waits until released, and wait until
+    # both run (a loaded machine once let the search reach the lane first).
+    blockers = [threading.Thread(target=asyncio.run, args=(app_db.run("slow", hold),)) for _ in range(2)]
     for thread in blockers:
         thread.start()
+    for _ in blockers:
+        assert running.acquire(timeout=20), "the slow lane did not run the blockers"
     pages: dict[str, Any] = {}
     searcher = threading.Thread(
         target=lambda: pages.update(search=listing(client, tenant, search="Somebody"))
