@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from alembic import command
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from mega_crm.admin import service as admin
@@ -19,6 +21,7 @@ from mega_crm.db import Database
 from mega_crm.leads import repository
 from mega_crm.leads.documents import refresh_documents, render_document
 from mega_crm.leads.models import Lead
+from mega_crm.leads.pages import SEPARATOR
 from mega_crm.leads.repository import Page, in_page_order
 from mega_crm.leads.schemas import LeadCreateRequest
 from mega_crm.leads.service import create_lead
@@ -163,14 +166,26 @@ def test_custom_fields_are_spliced_into_the_listed_documents(client: TestClient,
 
 def test_a_page_out_of_order_is_put_back_in_order() -> None:
     keys = [f"2026-01-0{d} 00:00:00.000000 {uuid.UUID(int=d).hex}" for d in range(1, 8)] + ["~ " + "f" * 32]
-    shuffled = list(zip(keys, [f"doc{i}" for i in range(len(keys))], strict=True))
+    shuffled = list(zip(keys, [f'"doc{i}"'.encode() for i in range(len(keys))], strict=True))
     random.Random(7).shuffle(shuffled)
-    page = Page([d for _, d in shuffled], [k for k, _ in shuffled], 8)
+    page = Page(SEPARATOR.join(d for _, d in shuffled), [k for k, _ in shuffled], 8)
     ascending = in_page_order(page, descending=False)
     assert ascending.keys == keys
-    assert ascending.documents == [f"doc{i}" for i in range(len(keys))]
+    assert orjson.loads(b"[" + ascending.json_items(8) + b"]") == [f"doc{i}" for i in range(len(keys))]
     assert in_page_order(page, descending=True).keys == keys[::-1]
     assert Page.position(keys[-1]).value is None
+
+
+@given(
+    st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cs"])), max_size=12),
+    st.integers(min_value=0, max_value=14),
+)
+def test_a_pages_json_items_are_its_first_documents(texts: list[str], count: int) -> None:
+    """Any documents (JSON strings of any text, "\\u001e" in them escaped), any count: the
+    items are the first `count` documents, whole."""
+    documents = [orjson.dumps(text) for text in texts]
+    page = Page(SEPARATOR.join(documents), [f"~ {i:032x}" for i in range(len(texts))])
+    assert orjson.loads(b"[" + page.json_items(count) + b"]") == texts[:count]
 
 
 def test_the_migration_renders_the_documents_of_existing_leads(tmp_path: Any) -> None:
@@ -207,7 +222,8 @@ def test_repository_reads_the_stored_text_unchanged(db: Database, client: TestCl
             after=None,
             with_custom_fields=False,
         )
-    assert page.documents == [document]
+    assert document is not None
+    assert page.documents == document.encode()
     assert page.total == 1
 
 

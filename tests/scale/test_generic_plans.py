@@ -109,7 +109,7 @@ def test_a_first_page_writes_its_limit_and_its_generic_plan_reads_one_index_rang
             reader, tenant.customer_id, f, sort_by="updated_at", descending=False, limit=101, offset=0,
             after=None, with_custom_fields=False,
         )  # fmt: skip
-        assert page.documents == []
+        assert page.documents == b""
         assert page.total == 0
         prepared = "SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s"
         statements = reader.execute(prepared, ("%string_agg(page.document%",)).fetchall()

@@ -141,10 +141,12 @@ class KeyCheck:
         """The parameters key_state_column() needs."""
         return {"key_token_hash": self.token_hash}
 
-    def confirm(self, found: str | None) -> None:
-        """`found`: key_state_column()'s value. Raises StaleKey unless it is the cached state.
-        (Compared as UTF-8 bytes: a scope or a limit may hold any text.)"""
-        if found is None or not hmac.compare_digest(found.encode(), self.state.encode()):
+    def confirm(self, found: str | bytes | None) -> None:
+        """`found`: key_state_column()'s value (text, or its UTF-8 bytes). Raises StaleKey unless
+        it is the cached state. (Compared as UTF-8 bytes: a scope or a limit may hold any text.)"""
+        if isinstance(found, str):
+            found = found.encode()
+        if found is None or not hmac.compare_digest(found, self.state.encode()):
             raise StaleKey
         self.confirmed = True
 

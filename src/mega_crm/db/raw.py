@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from psycopg.adapt import Loader
 from sqlalchemy import Dialect, Engine, event
 from sqlalchemy.orm import Session
 
@@ -68,6 +69,30 @@ class RawConnection:
         cursor = self.connection.cursor()
         cursor.execute(sql, parameters)
         return cursor
+
+    def all_as_bytes(self, query: Query, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """all(), its text columns read as their UTF-8 bytes, not decoded: for a page of stored
+        JSON documents that go out as they are (decoding and encoding 100 documents again cost
+        100-250 µs a page once any of them held a character beyond ASCII)."""
+        sql, parameters = self._bind(query, params)
+        if self.memos is not None:
+            self.memos.saw(sql)
+        if self.is_sqlite:  # sqlite3 applies the connection's text_factory as rows are fetched
+            driver = self.connection.driver_connection
+            driver.text_factory = bytes
+            try:
+                cursor = driver.cursor()
+                cursor.execute(sql, parameters)
+                return list(cursor.fetchall())
+            finally:
+                driver.text_factory = str
+        cursor = self.connection.cursor()
+        if cursor.connection.info.encoding != "utf-8":  # a client_encoding other than UTF-8
+            cursor.execute(sql, parameters)
+            return [tuple(v.encode() if type(v) is str else v for v in row) for row in cursor.fetchall()]
+        cursor.adapters.register_loader("text", _TextAsBytes)  # this cursor's only
+        cursor.execute(sql, parameters)
+        return list(cursor.fetchall())
 
     @staticmethod
     def of(session: Session) -> RawConnection:
@@ -165,6 +190,13 @@ class Pending:
         """-> the first row, or None."""
         rows = self.all()
         return rows[0] if rows else None
+
+
+class _TextAsBytes(Loader):
+    """psycopg: a text value as the bytes the server sent, undecoded (see all_as_bytes)."""
+
+    def load(self, data: Any) -> bytes:
+        return bytes(data)
 
 
 _PIPELINE = "mega_pipeline"  # in a pooled connection's info while its transaction is pipelined

@@ -369,6 +369,5 @@ def list_leads(
     if len(found.keys) > q.limit:
         position = repo.Page.position(found.keys[q.limit - 1])
         next_cursor = codec.encode(customer_id, q.sort_by, q.sort_dir, position)
-    leads = ",".join(found.documents[: q.limit])
     tail = orjson.dumps({"total": total, "limit": q.limit, "offset": offset, "next_cursor": next_cursor})
-    return b'{"leads":[' + leads.encode() + b"]," + tail[1:]
+    return b'{"leads":[' + found.json_items(q.limit) + b"]," + tail[1:]
