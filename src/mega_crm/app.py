@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     db = db or Database(
         settings.resolved_database_url,
         pool_size=settings.db_pool_size,
+        threads=settings.db_threads,
         timeout=settings.db_timeout_seconds,
         statement_timeout=settings.db_statement_timeout_seconds,
     )

@@ -52,8 +52,6 @@ def test_reads_that_may_scan_run_in_the_slow_lane(query: str, lane: str) -> None
 def test_a_busy_slow_lane_does_not_hold_up_page_reads(
     client: ContractClient, db: Database, tenant: Tenant
 ) -> None:
-    if not db.is_sqlite:
-        pytest.skip("lanes are separate threads on SQLite; PostgreSQL shares one pool")
     create(client, tenant, {"contact_name": "Somebody"})
     release = threading.Event()
     running = threading.Semaphore(0)

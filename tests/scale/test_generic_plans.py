@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from mega_crm.db import Database, RawConnection
-from mega_crm.leads import pages
+from mega_crm.leads import pages, service
 from mega_crm.leads import repository as repo
 from mega_crm.leads.filters import filter_shape
 from mega_crm.leads.schemas import ListLeadsQuery
@@ -118,6 +118,22 @@ def test_a_first_page_writes_its_limit_and_its_generic_plan_reads_one_index_rang
     assert "LIMIT 101" in sql
     assert "OFFSET" not in sql
     assert statements == []  # run once: not prepared yet (psycopg prepares at the fifth run)
+    # The plan depends on the table's statistics: give it a customer of 600 leads in five
+    # statuses, analyzed (an empty table's two index ranges cost the same, and either came up).
+    with one_connection.write_session() as session:
+        rows = [{"contact_email": f"seed{n}@example.com"} for n in range(600)]
+        service.bulk_import(
+            session, tenant.customer_id, rows, on_duplicate="skip", dry_run=False, phone_region="US"
+        )
+        session.execute(
+            text(
+                "UPDATE leads SET status = (ARRAY['active', 'won', 'lost', 'nurture', 'archived'])"
+                "[1 + abs(hashtext(id::text)) % 5] WHERE customer_id = :customer_id"
+            ),
+            {"customer_id": tenant.customer_id},
+        )
+    with one_connection.write_session() as session:
+        session.execute(text("ANALYZE leads"))
     with one_connection.write_session() as session:
         raw = RawConnection.of(session)
         raw.execute("SET LOCAL plan_cache_mode = force_generic_plan")

@@ -11,8 +11,10 @@ one thread: Python's sqlite3 releases the GIL around every statement, so each ex
 running SQL at the same time makes every request pay for GIL hand-offs (two threads instead of
 one cost createLead 60% more CPU). Writes get their own lane (SQLite has one writer anyway),
 and work that may take long (reads that may scan, outbound DNS lookups) a lane of two threads:
-a bulk import or a slow search never holds up a page read. On PostgreSQL the threads mostly
-wait on the network: every lane shares one pool of `pool_size` threads.
+a bulk import or a slow search never holds up a page read. On PostgreSQL reads and writes share
+`threads` threads (MEGA_DB_THREADS, 4), and slow work has two of its own. The threads wait on
+the network, but each answer needs the GIL back: past a few, threads only queue for it (with
+10, createLead and the bare create reached a third fewer requests/s than with 3 or 4).
 
 SQLite's write lane commits in groups (lanes.WriteLane): the writes that queued while one ran
 share one transaction, each in its own savepoint, and answer once it commits.
@@ -45,14 +47,16 @@ class Database:
         url: str,
         *,
         pool_size: int = 10,
+        threads: int = 4,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         statement_timeout: float = 0.0,
     ) -> None:
-        """`timeout` (seconds) bounds the waits of a connection that does not answer: PostgreSQL's
-        connect timeout and the pool's checkout, SQLite's busy timeout (a lock held by another
-        process). `statement_timeout` (seconds, 0 = none) is PostgreSQL's, for every statement
-        of this engine. Each fails with an OperationalError or sqlalchemy.exc.TimeoutError, which
-        the API answers 503 (mega_crm.failures)."""
+        """`pool_size`: PostgreSQL connections kept open; `threads`: PostgreSQL's request threads
+        (see the module docstring). `timeout` (seconds) bounds the waits of a connection that
+        does not answer: PostgreSQL's connect timeout and the pool's checkout, SQLite's busy
+        timeout (a lock held by another process). `statement_timeout` (seconds, 0 = none) is
+        PostgreSQL's, for every statement of this engine. Each fails with an OperationalError
+        or sqlalchemy.exc.TimeoutError, which the API answers 503 (mega_crm.failures)."""
         self.url = normalize_database_url(url)
         # `url` keeps pool_mode (for migrations and the CLI); the engine gets the URL without it.
         _, self.transaction_pooling = connection_options(self.url)
@@ -69,6 +73,8 @@ class Database:
                 timeout=timeout,
                 statement_timeout=statement_timeout,
                 transaction_pooling=self.transaction_pooling,
+                # A request's thread holds two connections at most: its key check's and its write's.
+                at_once=2 * (threads + lanes.Lanes.SLOW_THREADS),
             )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self._write_engine = (
@@ -77,7 +83,7 @@ class Database:
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False, autoflush=False)
         memos.watch_writes(self.engine, self._sessions, self._write_sessions)
         raw.watch_pipelines(self.engine)
-        self._lanes = lanes.Lanes(self.engine, pool_size=pool_size, run_group=self.run_group)
+        self._lanes = lanes.Lanes(self.engine, threads=threads, run_group=self.run_group)
 
     @contextmanager
     def checkpoints(self, every: float = 1.0) -> Iterator[None]:

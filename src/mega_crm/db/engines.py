@@ -55,11 +55,19 @@ def driver_connect_args(transaction_pooling: bool) -> dict[str, Any]:
 
 
 def postgresql_engine(
-    url: str, *, pool_size: int, timeout: float, statement_timeout: float, transaction_pooling: bool
+    url: str,
+    *,
+    pool_size: int,
+    timeout: float,
+    statement_timeout: float,
+    transaction_pooling: bool,
+    at_once: int = 0,
 ) -> Engine:
     """The engine for `url` (normalized, with our pool_mode still in it). `timeout` (seconds):
     the connect timeout and the pool's checkout wait; `statement_timeout` (seconds, 0 = none):
-    PostgreSQL's, for every statement (not behind a transaction pooler: see below)."""
+    PostgreSQL's, for every statement (not behind a transaction pooler: see below). `at_once`:
+    the connections its users may hold at the same time; the pool keeps `pool_size` and opens
+    more (overflow) up to twice that, or `at_once` if more, so they never wait on each other."""
     engine_url, _ = connection_options(url)
     connect_args: dict[str, Any] = {
         # libpq counts whole seconds, at least 2; psycopg enforces it client-side, so it
@@ -78,7 +86,7 @@ def postgresql_engine(
     return create_engine(
         engine_url,
         pool_size=pool_size,
-        max_overflow=pool_size * 2,
+        max_overflow=max(pool_size * 2, at_once - pool_size),
         # No ping per checkout (a round trip on every request): a connection found dead
         # on use is dropped with the rest of the pool, and a read is retried once on a
         # fresh one (Database.run).

@@ -33,12 +33,15 @@ class DatabaseTimeout(ServiceUnavailableError):
 
 class Lanes:
     """The thread pools of one database's lanes: on SQLite one thread per lane ("slow": two) and
-    the write lane a WriteLane; on PostgreSQL one pool of `pool_size` threads for every lane."""
+    the write lane a WriteLane; on PostgreSQL `threads` threads shared by "read" and "write",
+    and two for "slow"."""
 
-    def __init__(self, engine: Engine, *, pool_size: int, run_group: GroupRunner) -> None:
+    SLOW_THREADS = 2
+
+    def __init__(self, engine: Engine, *, threads: int, run_group: GroupRunner) -> None:
         self._engine = engine
         self._is_sqlite = engine.dialect.name == "sqlite"
-        self._pool_size = pool_size
+        self._threads = threads
         self._executors: dict[Lane, ThreadPoolExecutor] = {}
         self._executor_lock = threading.Lock()
         self._write_lane = WriteLane(run_group) if self._is_sqlite else None
@@ -51,7 +54,7 @@ class Lanes:
         if lane == "write" and self._write_lane is not None:
             future = self._write_lane.submit(job)
         else:
-            key: Lane = lane if self._is_sqlite else "read"  # PostgreSQL: one pool for every lane
+            key: Lane = lane if self._is_sqlite or lane == "slow" else "read"  # PostgreSQL: shared
             executor = self._executors.get(key) or self._new_executor(key)
             future = executor.submit(job)
         if deadline is None or deadline <= 0:
@@ -85,7 +88,7 @@ class Lanes:
     def _new_executor(self, key: Lane) -> ThreadPoolExecutor:
         with self._executor_lock:
             if key not in self._executors:
-                threads = self._pool_size if not self._is_sqlite else 2 if key == "slow" else 1
+                threads = self.SLOW_THREADS if key == "slow" else 1 if self._is_sqlite else self._threads
                 self._executors[key] = ThreadPoolExecutor(threads, thread_name_prefix=f"mega-db-{key}")
             return self._executors[key]
 
