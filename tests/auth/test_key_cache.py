@@ -1,21 +1,25 @@
-"""listLeads authorizes a key it has seen from its cache, and confirms it in the page's own
-statement (auth.access.KeyCheck): any change to the key or its customer's limits since it was
-cached is seen by the next request, as when every request looked the key up."""
+"""listLeads and createLead authorize a key they have seen from a cache, and confirm it in
+their own statements (auth.access.KeyCheck: the page's statement; the write's first round
+trip): any change to the key or its customer's limits since it was cached is seen by the next
+request, as when every request looked the key up."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, select, update
 
 from mega_crm.admin import service as admin
 from mega_crm.api.state import app_state
 from mega_crm.auth.models import ApiKey
-from mega_crm.auth.scopes import LEADS_WRITE
+from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE
 from mega_crm.db import Database
+from mega_crm.leads.models import Lead
 from mega_crm.security import hash_api_token
 from tests.auth.test_auth import assert_error
-from tests.fixtures.factories import Tenant, make_tenant
+from tests.fixtures.factories import Tenant, lead, make_tenant
 
 LEADS = "/api/agents/crm/leads"
 
@@ -77,12 +81,86 @@ def test_a_key_of_another_customer_reads_nothing_from_the_cache(client: TestClie
 
 def test_other_routes_look_the_key_up_every_time(client: TestClient, db: Database) -> None:
     """Only a route that confirms the key in its own statement uses the cache: a revoked key
-    cached by listLeads is refused by createLead at once."""
+    cached by listLeads is refused by bulkImportLeads at once."""
     tenant = _cached_tenant(client, db)
     admin.revoke_key(db, tenant.key_id)
-    r = client.post(LEADS, headers=tenant.headers, json={"contact_email": "x@example.com"})
+    r = client.post(
+        f"{LEADS}/bulk", headers=tenant.headers, json={"leads": [{"contact_email": "x@example.com"}]}
+    )
     assert_error(r, 401, "authentication_error")
     assert_error(client.get(LEADS, headers=tenant.headers), 401, "authentication_error")
+
+
+# --- createLead: the key confirmed in the write's first round trip ---------------------------
+
+KEYED = "Idempotency-Key"
+
+
+def _create(
+    client: TestClient, tenant: Tenant, key: str | None = None, body: dict[str, Any] | None = None
+) -> Any:
+    headers = {**tenant.headers, **({KEYED: key} if key else {})}
+    return client.post(LEADS, headers=headers, json=body or lead())
+
+
+@pytest.mark.parametrize("key", [None, "a-key"], ids=["unkeyed", "keyed"])
+def test_a_create_refuses_a_key_revoked_since_it_was_cached(
+    client: TestClient, db: Database, key: str | None
+) -> None:
+    tenant = _cached_tenant(client, db)
+    assert _create(client, tenant).status_code == 201  # cached: confirmed in its write
+    admin.revoke_key(db, tenant.key_id)
+    for _ in range(2):
+        r = _create(client, tenant, key)
+        assert_error(r, 401, "authentication_error")
+        assert "RateLimit-Remaining" not in r.headers  # a 401 is never counted
+    assert app_state(client.app).keys.get(hash_api_token(tenant.token)) is None  # type: ignore[arg-type]
+    with db.read_session() as session:  # nothing of the refused creates was written
+        assert (
+            session.scalar(
+                select(func.count()).select_from(Lead).where(Lead.customer_id == tenant.customer_id)
+            )
+            == 1
+        )
+
+
+def test_a_revoked_key_gets_no_replay_of_its_stored_answer(client: TestClient, db: Database) -> None:
+    """The stored response of an Idempotency-Key is not replayed to a key revoked since: the
+    replay's transaction confirms the key too."""
+    tenant = _cached_tenant(client, db)
+    body = lead()
+    first = _create(client, tenant, "replayed", body)
+    assert first.status_code == 201, first.text
+    again = _create(client, tenant, "replayed", body)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    admin.revoke_key(db, tenant.key_id)
+    assert_error(_create(client, tenant, "replayed", body), 401, "authentication_error")
+
+
+def test_a_create_is_refused_by_a_scope_taken_away_and_counted_by_new_limits(
+    client: TestClient, db: Database
+) -> None:
+    tenant = _cached_tenant(client, db)
+    assert _create(client, tenant).status_code == 201
+    admin.set_limits(db, tenant.customer_id, "3/minute", None)
+    answers = [_create(client, tenant) for _ in range(4)]
+    assert [r.status_code for r in answers] == [201, 201, 201, 429]
+    assert [r.headers["RateLimit-Remaining"] for r in answers[:3]] == ["2", "1", "0"]
+    admin.set_limits(db, tenant.customer_id, "50/minute", None)
+    with db.write_session() as session:
+        session.execute(update(ApiKey).where(ApiKey.id == tenant.key_id).values(scopes=[LEADS_READ]))
+    assert_error(_create(client, tenant), 403, "authorization_error")
+
+
+def test_a_refused_create_with_a_cached_key_is_counted_once(client: TestClient, db: Database) -> None:
+    """A create refused (400) before its write confirmed the cached key is judged again on the
+    key looked up, and counted once."""
+    tenant = _cached_tenant(client, db)
+    answers = [_create(client, tenant, body={"contact_email": "not an email"}) for _ in range(2)]
+    for r in answers:
+        assert_error(r, 400, "invalid_request_error")
+    remaining = [int(r.headers["RateLimit-Remaining"]) for r in answers]
+    assert remaining[0] - remaining[1] == 1
 
 
 def test_the_cache_holds_only_live_keys(client: TestClient, db: Database) -> None:

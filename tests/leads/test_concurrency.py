@@ -113,3 +113,75 @@ def test_a_burst_of_parallel_writes_is_answered(
     responses = all_at_once(live_server, calls)
     assert_all_answered(responses, 200, 201)
     assert db_count(db, tenant.customer_id) == 14 + 1 + 3 * 25
+
+
+def test_a_poller_misses_no_lead_written_while_it_polls(
+    live_server: LiveServer, db: Database, tenant: Tenant
+) -> None:
+    """Incremental sync under concurrent writes: a lead's write time is taken under the
+    customer's lock (on PostgreSQL in the commit's round trip: leads.repository.write_guard),
+    so no lead commits with a time before one a poller has already seen. A poller following
+    `updated_since` from the last time it saw, while creates and merges run, sees the final
+    version of every lead."""
+    writers, per_writer = 4, 30
+    shared = [unique_email("polled") for _ in range(5)]  # merged into again and again
+    done = threading.Event()
+    seen: dict[str, str] = {}  # lead id -> latest updated_at seen
+    failures: list[str] = []
+
+    def write(n: int) -> None:
+        with httpx.Client(base_url=live_server.url, timeout=60) as http:
+            for i in range(per_writer):
+                email = shared[i % len(shared)] if i % 3 == 0 else unique_email(f"w{n}")
+                r = http.post(
+                    LEADS, json={"contact_email": email, "contact_name": f"W{n}.{i}"}, headers=tenant.headers
+                )
+                if r.status_code != 201:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+
+    def poll() -> None:
+        since: str | None = None
+        with httpx.Client(base_url=live_server.url, timeout=60) as http:
+            while True:
+                finished = done.is_set()  # read before the page: a last full pass after the writers
+                params: dict[str, Any] = {"limit": 100, "sort_by": "updated_at", "sort_dir": "asc"}
+                if since:
+                    params["updated_since"] = since
+                while True:
+                    r = http.get(LEADS, params=params, headers=tenant.headers)
+                    if r.status_code != 200:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+                        return
+                    page = r.json()
+                    for lead_ in page["leads"]:
+                        seen[lead_["id"]] = max(seen.get(lead_["id"], ""), lead_["updated_at"])
+                        since = max(since or "", lead_["updated_at"])
+                    if not page["next_cursor"]:
+                        break
+                    params = {
+                        "limit": 100,
+                        "sort_by": "updated_at",
+                        "sort_dir": "asc",
+                        "cursor": page["next_cursor"],
+                    }
+                if finished:
+                    return
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        list(pool.map(write, range(writers)))
+    done.set()
+    poller.join(timeout=120)
+    assert not failures, failures[:5]
+    with httpx.Client(base_url=live_server.url, timeout=60) as http:
+        final: dict[str, str] = {}
+        params = {"limit": 100}
+        while True:
+            page = http.get(LEADS, params=params, headers=tenant.headers).json()
+            final.update({x["id"]: x["updated_at"] for x in page["leads"]})
+            if not page["next_cursor"]:
+                break
+            params = {"limit": 100, "cursor": page["next_cursor"]}
+    assert len(final) == writers * (per_writer - per_writer // 3) + len(shared)
+    assert seen == final  # every lead, at its final version: the poller missed no commit

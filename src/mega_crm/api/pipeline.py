@@ -6,9 +6,10 @@ string parsed, on the event loop (a route may choose its lane from the parsed qu
 does, in this order: authenticate the key (401), count the request against its rate limit (429),
 check customer and scope (403), refuse a query string or a body that does not parse (400), and
 the work itself. So an anonymous caller learns nothing about the input, and a request costs one
-thread hop, not one per dependency. A route whose work confirms the key in its own statement
-(`confirms_key`: listLeads) skips the key's lookup when the key is cached (auth.access.KeyCheck);
-a key found changed there runs the request again, the key looked up.
+thread hop, not one per dependency. A route whose work confirms the key in its own statements
+(`confirms_key`: listLeads in its page's, createLead in its write's first round trip) skips the
+key's lookup when the key is cached (auth.access.KeyCheck); a key found changed there runs the
+request again, the key looked up.
 
 Query strings and bodies are parsed here, by the pydantic models the routes declare in their
 OpenAPI (`openapi.query_parameters` / `openapi.request_body`), not by FastAPI's per-parameter
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import unquote_to_bytes
@@ -31,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from mega_crm.api.state import AppState, app_state
-from mega_crm.auth.access import KeyCheck, Principal, StaleKey, authorize, authorize_again
+from mega_crm.auth.access import KeyCheck, Principal, Reader, StaleKey, authorize, authorize_again
 from mega_crm.db import Lane, RawConnection
 from mega_crm.errors import ApiError, InvalidRequestError
 from mega_crm.ratelimit.limiter import DEFAULT_BUCKET
@@ -53,9 +55,15 @@ class Call:
     state: AppState  # the app's shared objects: database, settings, codecs, caches
     principal: Principal  # the key's id, customer and scopes
     raw_body: bytes
-    reader: RawConnection  # the read transaction the key was checked in (see Database.raw_read)
+    connect: Reader  # the connection the key was checked on, checked out on first use
     params: BaseModel  # the query string, parsed by the model the route declared
     key_check: KeyCheck | None = None  # a cached key the work confirms (serve's confirms_key)
+
+    @property
+    def reader(self) -> RawConnection:
+        """The pooled connection of the request's reads (see Database.raw_read): the one its key
+        was looked up on, or, for a key found cached, one checked out now."""
+        return self.connect()
 
     @property
     def customer_id(self) -> uuid.UUID:
@@ -185,12 +193,22 @@ def _authorized(
     db = state.db
     group = db.group_session()
     if group is not None:  # in a group commit: check the key inside its transaction, once per key
-        reader = RawConnection.of(group)
-        principal, _ = authorize(request, scope, bucket, reader, state.settings, state.limiter)
-        return work(_call(request, state, principal, raw, reader, params, None))
+        grouped = RawConnection.of(group)
+        principal, _ = authorize(request, scope, bucket, lambda: grouped, state.settings, state.limiter)
+        return work(_call(request, state, principal, raw, lambda: grouped, params, None))
     keys = state.keys if confirms_key else None
     settings, limiter = state.settings, state.limiter
-    with db.raw_read() as reader:
+    with ExitStack() as stack:
+        opened: list[RawConnection] = []
+
+        def reader() -> RawConnection:
+            # Checked out on first use: a request whose key is cached may need none (createLead
+            # confirms it in its write), and an unused checkout would hide a dead connection
+            # from the recovery that drops the pool at the first one met (Database.run).
+            if not opened:
+                opened.append(stack.enter_context(db.raw_read()))
+            return opened[0]
+
         principal, check = authorize(request, scope, bucket, reader, settings, limiter, keys)
         if check is None:
             return work(_call(request, state, principal, raw, reader, params, None))
@@ -218,7 +236,7 @@ def _call(
     state: AppState,
     principal: Principal,
     raw: bytes,
-    reader: RawConnection,
+    reader: Reader,
     params: BaseModel | InvalidRequestError,
     check: KeyCheck | None,
 ) -> Call:

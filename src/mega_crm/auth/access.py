@@ -18,12 +18,14 @@ import hmac
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from fastapi import Request
 from sqlalchemy import String, bindparam, cast, func, literal, select
+from sqlalchemy.orm import Session
 
 from mega_crm.auth.models import ApiKey
 from mega_crm.config import Settings
@@ -121,6 +123,28 @@ def key_state_column() -> Any:
     )
 
 
+_KEY_STATE_NOW = Query(select(key_state_column()))
+
+
+def confirming(check: KeyCheck | None) -> Callable[[Session], Callable[[], None]] | None:
+    """For a write route whose Call has a KeyCheck: a function that sends the key's state as the
+    first statement of a write transaction (pipelined: in its first round trip) and returns the
+    confirmation, KeyCheck.confirm, to call before the transaction commits. None without one."""
+    if check is None:
+        return None
+
+    def send(session: Session) -> Callable[[], None]:
+        pending = RawConnection.of(session).send(_KEY_STATE_NOW, check.params)
+        return lambda: check.confirm(pending.all()[0][0])
+
+    return send
+
+
+# The connection a key is looked up on, as a function: a request whose key is cached may never
+# check one out (api.pipeline's `_authorized`).
+Reader = Callable[[], RawConnection]
+
+
 class StaleKey(Exception):
     """A cached key's state differs from the database's: the request is run again, looked up."""
 
@@ -182,12 +206,12 @@ _KNOWN_KEYS = Memo[str, tuple[Any, ...]]("api_keys", tables={"api_keys"})
 
 
 def authenticate(
-    request: Request, reader: RawConnection, keys: KeyCache | None = None
+    request: Request, reader: Reader, keys: KeyCache | None = None
 ) -> tuple[LiveKey, uuid.UUID, KeyCheck | None]:
     """-> (the live key with its customer's limits, the customer the request names, the KeyCheck
     to pass when the key came from `keys` unconfirmed, else None); 401 otherwise. A key looked
-    up live is put in `keys`. A reader in a session's transaction (a group commit's) looks each
-    key up once in it."""
+    up live (on `reader()`'s connection) is put in `keys`. A reader in a session's transaction
+    (a group commit's) looks each key up once in it."""
     requested_customer = _customer_header(request)
     token = _bearer_token(request)
     if not TOKEN_RE.fullmatch(token):
@@ -195,13 +219,14 @@ def authenticate(
     token_hash = hash_api_token(token)
     row = keys.get(token_hash) if keys is not None else None
     check = None if row is None else KeyCheck(token_hash, row[7])
-    known = reader.memos.entries(_KNOWN_KEYS) if reader.memos is not None else None
-    if row is None and known is not None:
-        row = known.get(token_hash)
     if row is None:
-        row = reader.first(_KEY_LOOKUP, {"token_hash": token_hash})
-        if row is not None and known is not None:
-            known[token_hash] = row
+        raw = reader()
+        known = raw.memos.entries(_KNOWN_KEYS) if raw.memos is not None else None
+        row = known.get(token_hash) if known is not None else None
+        if row is None:
+            row = raw.first(_KEY_LOOKUP, {"token_hash": token_hash})
+            if row is not None and known is not None:
+                known[token_hash] = row
         if row is not None and row[4] is None and keys is not None:
             keys.put(token_hash, row)
     # The lookup is by a SHA-256 of the token, so the index reveals nothing about stored
@@ -220,7 +245,7 @@ def authorize(
     request: Request,
     scope: str,
     bucket: str,
-    reader: RawConnection,
+    reader: Reader,
     settings: Settings,
     limiter: RateLimiter,
     keys: KeyCache | None = None,
@@ -242,7 +267,7 @@ def authorize(
         if check is None:
             raise
         assert keys is not None
-        row = reader.first(_KEY_LOOKUP, {"token_hash": check.token_hash})
+        row = reader().first(_KEY_LOOKUP, {"token_hash": check.token_hash})
         if row is not None and row[7] == check.state:
             raise
         return authorize_again(request, scope, bucket, reader, settings, limiter, keys, check), None
@@ -253,7 +278,7 @@ def authorize_again(
     request: Request,
     scope: str,
     bucket: str,
-    reader: RawConnection,
+    reader: Reader,
     settings: Settings,
     limiter: RateLimiter,
     keys: KeyCache,

@@ -46,6 +46,9 @@ class StoredResponse:
 
 
 Work = Callable[[Session], tuple[int, dict[str, Any]]]
+# Sends a check as a write transaction's first statement -> its confirmation, called before the
+# transaction commits, which raises if the check failed (auth.access.confirming: the API key).
+Confirm = Callable[[Session], Callable[[], None]]
 
 
 def request_fingerprint(payload: Any) -> str:
@@ -63,17 +66,22 @@ def run_idempotent(
     fingerprint: Callable[[], str],
     ttl: timedelta,
     work: Work,
+    confirm: Confirm | None = None,
 ) -> StoredResponse:
     """`work` in one write transaction; with a `key`, at most once per (customer, endpoint, key),
     replaying the stored response to a request with the same `fingerprint()` and refusing (409)
-    one with another. The claim, the work and the stored response commit together.
+    one with another. The claim, the work and the stored response commit together. `confirm`:
+    a check every transaction that answers runs first and confirms before it commits (a replay
+    too); its error rolls the transaction back and is raised.
 
     The usual key, one not seen before, is claimed by a statement sent ahead of the work and read
     after it (PostgreSQL: in the work's first round trip, see Database.write_session's
     `pipelined`). A key already there rolls that work back, unseen, and is judged by `_claim`."""
     if key is None:
         with db.write_session(pipelined=True) as session:
+            confirmed = _sent(confirm, session)
             status, body = work(session)
+            confirmed()
         return StoredResponse(status, body, replayed=False)
 
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
@@ -83,6 +91,7 @@ def run_idempotent(
     where = {"customer_id": customer_id, "endpoint": endpoint, "key": key}
     try:
         with db.write_session(pipelined=True) as session:
+            confirmed = _sent(confirm, session)
             raw = RawConnection.of(session)
             claimed = raw.send(_CLAIM_NEW, {"id": new_id(), **where, **_times(hashed, ttl)})
             if raw.is_sqlite and claimed.first() is None:  # no round trip to save: judge it now
@@ -96,18 +105,31 @@ def run_idempotent(
             record = claimed.first()
             if record is None:
                 raise _KeyTaken
+            confirmed()
             store_response(raw, as_uuid(record[0]), status, body)
         return StoredResponse(status, body, replayed=False)
     except _KeyTaken:
         pass
     with db.write_session() as session:
+        confirmed = _sent(confirm, session)
         raw = RawConnection.of(session)
         claim = _claim(raw, where, hashed, ttl)
         if isinstance(claim, StoredResponse):
+            confirmed()
             return claim
         status, body = work(session)
+        confirmed()
         store_response(raw, claim, status, body)
     return StoredResponse(status, body, replayed=False)
+
+
+def _sent(confirm: Confirm | None, session: Session) -> Callable[[], None]:
+    """`confirm`'s check sent in `session` -> its confirmation (nothing to do without one)."""
+    return confirm(session) if confirm is not None else _nothing
+
+
+def _nothing() -> None:
+    pass
 
 
 class _KeyTaken(Exception):

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from mega_crm.api.openapi import IDEMPOTENCY_KEY, query_parameters, request_body
 from mega_crm.api.pipeline import Call, serve
 from mega_crm.api.responses import json_response
+from mega_crm.auth.access import confirming
 from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE
 from mega_crm.errors import error_responses
 from mega_crm.idempotency.service import StoredResponse, request_fingerprint, run_idempotent
@@ -77,7 +78,7 @@ def _list_leads(call: Call) -> Response:
     openapi_extra=request_body(LeadCreateRequest),
 )
 async def create_lead(request: Request) -> Response:
-    return await serve(request, LEADS_WRITE, _create_lead, lane="write")
+    return await serve(request, LEADS_WRITE, _create_lead, lane="write", confirms_key=True)
 
 
 def _create_lead(call: Call) -> Response:
@@ -85,6 +86,7 @@ def _create_lead(call: Call) -> Response:
     state = call.state
     region = state.settings.default_phone_region
     outcomes: list[str] = []
+
     result = run_idempotent(
         state.db,
         customer_id=call.customer_id,
@@ -93,6 +95,7 @@ def _create_lead(call: Call) -> Response:
         fingerprint=lambda: request_fingerprint(body.model_dump(mode="json", exclude_none=True)),
         ttl=timedelta(hours=state.settings.idempotency_ttl_hours),
         work=lambda session: service.create_lead(session, call.customer_id, body, region, outcomes),
+        confirm=confirming(call.key_check),  # the key's lookup, in the write's first round trip
     )
     if outcomes and not result.replayed:
         metrics.LEADS_CREATED.labels(outcomes[-1]).inc()
