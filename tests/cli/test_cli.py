@@ -307,3 +307,30 @@ def test_serve_and_demo(served: tuple[Cli, str]) -> None:
             headers=auth(token, first["customer_id"]),
         )
         assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "rule"),
+    [
+        ("MEGA_DB_THREADS", "0", "greater than or equal to 1"),
+        ("MEGA_DB_POOL_SIZE", "secret-looking-value", "valid integer"),
+    ],
+)
+def test_a_setting_that_does_not_parse_is_one_line_and_status_2(
+    cli: Cli, setting: str, value: str, rule: str
+) -> None:
+    """Every command reads the MEGA_* settings first: one that does not parse is named on one
+    line with the rule it breaks (never its value, which may be a secret), exit status 2."""
+    done = subprocess.run(
+        [*COMMAND, "admin", "customers", "list", "--json"],
+        env={**cli.env, setting: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cli.db_path.parent,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith(f"error: {setting}: ")
+    assert rule in done.stderr
+    assert value not in done.stderr
