@@ -16,6 +16,7 @@ from mega_crm.api.state import app_state
 from mega_crm.auth.models import ApiKey
 from mega_crm.auth.scopes import LEADS_READ, LEADS_WRITE
 from mega_crm.db import Database
+from mega_crm.leads import service
 from mega_crm.leads.models import Lead
 from mega_crm.security import hash_api_token
 from tests.auth.test_auth import assert_error
@@ -251,3 +252,34 @@ def test_the_request_that_finds_new_limits_is_counted_in_the_new_windows_only(
     assert client.get(LEADS, headers=tenant.headers).headers["RateLimit-Remaining"] == "3"
     admin.set_limits(db, tenant.customer_id, "50/minute;1000/hour", None)
     assert client.get(LEADS, headers=tenant.headers).headers["RateLimit-Remaining"] == "47"
+
+
+@pytest.mark.parametrize(
+    ("key", "second"),
+    [
+        pytest.param(
+            None, {"contact_email": "b@example.com", "stage_slug": "no-such-stage"}, id="unknown-stage"
+        ),
+        pytest.param("one-key", {"contact_email": "c@example.com"}, id="key-reused-with-another-body"),
+    ],
+)
+def test_a_create_refused_in_its_write_runs_the_write_once(
+    client: TestClient, db: Database, monkeypatch: pytest.MonkeyPatch, key: str | None, second: dict[str, Any]
+) -> None:
+    """A refusal raised inside the write (400, 409) is judged on the key confirmed in that same
+    transaction: the request is not run a second time with the key looked up (found by a
+    hostile review: every refused create did its write twice)."""
+    tenant = _cached_tenant(client, db)
+    assert _create(client, tenant, key, {"contact_email": "a@example.com"}).status_code == 201
+    writes: list[int] = []
+    real = service.create_lead
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        writes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "create_lead", counting)
+    r = _create(client, tenant, key, second)
+    assert r.status_code in (400, 409), r.text
+    assert len(writes) <= 1  # the 409 is judged before any work; the 400 in the one write
+    assert app_state(client.app).keys.get(hash_api_token(tenant.token)) is not None  # type: ignore[arg-type]

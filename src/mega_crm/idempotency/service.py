@@ -20,14 +20,14 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from mega_crm.db import Database, Query, RawConnection, as_datetime, as_json, as_uuid, new_id, utcnow
-from mega_crm.errors import ConflictError, InvalidRequestError
+from mega_crm.errors import ApiError, ConflictError, InvalidRequestError
 from mega_crm.idempotency.models import IdempotencyRecord
 
 CLAIM_LEASE = timedelta(seconds=30)
@@ -49,6 +49,7 @@ Work = Callable[[Session], tuple[int, dict[str, Any]]]
 # Sends a check as a write transaction's first statement -> its confirmation, called before the
 # transaction commits, which raises if the check failed (auth.access.confirming: the API key).
 Confirm = Callable[[Session], Callable[[], None]]
+T = TypeVar("T")
 
 
 def request_fingerprint(payload: Any) -> str:
@@ -80,8 +81,7 @@ def run_idempotent(
     if key is None:
         with db.write_session(pipelined=True) as session:
             confirmed = _sent(confirm, session)
-            status, body = work(session)
-            confirmed()
+            status, body = _judged(confirmed, lambda: work(session))
         return StoredResponse(status, body, replayed=False)
 
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
@@ -98,9 +98,11 @@ def run_idempotent(
                 raise _KeyTaken
             try:
                 status, body = work(session)
-            except Exception:
+            except Exception as exc:
                 if claimed.first() is None:
                     raise _KeyTaken from None  # the key's answer, not this work's error
+                if isinstance(exc, ApiError):
+                    confirmed()  # see _judged
                 raise
             record = claimed.first()
             if record is None:
@@ -113,14 +115,25 @@ def run_idempotent(
     with db.write_session() as session:
         confirmed = _sent(confirm, session)
         raw = RawConnection.of(session)
-        claim = _claim(raw, where, hashed, ttl)
+        claim = _judged(confirmed, lambda: _claim(raw, where, hashed, ttl))
         if isinstance(claim, StoredResponse):
-            confirmed()
             return claim
-        status, body = work(session)
-        confirmed()
+        status, body = _judged(confirmed, lambda: work(session))
         store_response(raw, claim, status, body)
     return StoredResponse(status, body, replayed=False)
+
+
+def _judged(confirmed: Callable[[], None], step: Callable[[], T]) -> T:
+    """`step()`, then `confirmed()`; a refusal the step raised (ApiError: a 400, a 409) is raised
+    once the check is confirmed too, so that it stands as judged (auth.access.KeyCheck: a refusal
+    on an unconfirmed key would run the request again)."""
+    try:
+        result = step()
+    except ApiError:
+        confirmed()
+        raise
+    confirmed()
+    return result
 
 
 def _sent(confirm: Confirm | None, session: Session) -> Callable[[], None]:
