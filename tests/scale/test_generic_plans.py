@@ -106,7 +106,7 @@ def test_a_first_page_writes_its_limit_and_its_generic_plan_reads_one_index_rang
     f = build_filters(q, "US")
     with one_connection.raw_read() as reader:
         page = repo.page_of_leads(
-            reader, tenant.customer_id, f, sort_by="updated_at", descending=False, limit=101, offset=0,
+            reader, tenant.customer_id, f, sort_by="updated_at", descending=False, limit=100, offset=0,
             after=None, with_custom_fields=False,
         )  # fmt: skip
         assert page.documents == b""

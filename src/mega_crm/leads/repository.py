@@ -18,12 +18,12 @@ from mega_crm.db import Memo, Query, RawConnection, as_datetime, as_json, as_sha
 from mega_crm.leads.counts import COUNTS, Bucket, add_to_counts, bucket_of, countable, recount
 from mega_crm.leads.filters import LeadFilters, searched
 from mega_crm.leads.models import Lead
-from mega_crm.leads.pages import Page, count_leads, in_page_order, page_of_leads
+from mega_crm.leads.pages import Page, count_leads, page_of_leads
 
 # The reads and the counts have modules of their own; their names stay importable from here.
 __all__ = [
     "COUNTS", "Bucket", "LeadFilters", "Page", "add_to_counts", "bucket_of", "count_leads",
-    "countable", "in_page_order", "page_of_leads", "recount", "searched",
+    "countable", "page_of_leads", "recount", "searched",
 ]  # fmt: skip
 
 LEAD_COLUMNS = [c.key for c in Lead.__table__.columns]

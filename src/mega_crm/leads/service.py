@@ -345,7 +345,7 @@ def list_leads(
             filters,
             sort_by=q.sort_by,
             descending=q.sort_dir == "desc",
-            limit=q.limit + 1,
+            limit=q.limit,
             offset=offset,
             after=after,
             with_custom_fields=q.include_custom_fields,
@@ -366,8 +366,7 @@ def list_leads(
                 totals.put(cache_key, version, total)
             found = page()
     next_cursor = None
-    if len(found.keys) > q.limit:
-        position = repo.Page.position(found.keys[q.limit - 1])
-        next_cursor = codec.encode(customer_id, q.sort_by, q.sort_dir, position)
+    if found.next_after is not None:
+        next_cursor = codec.encode(customer_id, q.sort_by, q.sort_dir, found.next_after)
     tail = orjson.dumps({"total": total, "limit": q.limit, "offset": offset, "next_cursor": next_cursor})
     return b'{"leads":[' + found.json_items(q.limit) + b"]," + tail[1:]
