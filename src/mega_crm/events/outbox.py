@@ -143,20 +143,12 @@ def _subscriptions(session: Session, customer_id: uuid.UUID) -> list[tuple[Any, 
     return RawConnection.of(session).all(_SUBSCRIBED, {"customer_id": customer_id})
 
 
-def prefetch_subscriptions(session: Session, customer_id: uuid.UUID) -> Callable[[], None]:
-    """Send the read of the customer's subscriptions now (unless this transaction has them); the
-    returned function reads its answer into the transaction's memo, where
-    subscribed_webhook_ids finds it: in a pipelined transaction the read shares the round trip
-    of the statements sent beside it (RawConnection.send)."""
+def remember_subscriptions(session: Session, customer_id: uuid.UUID, rows: list[tuple[Any, ...]]) -> None:
+    """Keep the customer's live webhooks, read by another statement of this transaction (rows:
+    id, event_types), in its memo, where subscribed_webhook_ids finds them."""
     memos = memos_of(session)
-    if memos is None or customer_id in memos.entries(_SUBSCRIPTIONS):
-        return lambda: None
-    pending = RawConnection.of(session).send(_SUBSCRIBED, {"customer_id": customer_id})
-
-    def read() -> None:
-        memos.entries(_SUBSCRIPTIONS)[customer_id] = pending.all()
-
-    return read
+    if memos is not None:
+        memos.entries(_SUBSCRIPTIONS)[customer_id] = rows
 
 
 # Raw (see mega_crm.db.Query), so that in a pipelined transaction they go out with the commit.

@@ -42,9 +42,9 @@ def _count_upsert(dialect: str) -> Query:
     return _COUNT_UPSERTS[dialect]
 
 
-def add_to_counts(session: Session, customer_id: uuid.UUID, deltas: dict[Bucket, int]) -> None:
-    """One statement for the whole batch (a few buckets at most)."""
-    rows = [
+def count_rows(customer_id: uuid.UUID, deltas: dict[Bucket, int]) -> list[dict[str, Any]]:
+    """The rows of `deltas` to add to the customer's counts (lead_counts' columns), none for 0."""
+    return [
         {
             "customer_id": customer_id,
             "bucket": _bucket_key(bucket),
@@ -56,9 +56,24 @@ def add_to_counts(session: Session, customer_id: uuid.UUID, deltas: dict[Bucket,
         for bucket, delta in deltas.items()
         if delta
     ]
+
+
+def add_to_counts(session: Session, customer_id: uuid.UUID, deltas: dict[Bucket, int]) -> None:
+    """One statement for the whole batch (a few buckets at most)."""
+    rows = count_rows(customer_id, deltas)
     if rows:
         raw = RawConnection.of(session)
         raw.run_many(_count_upsert(raw.dialect.name), rows)
+
+
+# add_to_counts on PostgreSQL as a data-modifying CTE, its rows one JSON parameter (`counts`):
+# the lead writes put it in front of their own statement (leads.repository.write_plan).
+PG_COUNTS_CTE = (
+    "WITH counted AS (INSERT INTO lead_counts (customer_id, bucket, status, stage_id, lead_line, n) "
+    "SELECT customer_id, bucket, status, stage_id, lead_line, n "
+    "FROM json_populate_recordset(NULL::lead_counts, CAST(:counts AS json)) "
+    "ON CONFLICT (customer_id, bucket) DO UPDATE SET n = lead_counts.n + EXCLUDED.n) "
+)
 
 
 def countable(f: LeadFilters) -> bool:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from mega_crm.auth.access import KeyCheck
 from mega_crm.db import RawConnection, utcnow
 from mega_crm.errors import ConflictError, InvalidRequestError
-from mega_crm.events.outbox import prefetch_subscriptions, record_lead_created, record_lead_updated
+from mega_crm.events.outbox import record_lead_created, record_lead_updated, remember_subscriptions
 from mega_crm.leads import repository as repo
 from mega_crm.leads.cursor import CursorCodec, CursorPosition
 from mega_crm.leads.dedup import LeadInput, MergeDefaults, MergePlan, RowOutcome, plan_merge
@@ -61,9 +61,7 @@ def _apply_plan(
             counts[old] -= 1
             counts[new] += 1
     try:
-        repo.insert_leads(session, plan.inserts)
-        repo.update_leads(session, plan.updates, plan.changed_columns)
-        repo.add_to_counts(session, customer_id, counts)
+        repo.write_plan(session, customer_id, plan.inserts, plan.updates, plan.changed_columns, counts)
     except IntegrityError:
         # Only reachable if a writer bypassed the customer lock; the transaction is rolled back.
         raise ConflictError("A concurrent write touched the same lead; retry the request.") from None
@@ -90,29 +88,30 @@ def create_lead(
     `outcomes`: gets "created" or "merged" appended (for metrics, once the caller has committed).
 
     Its reads are sent together, then read (one round trip in a pipelined transaction): the
-    pipeline and fields and the webhooks to notify, then the customer's write lock (held from
-    here to COMMIT), then the dedup candidates, after the lock so that they include every lead
-    committed before it. Its writes then go out with the commit."""
+    customer's write lock (held from here to COMMIT) with the pipeline and fields and the
+    webhooks to notify (repository.begin_lead_write_later), then the dedup candidates, after
+    the lock so that they include every lead committed before it. Its writes then go out with
+    the commit."""
     contact = resolve_contact(request, phone_region)
     lead_input = contact[0]
-    config_rows = repo.customer_config_later(session, customer_id)
-    subscriptions = prefetch_subscriptions(session, customer_id)
-    clock = repo.begin_customer_write_later(session, customer_id, utcnow())
+    begin = repo.begin_lead_write_later(session, customer_id, utcnow())
     matching = repo.leads_matching_later(
         session,
         customer_id,
         {lead_input.email_normalized} if lead_input.email_normalized else set(),
         {lead_input.phone_last10} if lead_input.phone_last10 else set(),
     )
-    now = clock()
-    if now is None:  # deleted between auth and now
+    start = begin()
+    if start is None:  # deleted between auth and now
         raise InvalidRequestError("Unknown customer.")
-    config = CustomerConfig(*config_rows())
+    now = start.now
+    if start.webhooks is not None:
+        remember_subscriptions(session, customer_id, start.webhooks)
+    config = CustomerConfig(start.stages, start.field_slugs)
     resolved, errors, _ignored = resolve_row(request, config, phone_region, contact)
     if resolved is None:
         raise InvalidRequestError(" ".join(errors))
     existing = matching()
-    subscriptions()
     defaults = MergeDefaults(
         customer_id=customer_id,
         now=now,
