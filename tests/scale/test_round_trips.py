@@ -84,6 +84,23 @@ def test_round_trips_per_request(counted: tuple[TestClient, RoundTripCounter, Da
     assert keyed == 2, counts
 
 
+def test_statements_per_create(counted: tuple[TestClient, RoundTripCounter, Database]) -> None:
+    """With the key cached: BEGIN; the key's state; the customer's clock with its pipeline,
+    fields and webhooks (leads.repository.begin_lead_write_later); the dedup candidates; the lead
+    with its count (repository.write_plan); COMMIT. Each statement costs psycopg and the server
+    their own parse, bind and execute (there were 9 before session 10)."""
+    client, counter, db = counted
+    tenant = make_tenant(db)
+    statements = []
+    for run in range(3 + RUNS):
+        counter.reset()
+        r = client.post(LEADS, json=lead(), headers=tenant.headers)
+        assert r.status_code == 201, r.text
+        if run >= 3:
+            statements.append(counter.reset_statements())
+    assert sorted(statements)[len(statements) // 2] == 6, statements
+
+
 def test_a_create_with_webhooks_to_notify_takes_the_same_round_trips(
     counted: tuple[TestClient, RoundTripCounter, Database],
 ) -> None:
