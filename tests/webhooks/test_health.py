@@ -405,3 +405,62 @@ def test_kill_9_mid_attempt_counts_the_failure_once(
     wait_until(
         lambda: any("disabled (failing)" in line for line in second.log), what="the disabling's log line"
     )
+
+
+def test_recording_an_attempt_does_not_deadlock_with_a_change_to_its_webhook(db: Database) -> None:
+    """The API changes a webhook with its row locked, then cancels its pending deliveries; the
+    worker records an attempt, then updates the webhook's health. Both take the webhook first:
+    with the delivery first, the worker and a PATCH deadlocked on PostgreSQL (found from outside:
+    7 PATCHes of 30 s answered 503)."""
+    import threading
+
+    from mega_crm.webhooks.repository import cancel_pending_deliveries, live_webhook
+
+    if db.is_sqlite:
+        pytest.skip("SQLite runs one write transaction at a time")
+    tenant = make_tenant(db)
+    now = utcnow()
+    hook_id = uuid.uuid4()
+    with db.write_session() as session:
+        session.add(
+            Webhook(
+                id=hook_id, customer_id=tenant.customer_id, url="https://example.com/hook",
+                event_types=["lead.created"], is_active=True, timeout_seconds=10, retry_attempts=0,
+                secret_encrypted="x", consecutive_failures=0, created_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+    with db.write_session() as session:
+        record = _claimed_failure(session, hook_id, _record(hook_id, SUCCEEDED))
+    api_holds_webhook, worker_started = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def api_change() -> None:  # as webhooks.service does for PATCH is_active=false and DELETE
+        try:
+            with db.write_session() as session:
+                assert live_webhook(session, tenant.customer_id, hook_id, for_update=True) is not None
+                api_holds_webhook.set()
+                worker_started.wait(5)
+                time.sleep(0.5)  # the worker meanwhile goes as far as it can
+                cancel_pending_deliveries(session, hook_id, utcnow())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def worker_records() -> None:
+        try:
+            api_holds_webhook.wait(5)
+            with db.write_session() as session:
+                worker_started.set()
+                repo.record_attempts(session, [record])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=api_change), threading.Thread(target=worker_records)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    with db.read_session() as session:
+        webhook = session.get(Webhook, hook_id)
+        assert webhook is not None
+        assert webhook.last_success_at is not None  # the success recorded

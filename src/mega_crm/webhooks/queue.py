@@ -265,6 +265,12 @@ def record_attempts(
     if not records:
         return []
     conn = session.connection()
+    # The webhooks first, then their deliveries: the order the API's changes to a webhook take
+    # (its row locked, then its pending deliveries cancelled). Deliveries first, as before,
+    # deadlocked with them on PostgreSQL, and the loser answered 503.
+    webhook_ids = sorted({r.webhook_id for r in records if r.webhook_id is not None})
+    if webhook_ids:
+        conn.execute(_LOCK_WEBHOOKS, {"b_ids": webhook_ids})
     failed = [r for r in records if r.status == FAILED]
     others = [r for r in records if r.status != FAILED]
     if others:
@@ -275,6 +281,12 @@ def record_attempts(
 
 _deliveries = cast(Table, WebhookDelivery.__table__)
 _col = _deliveries.c
+_LOCK_WEBHOOKS = (  # in id order, as track_health updates them: one lock order for every worker
+    select(Webhook.id)
+    .where(Webhook.id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(Webhook.id)
+    .with_for_update()
+)
 
 # The worker's statements, built once (their compiled form is cached by SQLAlchemy) and run with
 # a list of parameter sets (executemany) in Core, without the ORM's per-row bookkeeping.
