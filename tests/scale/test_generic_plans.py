@@ -113,7 +113,7 @@ def test_a_first_page_writes_its_limit_and_its_generic_plan_reads_one_index_rang
         assert page.total == 0
         prepared = "SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s"
         statements = reader.execute(prepared, ("%string_agg(page.document%",)).fetchall()
-    key = ("page", "postgresql", filter_shape(f), "updated_at", False, None, False, 101, False)
+    key = ("page", "postgresql", filter_shape(f), "updated_at", False, None, False, 101, False, False)
     sql = pages._STATEMENTS[key].compiled(one_connection.engine.dialect)[0]
     assert "LIMIT 101" in sql
     assert "OFFSET" not in sql

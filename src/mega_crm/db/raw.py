@@ -49,19 +49,6 @@ class RawConnection:
         self.is_sqlite = dialect.name == "sqlite"
         self.memos = memos
 
-    @contextmanager
-    def snapshot(self) -> Iterator[None]:
-        """The statements inside read one state of the database (SQLite; PostgreSQL's default
-        isolation gives each statement its own snapshot, as in a session)."""
-        if not self.is_sqlite:
-            yield
-            return
-        self.execute("BEGIN")
-        try:
-            yield
-        finally:
-            self.connection.rollback()
-
     def execute(self, sql: str, parameters: Any = ()) -> Any:
         """-> the DBAPI cursor that ran `sql` with `parameters` (in the driver's paramstyle)."""
         if self.memos is not None:

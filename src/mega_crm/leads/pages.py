@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 
 from mega_crm.auth.access import KeyCheck, key_state_column
+from mega_crm.customers.models import Customer
 from mega_crm.db import Query, RawConnection
 from mega_crm.leads.counts import countable, counted_total
 from mega_crm.leads.cursor import CursorPosition
@@ -65,15 +66,17 @@ def _cached(key: tuple[Any, ...], build: Any) -> Query:
     return query
 
 
-def count_leads(reader: RawConnection, customer_id: uuid.UUID, f: LeadFilters) -> int:
-    """How many of the customer's leads `f` matches (a count over the leads: see countable())."""
-    dialect, shape = reader.dialect.name, filter_shape(f)
-    query = _cached(
-        ("count", dialect, shape),
-        lambda: select(func.count()).select_from(LEADS).where(filter_clause(dialect, shape)),
-    )
-    row = reader.first(query, filter_params(customer_id, f, reader))
-    return int(row[0]) if row else 0
+def _count_of(dialect: str, shape: tuple[bool, ...]) -> Any:
+    """A scalar subquery: how many of the customer's leads the filters of `shape` match, counted
+    over the leads (filters the counts cannot give: see countable())."""
+    return select(func.count()).select_from(LEADS).where(filter_clause(dialect, shape)).scalar_subquery()
+
+
+# The customer's lead-write counter (leads.repository.begin_customer_write bumps it), read in a
+# page's statement: the snapshot a cached total must match.
+_VERSION = (
+    select(Customer.leads_version).where(Customer.id == bindparam("customer_id")).scalar_subquery()
+)
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,14 @@ class Page:
     """Up to `limit` + 1 leads in page order (the one past the page tells that another follows):
     their `Lead` JSON texts, UTF-8, joined by SEPARATOR (b"" for none: `documents`), how many
     (`count`), the position a next page starts after (`next_after`: the sort value and id of
-    the page's last lead, when a lead follows it), and `total` when the filters are countable()."""
+    the page's last lead, when a lead follows it), and `total` when the filters are countable(),
+    searched, or `count` was asked (page_of_leads)."""
 
     documents: bytes
     count: int
     next_after: CursorPosition | None = None
     total: int | None = None
+    version: int | None = None  # the customer's leads_version in the page's snapshot, if asked
 
     def json_items(self, count: int) -> bytes:
         """The first `count` documents joined by commas (the items of a JSON array), cut from
@@ -118,13 +123,16 @@ def page_of_leads(
     after: CursorPosition | None,
     with_custom_fields: bool,
     key_check: KeyCheck | None = None,
+    count: bool = False,
 ) -> Page:
     """A page of `limit` leads (and the one after it, if any: see Page), read as their stored
     documents in one row: the page's rows aggregated into one string, so the database driver
     steps once, not once per lead (Python's sqlite3 hands the GIL over at every step). With
     countable() filters, or a search, the same statement reads the total, so both come from one
-    snapshot. `key_check`: the statement reads the cached key's state too, and confirms it
-    (StaleKey if it changed)."""
+    snapshot. Other filters (dates): the statement reads the customer's leads_version (Page.
+    version), and with `count` the total too, counted over the leads, so that a total cached
+    for the filters can be checked against the page's own snapshot. `key_check`: the statement
+    reads the cached key's state too, and confirms it (StaleKey if it changed)."""
     limit += 1  # one lead past the page: a next page follows when it is there
     dialect = reader.dialect.name
     after_kind = None if after is None else ("null" if after.value is None else "value")
@@ -135,13 +143,15 @@ def page_of_leads(
         query = _cached(("search", *shape, checked), lambda: _checked(search(*shape), checked))
     else:  # countable() and the total's filters depend on the shape only
         counted = countable(f)
+        count = count and not counted
         first = limit if offset == 0 else None  # see _page_statement's `first`
-        query = _cached(
-            ("page", *shape, first, checked),
-            lambda: _checked(
-                _page_statement(*shape, total=counted_total(f) if counted else None, first=first), checked
-            ),
-        )
+
+        def build() -> Any:
+            total = counted_total(f) if counted else _count_of(dialect, shape[1]) if count else None
+            statement = _page_statement(*shape, total=total, first=first)
+            return _checked(statement if counted else statement.add_columns(_VERSION), checked)
+
+        query = _cached(("page", *shape, first, checked, count), build)
     params = filter_params(customer_id, f, reader)
     if key_check is not None:
         params.update(key_check.params)
@@ -151,21 +161,22 @@ def page_of_leads(
         if after.value is not None:
             params["after_value"] = after.value
     (row,) = reader.all_as_bytes(query, params)  # an aggregate without GROUP BY: one row
-    documents, keys, count, next_value, next_id, total = row[:6]
+    documents, keys, rows, next_value, next_id, total = row[:6]
+    version = None if searched(f) or countable(f) or row[6] is None else int(row[6])
     if key_check is not None:
-        key_check.confirm(row[6])
+        key_check.confirm(row[-1])
     total = None if total is None else int(total)
     if documents is None:
-        return Page(b"", 0, None, total)
+        return Page(b"", 0, None, total, version)
     if keys is not None:  # SQLite: every row's sort key, to check the order by
         documents, sort_keys = in_page_order(documents, keys.decode().split("\x1e"), descending)
         next_after = position_of_key(sort_keys[limit - 2]) if len(sort_keys) == limit else None
-        return Page(documents, len(sort_keys), next_after, total)
+        return Page(documents, len(sort_keys), next_after, total, version)
     next_after = None
-    if count == limit:  # PostgreSQL: the position of the row before the last, read as it is
+    if rows == limit:  # PostgreSQL: the position of the row before the last, read as it is
         when = None if next_value is None else next_value.astimezone(UTC)
         next_after = CursorPosition(when, next_id)
-    return Page(documents, count, next_after, total)
+    return Page(documents, rows, next_after, total, version)
 
 
 def _checked(statement: Any, checked: bool) -> Any:

@@ -27,11 +27,11 @@ from mega_crm.leads.counts import (
 )  # fmt: skip
 from mega_crm.leads.filters import LeadFilters, searched
 from mega_crm.leads.models import Lead
-from mega_crm.leads.pages import Page, count_leads, page_of_leads
+from mega_crm.leads.pages import Page, page_of_leads
 
 # The reads and the counts have modules of their own; their names stay importable from here.
 __all__ = [
-    "COUNTS", "Bucket", "LeadFilters", "Page", "add_to_counts", "bucket_of", "count_leads",
+    "COUNTS", "Bucket", "LeadFilters", "Page", "add_to_counts", "bucket_of",
     "countable", "page_of_leads", "recount", "searched",
 ]  # fmt: skip
 
@@ -413,12 +413,3 @@ _BEGIN_WRITE_WITH_CONFIG = Query(text(
 def _to_us(value: datetime) -> int:
     delta = value - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-_LEADS_VERSION = Query(select(Customer.leads_version).where(Customer.id == bindparam("customer_id")))
-
-
-def leads_version(reader: RawConnection, customer_id: uuid.UUID) -> int:
-    """The customer's lead-write counter (begin_customer_write bumps it); 0 without a customer."""
-    row = reader.first(_LEADS_VERSION, {"customer_id": customer_id})
-    return int(row[0]) if row else 0

@@ -277,13 +277,13 @@ class TotalsCache:
         self._lock = threading.Lock()
         self._max = max_entries
 
-    def get(self, key: tuple[Any, ...], version: int) -> int | None:
+    def get(self, key: tuple[Any, ...]) -> tuple[int, int] | None:
+        """-> (the leads_version it was counted at, the total), or None."""
         with self._lock:
             hit = self._entries.get(key)
-            if hit is None or hit[0] != version:
-                return None
-            self._entries.move_to_end(key)
-            return hit[1]
+            if hit is not None:
+                self._entries.move_to_end(key)
+            return hit
 
     def put(self, key: tuple[Any, ...], version: int, total: int) -> None:
         with self._lock:
@@ -337,7 +337,7 @@ def list_leads(
         after = codec.decode(q.cursor, customer_id, q.sort_by, q.sort_dir)
     offset = min(q.offset, MAX_OFFSET)
 
-    def page() -> repo.Page:
+    def page(count: bool = False) -> repo.Page:
         return repo.page_of_leads(
             reader,
             customer_id,
@@ -349,21 +349,28 @@ def list_leads(
             after=after,
             with_custom_fields=q.include_custom_fields,
             key_check=key_check,
+            count=count,
         )
 
     if repo.countable(filters) or repo.searched(filters):  # the page's statement reads the total too
         found = page()
         assert found.total is not None
         total = found.total
-    else:  # date filters: count once per filter until the customer's next write
-        with reader.snapshot():
-            version = repo.leads_version(reader, customer_id)
-            cache_key = (customer_id, filters)
-            cached = totals.get(cache_key, version)
-            total = cached if cached is not None else repo.count_leads(reader, customer_id, filters)
-            if cached is None:
-                totals.put(cache_key, version, total)
-            found = page()
+    else:  # date filters: counted once per filter until the customer's next write
+        cache_key = (customer_id, filters)
+        cached = totals.get(cache_key)
+        # The page's statement reads the customer's leads_version, and counts when no total
+        # is cached for it: page and total always come from one snapshot.
+        found = page(count=cached is None)
+        if cached is not None and cached[0] != found.version:
+            found = page(count=True)
+        if found.total is None:
+            assert cached is not None
+            total = cached[1]
+        else:
+            total = found.total
+            if found.version is not None:
+                totals.put(cache_key, found.version, total)
     next_cursor = None
     if found.next_after is not None:
         next_cursor = codec.encode(customer_id, q.sort_by, q.sort_dir, found.next_after)
