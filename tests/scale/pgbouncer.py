@@ -42,6 +42,13 @@ def fresh_database(upstream: str, name: str) -> None:
         conn.execute("CREATE SCHEMA public")
 
 
+def drop_database(upstream: str, name: str) -> None:
+    """Drop database `name` beside upstream's, ending any session still on it (PostgreSQL 13+)."""
+    conninfo = make_url(upstream).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @contextmanager
 def pgbouncer(upstream: str, database: str) -> Iterator[str]:
     """PgBouncer with pool_mode=transaction, in front of upstream's host and port, serving

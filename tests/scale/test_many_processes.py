@@ -27,7 +27,7 @@ from mega_crm.db import Database
 from tests.conftest import POSTGRES_URL, REDIS_URL, TEST_SECRET
 from tests.fixtures.factories import lead, make_tenant
 from tests.fixtures.processes import free_port
-from tests.scale.pgbouncer import fresh_database
+from tests.scale.pgbouncer import drop_database, fresh_database
 from tests.webhooks.conftest import Receiver, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -106,6 +106,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
                 server.wait()
         for worker in workers:
             worker.stop()
+        drop_database(POSTGRES_URL, name)
 
 
 def post(base: str, headers: dict[str, str], body: dict[str, Any]) -> httpx.Response:

@@ -25,7 +25,7 @@ from mega_crm.app import create_app
 from mega_crm.db import Database
 from tests.conftest import POSTGRES_URL, TEST_SECRET, LiveServer, make_settings
 from tests.fixtures.factories import lead, make_tenant
-from tests.scale.pgbouncer import fresh_database, pgbouncer
+from tests.scale.pgbouncer import drop_database, fresh_database, pgbouncer
 from tests.webhooks.conftest import Receiver, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="MEGA_TEST_POSTGRES_URL is not set")
@@ -39,8 +39,11 @@ def pgb_url() -> Iterator[str]:
     assert POSTGRES_URL
     name = f"{make_url(POSTGRES_URL).database}_pgbouncer"
     fresh_database(POSTGRES_URL, name)
-    with pgbouncer(POSTGRES_URL, name) as url:
-        yield url
+    try:
+        with pgbouncer(POSTGRES_URL, name) as url:
+            yield url
+    finally:
+        drop_database(POSTGRES_URL, name)
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from mega_crm.db import Database, utcnow
 from mega_crm.webhooks.models import Webhook, WebhookDelivery, WebhookEvent
 from tests.conftest import POSTGRES_URL, make_settings
 from tests.fixtures.factories import lead, make_tenant
-from tests.scale.pgbouncer import fresh_database
+from tests.scale.pgbouncer import drop_database, fresh_database
 from tests.scale.wire import RoundTripCounter
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="MEGA_TEST_POSTGRES_URL is not set")
@@ -47,6 +47,7 @@ def counted() -> Iterator[tuple[TestClient, RoundTripCounter, Database]]:
         with TestClient(app) as client:
             yield client, counter, app_state(app).db
         app_state(app).db.dispose()
+    drop_database(POSTGRES_URL, name)
 
 
 def round_trips(
