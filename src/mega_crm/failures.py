@@ -25,6 +25,7 @@ from mega_crm.errors import ServiceUnavailableError, error_response
 log = logging.getLogger("mega_crm")
 
 DATABASE_UNAVAILABLE = "The database is not answering; retry shortly."
+CONCURRENT_CONFLICT = "A concurrent request conflicted with this one; retry it."
 
 
 class OutageLog:
@@ -63,6 +64,14 @@ class OutageLog:
 
 
 database_outage = OutageLog("database", "requests are answered 503")
+
+
+def concurrent_conflict(exc: BaseException) -> bool:
+    """True for a transaction PostgreSQL rolled back for another's sake (SQLSTATE class 40: a
+    deadlock, a serialization failure): the request may simply be sent again, and the database
+    is not down. psycopg raises them as OperationalErrors: checked first."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    return isinstance(orig, psycopg.Error) and (orig.sqlstate or "").startswith("40")
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -132,7 +141,10 @@ class UnexpectedErrorMiddleware:
             if isinstance(exc, ClientDisconnect):  # nobody to answer, nothing wrong here
                 return
             where = f"{scope.get('method')} {scope.get('path')}"
-            if database_unavailable(exc):
+            if concurrent_conflict(exc):  # not an outage: said once per request, as a warning
+                log.warning("a concurrent transaction conflicted on %s: %s", where, _short(exc))
+                response = error_response(503, "api_error", CONCURRENT_CONFLICT, {"Retry-After": "1"})
+            elif database_unavailable(exc):
                 database_outage.down(_short(exc))  # logs once per outage (Database.run ends it)
                 response = error_response(503, "api_error", DATABASE_UNAVAILABLE, {"Retry-After": "1"})
             else:

@@ -161,6 +161,33 @@ def test_which_sqlite_errors_are_the_database_being_unavailable(exc: Exception, 
         assert database_unavailable(OperationalError("SELECT 1", {}, exc)) is unavailable
 
 
+@pytest.mark.parametrize("kind", ["DeadlockDetected", "SerializationFailure"])
+def test_a_transaction_rolled_back_for_another_is_a_retry_not_an_outage(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL's SQLSTATE class 40 (psycopg's TransactionRollbackError, an OperationalError)
+    is one request losing to another: 503 with Retry-After and its own message, a warning, and
+    no "database unavailable" (which an operator would read as an outage)."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+    from starlette.testclient import TestClient as StarletteClient
+
+    from mega_crm.failures import CONCURRENT_CONFLICT, UnexpectedErrorMiddleware, database_outage
+
+    async def conflicting(_scope: Any, _receive: Any, _send: Any) -> None:  # a route's work, raw ASGI
+        raise OperationalError("UPDATE webhooks …", {}, getattr(psycopg.errors, kind)("deadlock"))
+
+    app = UnexpectedErrorMiddleware(conflicting)
+    caplog.set_level(logging.INFO)
+    r = StarletteClient(app).get("/x")  # no lifespan: the raw app only serves requests
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["error"]["message"] == CONCURRENT_CONFLICT
+    assert not any("database unavailable" in rec.getMessage() for rec in caplog.records)
+    assert any("conflicted" in rec.getMessage() for rec in caplog.records)
+    assert database_outage.up() is False  # never marked down: nothing to report as recovered
+
+
 @pytest.mark.skipif(not POSTGRES_URL, reason="MEGA_TEST_POSTGRES_URL is not set")
 def test_postgres_statement_timeout_keeps_the_urls_options_and_is_503() -> None:
     from sqlalchemy import text
