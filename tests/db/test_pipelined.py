@@ -73,3 +73,27 @@ def test_an_error_in_the_block_rolls_the_queued_writes_back(db: Database) -> Non
     with pytest.raises(RuntimeError):
         fail_after_writing()
     assert names(db, first) == []
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "lost"),
+    [
+        (None, True),  # the client's own: the socket closed
+        ("08006", True),  # connection_failure
+        ("57P01", True),  # admin_shutdown (pg_terminate_backend, a restart)
+        ("40P01", False),  # deadlock_detected: a statement refused, the connection fine
+        ("40001", False),  # serialization_failure
+        ("53300", False),  # too_many_connections: refused, nothing to drop
+        ("57014", False),  # query_canceled (statement_timeout)
+    ],
+)
+def test_only_a_gone_connection_counts_as_lost(sqlstate: str | None, lost: bool) -> None:
+    """A lost connection empties the pool (db.lanes); a deadlock taken for one did, and every
+    request then paid a new connection (found from outside: two workers and creates)."""
+    import psycopg
+
+    from mega_crm.db.engines import lost_connection
+
+    error = psycopg.OperationalError("server said no")
+    error.sqlstate = sqlstate
+    assert lost_connection(error) is lost

@@ -98,17 +98,20 @@ def postgresql_engine(
 
 
 def lost_connection(exc: BaseException) -> bool:
-    """A PostgreSQL connection that is gone (not a timeout, not a refused statement)."""
+    """A PostgreSQL connection that is gone (not a timeout, not a refused statement): an
+    OperationalError with no SQLSTATE (the client's own: the socket closed) or one of class 08
+    (connection exception) or 57P01-57P03 (the server shutting down or starting). A statement
+    the server refused (a deadlock, 40P01, was taken for a lost connection and emptied the pool)
+    is not one."""
     import psycopg
     from sqlalchemy import exc as sa_exc
 
     if isinstance(exc, sa_exc.DBAPIError):
         return bool(exc.connection_invalidated)
-    return (
-        isinstance(exc, psycopg.OperationalError)
-        and not isinstance(exc, psycopg.errors.QueryCanceled)
-        and "timeout" not in str(exc).lower()
-    )
+    if not isinstance(exc, psycopg.OperationalError) or "timeout" in str(exc).lower():
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 WAL_AUTOCHECKPOINT_PAGES = 10_000

@@ -281,11 +281,14 @@ def record_attempts(
 
 _deliveries = cast(Table, WebhookDelivery.__table__)
 _col = _deliveries.c
-_LOCK_WEBHOOKS = (  # in id order, as track_health updates them: one lock order for every worker
+# In id order, as track_health updates them: one lock order for every worker. FOR NO KEY
+# UPDATE (key_share), the lock track_health's UPDATE takes anyway: FOR UPDATE would also wait
+# for, and deadlock with, a createLead's foreign-key check of the delivery it inserts.
+_LOCK_WEBHOOKS = (
     select(Webhook.id)
     .where(Webhook.id.in_(bindparam("b_ids", expanding=True)))
     .order_by(Webhook.id)
-    .with_for_update()
+    .with_for_update(key_share=True)
 )
 
 # The worker's statements, built once (their compiled form is cached by SQLAlchemy) and run with
