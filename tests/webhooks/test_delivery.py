@@ -426,3 +426,61 @@ def test_deliveries_past_retention_are_purged_with_their_events(
     # 0 keeps the log forever.
     keep = make_settings(wh_db.url, webhook_log_retention_days=0)
     assert DeliveryWorker(wh_db, keep, b"k").purge_delivery_log() == 0
+
+
+def test_the_purge_skips_deliveries_a_recover_holds(
+    wh_client: ContractClient, wh_db: Database, tenant: Tenant, receiver: Receiver
+) -> None:
+    """A recover holds the failed deliveries it reads until it commits; the purge leaves them to
+    a later round instead of waiting for them (it locked rows in another order than the recover
+    and deadlocked with it: found from outside)."""
+    import threading
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from mega_crm.db import utcnow
+    from mega_crm.webhooks import repository
+    from mega_crm.webhooks.models import WebhookDelivery
+    from mega_crm.webhooks.retention import purge_delivery_log
+
+    if wh_db.is_sqlite:
+        pytest.skip("SQLite runs one write transaction at a time")
+    hook, _ = register(wh_client, tenant, receiver.endpoint().url)
+    for i in range(3):
+        create_lead(wh_client, tenant, contact_name=f"Purged {i}")
+    log = settled(wh_client, tenant, hook["id"], count=3)
+    long_ago = utcnow() - timedelta(days=40)
+    with wh_db.write_session() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.webhook_id == uuid.UUID(hook["id"]))
+            .values(status="failed", completed_at=long_ago)
+        )
+    holding, release = threading.Event(), threading.Event()
+
+    def recover() -> None:  # as webhooks.service.recover reads them
+        with wh_db.write_session() as session:
+            events, _ = repository.events_to_recover(
+                session, uuid.UUID(hook["id"]), long_ago, utcnow(), limit=1
+            )
+            assert len(events) == 1
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=recover)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        purged: list[int] = []
+        purge = threading.Thread(target=lambda: purged.append(purge_delivery_log(wh_db, 30)))
+        purge.start()
+        purge.join(10)
+        assert not purge.is_alive(), "the purge waited for the recover's locks"
+        assert purged == [2]  # the one the recover holds is left for a later round
+    finally:
+        release.set()
+        holder.join(30)
+    remaining = {d["id"] for d in deliveries(wh_client, tenant, hook["id"], limit=100)}
+    assert len(remaining) == 1
+    assert remaining <= {d["id"] for d in log}

@@ -161,13 +161,17 @@ def insert_recoveries(
 
 def purge_delivery_log(session: Session, finished_before: datetime, limit: int) -> int:
     """Delete up to `limit` deliveries that finished before `finished_before`, then the events
-    of that age no delivery refers to any more. -> how many deliveries were deleted."""
+    of that age no delivery refers to any more. -> how many deliveries were deleted. Deliveries
+    locked by another transaction (a recover or redeliver reading them) are skipped, left for a
+    later round: waiting for them, the purge locked rows in another order than they did and
+    deadlocked with a recover (PostgreSQL; found from outside)."""
     ids = list(
         session.scalars(
             select(WebhookDelivery.id)
             .where(WebhookDelivery.completed_at < finished_before, WebhookDelivery.status != PENDING)
             .order_by(WebhookDelivery.completed_at)
             .limit(limit)
+            .with_for_update(skip_locked=True)
         )
     )
     if ids:
