@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -279,6 +280,35 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+@contextmanager
+def held(db: Database, take: Callable[[Any], object]) -> Iterator[None]:
+    """`take(session)` run in a write transaction on another thread (its row locks, as another
+    request or the worker would take them), kept open until the block ends."""
+    taken, release = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            with db.write_session() as session:
+                take(session)
+                taken.set()
+                release.wait(30)
+        except BaseException as exc:  # noqa: BLE001 - raised in the test's thread
+            failed.append(exc)
+            taken.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(10)
+        if failed:
+            raise failed[0]
+        yield
+    finally:
+        release.set()
+        holder.join(30)
 
 
 def settled(client: TestClient, tenant: Tenant, webhook_id: str, count: int = 1) -> list[dict[str, Any]]:

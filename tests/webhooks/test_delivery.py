@@ -16,7 +16,7 @@ from mega_crm.webhooks import verify_signature
 from tests.conftest import ContractClient
 from tests.fixtures.contract import reads_reference, validate_schema
 from tests.fixtures.factories import Tenant, lead
-from tests.webhooks.conftest import LEADS, WEBHOOKS, Receiver, Reply, deliveries, register, settled
+from tests.webhooks.conftest import LEADS, WEBHOOKS, Receiver, Reply, deliveries, held, register, settled
 
 
 def create_lead(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:
@@ -457,30 +457,18 @@ def test_the_purge_skips_deliveries_a_recover_holds(
             .where(WebhookDelivery.webhook_id == uuid.UUID(hook["id"]))
             .values(status="failed", completed_at=long_ago)
         )
-    holding, release = threading.Event(), threading.Event()
 
-    def recover() -> None:  # as webhooks.service.recover reads them
-        with wh_db.write_session() as session:
-            events, _ = repository.events_to_recover(
-                session, uuid.UUID(hook["id"]), long_ago, utcnow(), limit=1
-            )
-            assert len(events) == 1
-            holding.set()
-            release.wait(30)
+    def recover(session: Any) -> None:  # as webhooks.service.recover reads them
+        events, _ = repository.events_to_recover(session, uuid.UUID(hook["id"]), long_ago, utcnow(), limit=1)
+        assert len(events) == 1
 
-    holder = threading.Thread(target=recover)
-    holder.start()
-    try:
-        assert holding.wait(10)
+    with held(wh_db, recover):
         purged: list[int] = []
         purge = threading.Thread(target=lambda: purged.append(purge_delivery_log(wh_db, 30)))
         purge.start()
         purge.join(10)
         assert not purge.is_alive(), "the purge waited for the recover's locks"
         assert purged == [2]  # the one the recover holds is left for a later round
-    finally:
-        release.set()
-        holder.join(30)
     remaining = {d["id"] for d in deliveries(wh_client, tenant, hook["id"], limit=100)}
     assert len(remaining) == 1
     assert remaining <= {d["id"] for d in log}

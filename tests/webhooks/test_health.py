@@ -35,6 +35,7 @@ from tests.webhooks.conftest import (
     WorkerProcess,
     deliveries,
     fresh_database_url,
+    held,
     register,
     settled,
     wait_until,
@@ -472,7 +473,6 @@ def test_a_create_is_not_held_up_by_the_worker_recording_its_webhooks_attempts(
     """The worker locks the webhooks of the attempts it records (see the test above) FOR NO KEY
     UPDATE, which a createLead's foreign-key check of the delivery it inserts (FOR KEY SHARE)
     does not wait for. FOR UPDATE made it wait, and deadlock with two workers (found in CI)."""
-    import threading
 
     from mega_crm.webhooks.queue import _LOCK_WEBHOOKS
 
@@ -480,21 +480,11 @@ def test_a_create_is_not_held_up_by_the_worker_recording_its_webhooks_attempts(
     if db.is_sqlite:
         pytest.skip("SQLite runs one write transaction at a time")
     hook, _ = register(wh_client, tenant, receiver.endpoint().url)
-    locked, release = threading.Event(), threading.Event()
 
-    def worker_holds_the_webhook() -> None:
-        with db.write_session() as session:
-            session.connection().execute(_LOCK_WEBHOOKS, {"b_ids": [uuid.UUID(hook["id"])]})
-            locked.set()
-            release.wait(30)
+    def worker_locks(session: Any) -> None:
+        session.connection().execute(_LOCK_WEBHOOKS, {"b_ids": [uuid.UUID(hook["id"])]})
 
-    holder = threading.Thread(target=worker_holds_the_webhook)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with held(db, worker_locks):
         # A delivery to the locked webhook: 201 (waiting for the lock, it was a 503 at the
         # database deadline).
         create_lead(wh_client, tenant)
-    finally:
-        release.set()
-        holder.join(30)
