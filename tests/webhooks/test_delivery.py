@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -16,7 +17,17 @@ from mega_crm.webhooks import verify_signature
 from tests.conftest import ContractClient
 from tests.fixtures.contract import reads_reference, validate_schema
 from tests.fixtures.factories import Tenant, lead
-from tests.webhooks.conftest import LEADS, WEBHOOKS, Receiver, Reply, deliveries, held, register, settled
+from tests.webhooks.conftest import (
+    LEADS,
+    WEBHOOKS,
+    Receiver,
+    Reply,
+    deliveries,
+    held,
+    register,
+    settled,
+    wait_until,
+)
 
 
 def create_lead(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:
@@ -472,3 +483,133 @@ def test_the_purge_skips_deliveries_a_recover_holds(
     remaining = {d["id"] for d in deliveries(wh_client, tenant, hook["id"], limit=100)}
     assert len(remaining) == 1
     assert remaining <= {d["id"] for d in log}
+
+
+# --- a webhook removed while a create runs (PostgreSQL: events.outbox's _INSERT_LIVE_DELIVERIES)
+
+
+def _waits_for_a_lock(db: Database, query_start: str) -> bool:
+    from sqlalchemy import text
+
+    with db.read_session() as session:
+        return bool(
+            session.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE :start"
+                ),
+                {"start": query_start + "%"},
+            ).scalar()
+        )
+
+
+def _pending_to(db: Database, webhook_id: uuid.UUID) -> int:
+    from sqlalchemy import text
+
+    with db.read_session() as session:
+        return int(
+            session.execute(
+                text("SELECT count(*) FROM webhook_deliveries WHERE webhook_id = :id AND status = 'pending'"),
+                {"id": webhook_id},
+            ).scalar_one()
+        )
+
+
+def _remove(client: TestClient, tenant: Tenant, webhook_id: uuid.UUID, change: str) -> Any:
+    if change == "delete":
+        return client.delete(f"{WEBHOOKS}/{webhook_id}", headers=tenant.headers)
+    return client.patch(f"{WEBHOOKS}/{webhook_id}", json={"is_active": False}, headers=tenant.headers)
+
+
+@pytest.mark.parametrize("change", ["delete", "deactivate"])
+def test_a_create_that_waited_for_the_customer_queues_nothing_for_a_webhook_removed_meanwhile(
+    wh_client: TestClient, wh_db: Database, tenant: Tenant, receiver: Receiver, change: str
+) -> None:
+    """A createLead reads the live webhooks in its first statement's snapshot, taken before that
+    statement waits for the customer's lock. A DELETE (or a deactivating PATCH) that commits
+    during the wait cancels the webhook's pending deliveries but cannot see the one the create
+    has yet to write: it stayed pending for good (found by a hostile helper: 210 such rows in a
+    60 s run). Now the create writes none."""
+    from sqlalchemy import text
+
+    if wh_db.is_sqlite:
+        pytest.skip("SQLite runs one write transaction at a time")
+    hook, _ = register(wh_client, tenant, receiver.endpoint().url)
+    hook_id = uuid.UUID(hook["id"])
+
+    def lock_customer(session: Any) -> None:  # as another lead write holds it
+        session.execute(
+            text("SELECT 1 FROM customers WHERE id = :id FOR NO KEY UPDATE"), {"id": tenant.customer_id}
+        )
+
+    created: list[dict[str, Any]] = []
+    with held(wh_db, lock_customer):
+        creating = threading.Thread(target=lambda: created.append(create_lead(wh_client, tenant)))
+        creating.start()
+        wait_until(lambda: _waits_for_a_lock(wh_db, "UPDATE customers"), what="the create to wait")
+        r = _remove(wh_client, tenant, hook_id, change)
+        assert r.status_code == 200, r.text
+    creating.join(30)
+    assert len(created) == 1  # 201
+    assert _pending_to(wh_db, hook_id) == 0
+
+
+@pytest.mark.parametrize("change", ["delete", "deactivate"])
+def test_a_webhook_removed_while_a_create_runs_gets_the_creates_delivery_cancelled(
+    wh_client: TestClient, wh_db: Database, tenant: Tenant, receiver: Receiver, change: str
+) -> None:
+    """The other order: the create has queued its delivery and not committed. The DELETE (or
+    deactivating PATCH) waits for it (the create holds the webhook FOR KEY SHARE, the API locks
+    it FOR UPDATE), then cancels the delivery with the others."""
+    from mega_crm.leads.schemas import LeadCreateRequest
+    from mega_crm.leads.service import create_lead as create_lead_in
+
+    if wh_db.is_sqlite:
+        pytest.skip("SQLite runs one write transaction at a time")
+    hook, _ = register(wh_client, tenant, receiver.endpoint().url)
+    hook_id = uuid.UUID(hook["id"])
+
+    def create(session: Any) -> None:  # createLead's statements, its transaction held open
+        status, _ = create_lead_in(session, tenant.customer_id, LeadCreateRequest(**lead()), "US")
+        assert status == 201
+
+    answers: list[Any] = []
+    with held(wh_db, create):
+        remove = lambda: answers.append(_remove(wh_client, tenant, hook_id, change))  # noqa: E731
+        removing = threading.Thread(target=remove)
+        removing.start()
+        # The API waits for the create's lock (or, without it, has already answered).
+        wait_until(
+            lambda: answers or _waits_for_a_lock(wh_db, "SELECT webhooks"), what="the removal to wait"
+        )
+    removing.join(30)
+    assert [r.status_code for r in answers] == [200]
+    assert _pending_to(wh_db, hook_id) == 0
+
+
+def test_a_delivery_queued_as_the_worker_disabled_its_webhook_is_cancelled_on_reactivation(
+    wh_client: TestClient, wh_db: Database, tenant: Tenant, receiver: Receiver
+) -> None:
+    """The worker disables a failing webhook under FOR NO KEY UPDATE, which a create's lock of
+    the webhook (FOR KEY SHARE) does not wait for, nor block: a create that queued a delivery
+    as the worker disabled the webhook commits it after the worker's cancel. Activating the
+    webhook again cancels it: nothing queued while a webhook was inactive is due."""
+    from mega_crm.leads.schemas import LeadCreateRequest
+    from mega_crm.leads.service import create_lead as create_lead_in
+    from mega_crm.webhooks.endpoint_health import _disable
+
+    if wh_db.is_sqlite:
+        pytest.skip("SQLite runs one write transaction at a time")
+    hook, _ = register(wh_client, tenant, receiver.endpoint().url)
+    hook_id = uuid.UUID(hook["id"])
+
+    def create(session: Any) -> None:
+        create_lead_in(session, tenant.customer_id, LeadCreateRequest(**lead()), "US")
+
+    with held(wh_db, create):
+        with wh_db.write_session() as session:  # the worker, meanwhile: not held up
+            assert _disable(session, hook_id, "gone", None)
+    assert _pending_to(wh_db, hook_id) == 1  # the create's, committed after the cancel
+    r = wh_client.patch(f"{WEBHOOKS}/{hook_id}", json={"is_active": True}, headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    assert _pending_to(wh_db, hook_id) == 0

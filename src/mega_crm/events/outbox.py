@@ -174,10 +174,25 @@ def insert_event_with_deliveries(
     lead: dict[str, Any],
     webhook_ids: list[uuid.UUID],
     now: datetime,
-    details: dict[str, Any] | None = None,
 ) -> list[uuid.UUID]:
-    """One event row (`lead`: the payload's lead; `details`: the payload's other members) and a
-    pending delivery, due now, per webhook. -> the deliveries' ids, in `webhook_ids` order."""
+    """One event row (`lead`: the payload's lead) and a pending delivery, due now, per webhook
+    (which the caller holds locked, or reads in a write transaction that runs alone, as on
+    SQLite). -> the deliveries' ids, in `webhook_ids` order."""
+    event_id = insert_event(session, customer_id, event_type, lead_id, lead, None, now)
+    return insert_deliveries(session, event_id, webhook_ids, now)
+
+
+def insert_event(
+    session: Session,
+    customer_id: uuid.UUID,
+    event_type: str,
+    lead_id: uuid.UUID | None,
+    lead: dict[str, Any],
+    details: dict[str, Any] | None,
+    now: datetime,
+) -> uuid.UUID:
+    """One webhook_events row (`lead`: the payload's lead; `details`: the payload's other
+    members). -> its id."""
     event_id = uuid.uuid4()
     raw = RawConnection.of(session)
     raw.run(
@@ -193,7 +208,60 @@ def insert_event_with_deliveries(
             "created_at": now,
         },
     )
-    return insert_deliveries(session, event_id, webhook_ids, now)
+    return event_id
+
+
+# PostgreSQL: a lead event's deliveries go only to those of the webhooks still live when this
+# statement runs, each locked FOR KEY SHARE (as the deliveries' foreign key would lock them), in
+# id order (as the worker locks them). The ids were read in a snapshot taken before the create
+# waited for the customer's lock (leads.repository's begin_lead_write_later), during which a
+# webhook DELETE or deactivating PATCH may have committed: those lock the webhook FOR UPDATE,
+# then cancel its pending deliveries. Either they committed first and the row is skipped (READ
+# COMMITTED re-checks a locked row's WHERE on its latest version), or they wait for this
+# transaction and then cancel what it queued. A plain INSERT's delivery stayed pending for good.
+# The worker's own health updates (FOR NO KEY UPDATE) do not wait for it, nor it for them; a
+# delivery that slips past the worker disabling the webhook meanwhile is cancelled when the
+# webhook is activated again (webhooks.service.update_webhook).
+_INSERT_LIVE_DELIVERIES = Query(text(
+    "INSERT INTO webhook_deliveries (id, webhook_id, event_id, status, attempts, next_attempt_at, "
+    "created_at, updated_at) "
+    "SELECT d.id, w.id, CAST(:event_id AS uuid), :status, 0, CAST(:now AS timestamptz), "
+    "CAST(:now AS timestamptz), CAST(:now AS timestamptz) "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:webhook_ids AS uuid[])) AS d(id, webhook_id) "
+    "JOIN webhooks w ON w.id = d.webhook_id "
+    "WHERE w.is_active IS true AND w.deleted_at IS NULL ORDER BY w.id FOR KEY SHARE OF w"
+))  # fmt: skip
+
+
+def _insert_lead_event(
+    session: Session,
+    customer_id: uuid.UUID,
+    event_type: str,
+    lead_id: uuid.UUID,
+    lead: dict[str, Any],
+    webhook_ids: list[uuid.UUID],
+    details: dict[str, Any] | None = None,
+) -> None:
+    """A lead event and its deliveries, to those of `webhook_ids` (read unlocked) still live on
+    PostgreSQL (_INSERT_LIVE_DELIVERIES); on SQLite, whose write transactions run one at a time,
+    the ids read in this one are current. Workers are woken when it commits."""
+    now = utcnow()
+    event_id = insert_event(session, customer_id, event_type, lead_id, lead, details, now)
+    raw = RawConnection.of(session)
+    if raw.is_sqlite:
+        insert_deliveries(session, event_id, webhook_ids, now)
+    else:
+        raw.run(
+            _INSERT_LIVE_DELIVERIES,
+            {
+                "ids": [uuid.uuid4() for _ in webhook_ids],
+                "webhook_ids": webhook_ids,
+                "event_id": event_id,
+                "status": PENDING,
+                "now": now,
+            },
+        )
+    wake_workers_on_commit(session)
 
 
 def insert_deliveries(
@@ -247,16 +315,9 @@ def record_lead_created(session: Session, customer_id: uuid.UUID, lead: dict[str
     webhook_ids = subscribed_webhook_ids(session, customer_id, LEAD_CREATED)
     if not webhook_ids:
         return
-    insert_event_with_deliveries(
-        session,
-        customer_id=customer_id,
-        event_type=LEAD_CREATED,
-        lead_id=uuid.UUID(lead["id"]),
-        lead=webhook_lead(lead),
-        webhook_ids=webhook_ids,
-        now=utcnow(),
+    _insert_lead_event(
+        session, customer_id, LEAD_CREATED, uuid.UUID(lead["id"]), webhook_lead(lead), webhook_ids
     )
-    wake_workers_on_commit(session)
 
 
 # The payload's fields a merge can change (id, source and created_at never change; updated_at
@@ -285,14 +346,5 @@ def record_lead_updated(
     webhook_ids = subscribed_webhook_ids(session, customer_id, LEAD_UPDATED)
     if not webhook_ids:
         return
-    insert_event_with_deliveries(
-        session,
-        customer_id=customer_id,
-        event_type=LEAD_UPDATED,
-        lead_id=uuid.UUID(lead["id"]),
-        lead=after,
-        webhook_ids=webhook_ids,
-        now=utcnow(),
-        details={"changed_fields": changed, "previous": {name: previous[name] for name in changed}},
-    )
-    wake_workers_on_commit(session)
+    details = {"changed_fields": changed, "previous": {name: previous[name] for name in changed}}
+    _insert_lead_event(session, customer_id, LEAD_UPDATED, uuid.UUID(lead["id"]), after, webhook_ids, details)

@@ -175,7 +175,10 @@ def update_webhook(
             repo.cancel_pending_deliveries(session, webhook.id, now)
             webhook.disabled_at = now
         elif request.is_active and not webhook.is_active:
-            # Re-enabling starts the endpoint's health afresh.
+            # Re-enabling starts the endpoint's health afresh. No delivery queued while it was
+            # inactive is due (deactivating cancelled the pending ones): one a create queued as
+            # the worker disabled it (events.outbox's _INSERT_LIVE_DELIVERIES) is cancelled.
+            repo.cancel_pending_deliveries(session, webhook.id, now)
             webhook.disabled_reason = None
             webhook.disabled_at = None
             webhook.consecutive_failures = 0
