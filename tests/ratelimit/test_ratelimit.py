@@ -440,3 +440,52 @@ def test_half_open_lets_exactly_one_probe_through() -> None:
     breaker.succeeded()
     assert breaker.state == "closed"
     assert all(breaker.allow() for _ in range(3))
+
+
+# --- the in-process counters (ratelimit.limiter.SweptMemoryStorage) ---------------------------
+
+
+def test_the_in_process_counters_start_no_thread_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """limits' MemoryStorage started a 10 ms Timer thread whenever the last had ended: about
+    100 thread starts a second under load, each holding up the request that started it."""
+    import threading
+
+    from mega_crm.ratelimit.limiter import RateLimiter
+
+    limiter = RateLimiter()
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counted(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counted)
+    for i in range(5):
+        assert limiter.hit(f"key-{i}", "default", "100/minute") is not None
+        time.sleep(0.02)  # past the 10 ms timer: MemoryStorage would start another
+    assert started == []
+
+
+def test_expired_in_process_counters_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a timer, a later request sweeps the counters whose window has ended, so keys
+    gone quiet do not hold memory; a window's expiry never waited for the sweep."""
+    from mega_crm.ratelimit.limiter import RateLimiter, SweptMemoryStorage
+
+    monkeypatch.setattr(SweptMemoryStorage, "SWEEP_SECONDS", 0.5)
+    limiter = RateLimiter()
+    storage = limiter.storage
+    assert isinstance(storage, SweptMemoryStorage)
+    first = limiter.hit("quiet-key", "default", "1/second")
+    assert first is not None
+    assert first.remaining == 0
+    assert any("quiet-key" in key for key in storage.storage)
+    time.sleep(1.1)  # the window has ended; the counter is still held, unswept
+    assert any("quiet-key" in key for key in storage.storage)
+    again = limiter.hit("quiet-key", "default", "1/second")  # not refused: the window expired
+    assert again is not None
+    assert again.remaining == 0
+    time.sleep(1.1)
+    limiter.hit("busy-key", "default", "1/second")  # the sweep, due, drops the quiet counter
+    assert not any("quiet-key" in key for key in storage.storage)
+    assert any("busy-key" in key for key in storage.storage)

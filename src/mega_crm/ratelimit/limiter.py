@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import limits
 from limits.errors import StorageError
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from mega_crm.errors import RateLimitError
@@ -115,6 +115,36 @@ class CircuitBreaker:
         self.outage.down(detail)
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """limits' MemoryStorage (the in-process counters), its expired counters dropped every
+    SWEEP_SECONDS by the request that finds the last sweep that old, not by a timer thread.
+
+    MemoryStorage starts a 10 ms threading.Timer whenever the last one has ended: about 100
+    thread starts a second under load, each making the request that starts it wait until the
+    new thread runs. A counter's expiry does not depend on the sweep (MemoryStorage.get drops
+    an expired counter as it reads it); the sweep only bounds the memory of keys gone quiet.
+    Overrides MemoryStorage's private (name-mangled) scheduling: tests/ratelimit checks that
+    no thread is started per request, and that expired counters are still dropped."""
+
+    SWEEP_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        super().__init__(wrap_exceptions=True)
+        self.timer.cancel()  # the one MemoryStorage starts
+        self._swept_at = time.monotonic()
+        self._sweeping = threading.Lock()
+
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now - self._swept_at < self.SWEEP_SECONDS or not self._sweeping.acquire(blocking=False):
+            return
+        try:
+            self._swept_at = now
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+        finally:
+            self._sweeping.release()
+
+
 class RateLimiter:
     def __init__(
         self, redis_url: str | None = None, *, timeout: float = 0.25, breaker_seconds: float = 10.0
@@ -126,7 +156,7 @@ class RateLimiter:
                 redis_url, wrap_exceptions=True, socket_connect_timeout=timeout, socket_timeout=timeout
             )
         else:
-            self.storage = storage_from_string("memory://", wrap_exceptions=True)
+            self.storage = SweptMemoryStorage()
         self._limiter = FixedWindowRateLimiter(self.storage)
         outage = OutageLog("rate-limit storage", "requests are not being limited")
         self.breaker = CircuitBreaker(breaker_seconds, outage)
