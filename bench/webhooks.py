@@ -178,15 +178,10 @@ def seed_deliveries(db: Any, customer_id: uuid.UUID, webhook_id: uuid.UUID, coun
         now = utcnow()
         for i in range(count):
             lead = sample_lead(i)
-            outbox.insert_event_with_deliveries(
-                session,
-                customer_id=customer_id,
-                event_type="lead.created",
-                lead_id=uuid.UUID(lead["id"]),
-                lead=lead,
-                webhook_ids=[webhook_id],
-                now=now,
+            event_id = outbox.insert_event(
+                session, customer_id, "lead.created", uuid.UUID(lead["id"]), lead, None, now
             )
+            outbox.insert_deliveries(session, event_id, [webhook_id], now)
         outbox.notify_workers(session)
 
 

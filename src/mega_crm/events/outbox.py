@@ -165,23 +165,6 @@ _INSERT_EVENT = {
 _INSERT_DELIVERY = Query(insert(_DELIVERIES))
 
 
-def insert_event_with_deliveries(
-    session: Session,
-    *,
-    customer_id: uuid.UUID,
-    event_type: str,
-    lead_id: uuid.UUID | None,
-    lead: dict[str, Any],
-    webhook_ids: list[uuid.UUID],
-    now: datetime,
-) -> list[uuid.UUID]:
-    """One event row (`lead`: the payload's lead) and a pending delivery, due now, per webhook
-    (which the caller holds locked, or reads in a write transaction that runs alone, as on
-    SQLite). -> the deliveries' ids, in `webhook_ids` order."""
-    event_id = insert_event(session, customer_id, event_type, lead_id, lead, None, now)
-    return insert_deliveries(session, event_id, webhook_ids, now)
-
-
 def insert_event(
     session: Session,
     customer_id: uuid.UUID,
@@ -192,7 +175,9 @@ def insert_event(
     now: datetime,
 ) -> uuid.UUID:
     """One webhook_events row (`lead`: the payload's lead; `details`: the payload's other
-    members). -> its id."""
+    members). -> its id. Its deliveries: insert_deliveries, to webhooks the caller holds locked
+    (or read in a write transaction that runs alone, as on SQLite); a lead event's go to those
+    still live (_insert_lead_event)."""
     event_id = uuid.uuid4()
     raw = RawConnection.of(session)
     raw.run(

@@ -289,15 +289,9 @@ def send_test_event(session: Session, customer_id: uuid.UUID, webhook_id: uuid.U
     webhook = _webhook_or_404(session, customer_id, webhook_id)
     if not webhook.is_active:
         raise ConflictError("This webhook is inactive; activate it before sending a test event.")
-    [delivery_id] = outbox.insert_event_with_deliveries(
-        session,
-        customer_id=customer_id,
-        event_type=WEBHOOK_TEST,
-        lead_id=None,
-        lead=EXAMPLE_LEAD,
-        webhook_ids=[webhook.id],
-        now=utcnow(),
-    )
+    now = utcnow()
+    event_id = outbox.insert_event(session, customer_id, WEBHOOK_TEST, None, EXAMPLE_LEAD, None, now)
+    [delivery_id] = outbox.insert_deliveries(session, event_id, [webhook.id], now)
     wake_workers_on_commit(session)
     created = repo.delivery_of(session, webhook.id, delivery_id)
     assert created is not None
