@@ -516,12 +516,14 @@ def _pending_to(db: Database, webhook_id: uuid.UUID) -> int:
 
 
 def _remove(client: TestClient, tenant: Tenant, webhook_id: uuid.UUID, change: str) -> Any:
+    """The webhook deleted, deactivated, or ("unsubscribe") no longer subscribed to lead.created."""
     if change == "delete":
         return client.delete(f"{WEBHOOKS}/{webhook_id}", headers=tenant.headers)
-    return client.patch(f"{WEBHOOKS}/{webhook_id}", json={"is_active": False}, headers=tenant.headers)
+    body = {"is_active": False} if change == "deactivate" else {"event_types": ["lead.updated"]}
+    return client.patch(f"{WEBHOOKS}/{webhook_id}", json=body, headers=tenant.headers)
 
 
-@pytest.mark.parametrize("change", ["delete", "deactivate"])
+@pytest.mark.parametrize("change", ["delete", "deactivate", "unsubscribe"])
 def test_a_create_that_waited_for_the_customer_queues_nothing_for_a_webhook_removed_meanwhile(
     wh_client: TestClient, wh_db: Database, tenant: Tenant, receiver: Receiver, change: str
 ) -> None:
@@ -529,7 +531,8 @@ def test_a_create_that_waited_for_the_customer_queues_nothing_for_a_webhook_remo
     statement waits for the customer's lock. A DELETE (or a deactivating PATCH) that commits
     during the wait cancels the webhook's pending deliveries but cannot see the one the create
     has yet to write: it stayed pending for good (found by a hostile helper: 210 such rows in a
-    60 s run). Now the create writes none."""
+    60 s run). Now the create writes none; nor for a webhook that stopped subscribing to
+    lead.created meanwhile (the next hostile helper: 8 such deliveries, which would be sent)."""
     from sqlalchemy import text
 
     if wh_db.is_sqlite:

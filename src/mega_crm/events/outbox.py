@@ -196,14 +196,15 @@ def insert_event(
     return event_id
 
 
-# PostgreSQL: a lead event's deliveries go only to those of the webhooks still live when this
-# statement runs, each locked FOR KEY SHARE (as the deliveries' foreign key would lock them), in
-# id order (as the worker locks them). The ids were read in a snapshot taken before the create
-# waited for the customer's lock (leads.repository's begin_lead_write_later), during which a
-# webhook DELETE or deactivating PATCH may have committed: those lock the webhook FOR UPDATE,
-# then cancel its pending deliveries. Either they committed first and the row is skipped (READ
-# COMMITTED re-checks a locked row's WHERE on its latest version), or they wait for this
-# transaction and then cancel what it queued. A plain INSERT's delivery stayed pending for good.
+# PostgreSQL: a lead event's deliveries go only to those of the webhooks still live, and still
+# subscribed to its type, when this statement runs, each locked FOR KEY SHARE (as the deliveries'
+# foreign key would lock them), in id order (as the worker locks them). The ids were read in a
+# snapshot taken before the create waited for the customer's lock (leads.repository's
+# begin_lead_write_later), during which a webhook DELETE or PATCH may have committed: those lock
+# the webhook FOR UPDATE (and a deactivation cancels its pending deliveries). Either they
+# committed first and the row is skipped (READ COMMITTED re-checks a locked row's WHERE on its
+# latest version), or they wait for this transaction (and cancel what it queued). A plain INSERT's
+# delivery to a webhook deleted meanwhile stayed pending for good.
 # The worker's own health updates (FOR NO KEY UPDATE) do not wait for it, nor it for them; a
 # delivery that slips past the worker disabling the webhook meanwhile is cancelled when the
 # webhook is activated again (webhooks.service.update_webhook).
@@ -214,7 +215,9 @@ _INSERT_LIVE_DELIVERIES = Query(text(
     "CAST(:now AS timestamptz), CAST(:now AS timestamptz) "
     "FROM unnest(CAST(:ids AS uuid[]), CAST(:webhook_ids AS uuid[])) AS d(id, webhook_id) "
     "JOIN webhooks w ON w.id = d.webhook_id "
-    "WHERE w.is_active IS true AND w.deleted_at IS NULL ORDER BY w.id FOR KEY SHARE OF w"
+    "WHERE w.is_active IS true AND w.deleted_at IS NULL "
+    "AND CAST(w.event_types AS jsonb) @> jsonb_build_array(CAST(:event_type AS text)) "
+    "ORDER BY w.id FOR KEY SHARE OF w"
 ))  # fmt: skip
 
 
@@ -242,6 +245,7 @@ def _insert_lead_event(
                 "ids": [uuid.uuid4() for _ in webhook_ids],
                 "webhook_ids": webhook_ids,
                 "event_id": event_id,
+                "event_type": event_type,
                 "status": PENDING,
                 "now": now,
             },
