@@ -93,18 +93,24 @@ class Page:
     total: int | None = None
     version: int | None = None  # the customer's leads_version in the page's snapshot, if asked
 
-    def json_items(self, count: int) -> bytes:
+    def json_items(self, count: int) -> bytes | memoryview:
         """The first `count` documents joined by commas (the items of a JSON array), cut from
-        the joined text: no document is taken apart or decoded."""
+        the joined text: no document is taken apart or decoded. One copy of the page's text
+        (the separators replaced, same length), then cut by a memoryview, not copied: each
+        copy of a 100 KB page costs 15-40 µs (pages are large enough for every allocation
+        to fault its memory in afresh)."""
         documents = self.documents
         if count <= 0:
             return b""
+        end = len(documents)
         if self.count > count:
             if self.count == count + 1:  # a page read one lead past its end, to find the next
-                documents = documents[: documents.rfind(SEPARATOR)]
+                end = documents.rfind(SEPARATOR)
             else:
                 documents = SEPARATOR.join(documents.split(SEPARATOR)[:count])
-        return documents.replace(SEPARATOR, b",")
+                end = len(documents)
+        items = documents.replace(SEPARATOR, b",")
+        return items if end == len(items) else memoryview(items)[:end]
 
 
 # ASCII 30 (record separator) can appear in no JSON text: it joins the page's documents.
