@@ -115,6 +115,11 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
         (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     assert {"customers", "api_keys", "leads", "idempotency_records", "stages"} <= tables
     assert version
+    # It says what it did: a new database is upgraded from nothing, and then is current.
+    assert f"upgraded from nothing to revision {version}" in " ".join(done.stdout.split())
+    again = fresh.run("db", "upgrade")
+    assert again.returncode == 0, again.stderr
+    assert f"schema is current (revision {version};" in " ".join(again.stdout.split())
 
 
 def test_customers_create(customer: dict[str, Any]) -> None:

@@ -72,9 +72,18 @@ def demo(
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Apply pending migrations."""
+    """Apply pending migrations; say which revision the database went from and to."""
+    from mega_crm.migrate import schema_revision
+
+    before = schema_revision(get_settings().resolved_database_url)
     with operator_db() as db:
-        console.print(f"Database schema is current ({db.engine.url.render_as_string(hide_password=True)})")
+        after = schema_revision(db.url)
+        where = db.engine.url.render_as_string(hide_password=True)
+        if before == after:
+            console.print(f"Database schema is current (revision {after}; {where})")
+        else:
+            was = before or "nothing"
+            console.print(f"Database schema upgraded from {was} to revision {after} ({where})")
 
 
 def check_bind_address(host: str, port: int, workers: int) -> None:
