@@ -164,6 +164,24 @@ def test_a_refused_create_with_a_cached_key_is_counted_once(client: TestClient, 
     assert remaining[0] - remaining[1] == 1
 
 
+@pytest.mark.parametrize("key", [None, "a-key"], ids=["unkeyed", "keyed"])
+@pytest.mark.parametrize(
+    "body",
+    [{"contact_email": "not an email"}, {"contact_name": "Staged", "stage_slug": "no-such-stage"}],
+    ids=["refused-before-the-write", "refused-after-its-first-statement"],
+)
+def test_a_refused_create_with_a_key_revoked_since_it_was_cached_is_401(
+    client: TestClient, db: Database, key: str | None, body: dict[str, Any]
+) -> None:
+    """Without an Idempotency-Key, the create's first statement confirms the cached key
+    (session 11); a body refused before or after that statement is judged on the key as it is
+    now: revoked, 401 every time, never the 400."""
+    tenant = _cached_tenant(client, db)
+    admin.revoke_key(db, tenant.key_id)
+    for _ in range(2):
+        assert_error(_create(client, tenant, key, body), 401, "authentication_error")
+
+
 def test_the_cache_holds_only_live_keys(client: TestClient, db: Database) -> None:
     tenant = make_tenant(db)
     admin.revoke_key(db, tenant.key_id)

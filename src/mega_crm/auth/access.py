@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 from fastapi import Request
-from sqlalchemy import String, bindparam, cast, func, literal, select
+from sqlalchemy import String, bindparam, cast, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from mega_crm.auth.models import ApiKey
@@ -85,9 +85,11 @@ def _key_state() -> Any:
         Customer.rate_limit_default,
         Customer.rate_limit_bulk,
     ]
-    state: Any = func.coalesce(parts[0], literal("~"))
+    # The separators are written into the SQL, not bound: key_state_sql() is self-contained.
+    null, bar = literal_column("'~'", String), literal_column("'|'", String)
+    state: Any = func.coalesce(parts[0], null)
     for part in parts[1:]:
-        state = state + literal("|") + func.coalesce(part, literal("~"))
+        state = state + bar + func.coalesce(part, null)
     return state
 
 
@@ -124,6 +126,18 @@ def key_state_column() -> Any:
 
 
 _KEY_STATE_NOW = Query(select(key_state_column()))
+
+
+def key_state_sql() -> str:
+    """key_state_column()'s subquery as PostgreSQL text, its one parameter `:key_token_hash`:
+    for a text() statement that reads the key's state beside its own work (createLead's lock
+    statement, leads.repository.begin_lead_write_later). Compiled from the same expression as
+    the cached state, so the two cannot differ. (psycopg2's dialect: no `::` casts after the
+    parameter, which text() would not read as one.)"""
+    from sqlalchemy.dialects.postgresql import psycopg2
+
+    dialect = psycopg2.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+    return str(key_state_column().element.compile(dialect=dialect))
 
 
 def confirming(check: KeyCheck | None) -> Callable[[Session], Callable[[], None]] | None:

@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import Table, bindparam, case, select, text, update
 from sqlalchemy.orm import Session
 
+from mega_crm.auth.access import KeyCheck, confirming, key_state_sql
 from mega_crm.customers.models import Customer, Owner
 from mega_crm.db import Memo, Query, RawConnection, as_datetime, as_json, as_shared_uuid, as_uuid, memos_of
 from mega_crm.leads.counts import (
@@ -344,35 +345,49 @@ class WriteStart(NamedTuple):
 
 
 def begin_lead_write_later(
-    session: Session, customer_id: uuid.UUID, now: datetime
+    session: Session, customer_id: uuid.UUID, now: datetime, key_check: KeyCheck | None = None
 ) -> Callable[[], WriteStart | None]:
     """createLead's first reads, sent now and read when the result is called (None: no customer).
+    `key_check`: a cached key, confirmed as the result is read (auth.access.StaleKey if it
+    changed; left unconfirmed when there is no customer).
 
     PostgreSQL: one statement. The UPDATE of begin_customer_write returns the customer's
-    pipeline, custom-field slugs and live webhooks beside its clock, read by subqueries in the
-    statement's snapshot, taken before it waited for the lock, as the three statements it
-    replaces read them (one round trip either way, but each statement cost psycopg and the
-    server their own parse, bind and execute: 50-70 µs of the request's CPU). SQLite, where a
-    statement costs no round trip and a group commit's writes share the configuration read:
-    customer_config, then begin_customer_write; `webhooks` is None (outbox reads them)."""
+    pipeline, custom-field slugs and live webhooks beside its clock, and the key's state when
+    asked, read by subqueries in the statement's snapshot, taken before it waited for the lock,
+    as the statements it replaces read them (one round trip either way, but each statement cost
+    psycopg and the server their own parse, bind and execute: 50-70 µs of the request's CPU).
+    SQLite, where a statement costs no round trip and a group commit's writes share the
+    configuration read: the key's state (auth.access.confirming), customer_config, then
+    begin_customer_write; `webhooks` is None (outbox reads them)."""
     raw = RawConnection.of(session)
     if raw.is_sqlite:
+        confirm = confirming(key_check)
+        confirmed = confirm(session) if confirm is not None else None
         config = customer_config_later(session, customer_id)
         clock = begin_customer_write_later(session, customer_id, now)
 
         def read_apart() -> WriteStart | None:
             stages, slugs = config()
             when = clock()
-            return None if when is None else WriteStart(when, stages, slugs, None)
+            if when is None:
+                return None
+            if confirmed is not None:
+                confirmed()
+            return WriteStart(when, stages, slugs, None)
 
         return read_apart
-    pending = raw.send(_BEGIN_WRITE_WITH_CONFIG, {"customer_id": customer_id, "now_us": _to_us(now)})
+    params: dict[str, Any] = {"customer_id": customer_id, "now_us": _to_us(now)}
+    if key_check is not None:
+        params.update(key_check.params)
+    pending = raw.send(_BEGIN_WRITE_WITH_CONFIG[key_check is not None], params)
 
     def read() -> WriteStart | None:
         row = pending.first()
         if row is None:
             return None
-        clock, stages, slugs, webhooks = row
+        clock, stages, slugs, webhooks = row[:4]
+        if key_check is not None:
+            key_check.confirm(row[4])
         return WriteStart(
             _EPOCH + timedelta(microseconds=clock),
             [StageRow(as_uuid(i), slug, name, color) for i, slug, name, color in orjson.loads(stages)],
@@ -396,8 +411,9 @@ _BEGIN_WRITE = Query(
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # begin_lead_write_later's statement on PostgreSQL: _BEGIN_WRITE's, with the customer's
-# configuration (_CONFIG's rows) and live webhooks (events.outbox's _SUBSCRIBED) as JSON arrays.
-_BEGIN_WRITE_WITH_CONFIG = Query(text(
+# configuration (_CONFIG's rows) and live webhooks (events.outbox's _SUBSCRIBED) as JSON arrays;
+# [True]: and the key's state (auth.access.key_state_sql), for a cached key it confirms.
+_BEGIN_WRITE_WITH_CONFIG_SQL = (
     "UPDATE customers SET leads_version = leads_version + 1, "
     "leads_clock_us = GREATEST(leads_clock_us + 1, CAST(:now_us AS bigint)) "
     "WHERE id = :customer_id RETURNING leads_clock_us, "
@@ -407,7 +423,11 @@ _BEGIN_WRITE_WITH_CONFIG = Query(text(
     "WHERE customer_id = :customer_id)::text, "
     "(SELECT coalesce(json_agg(json_build_array(id, event_types)), '[]') FROM webhooks "
     "WHERE customer_id = :customer_id AND is_active IS true AND deleted_at IS NULL)::text"
-))  # fmt: skip
+)  # fmt: skip
+_BEGIN_WRITE_WITH_CONFIG = {
+    False: Query(text(_BEGIN_WRITE_WITH_CONFIG_SQL)),
+    True: Query(text(f"{_BEGIN_WRITE_WITH_CONFIG_SQL}, {key_state_sql()}")),
+}
 
 
 def _to_us(value: datetime) -> int:

@@ -83,9 +83,12 @@ def create_lead(
     request: LeadCreateRequest,
     phone_region: str,
     outcomes: list[str] | None = None,
+    key_check: KeyCheck | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """createLead inside the caller's write transaction -> (201, {"lead": …}).
     `outcomes`: gets "created" or "merged" appended (for metrics, once the caller has committed).
+    `key_check`: a cached key for the first statement to confirm (auth.access.KeyCheck; StaleKey
+    if it changed); a refusal raised before that statement is read leaves it unconfirmed.
 
     Its reads are sent together, then read (one round trip in a pipelined transaction): the
     customer's write lock (held from here to COMMIT) with the pipeline and fields and the
@@ -94,7 +97,7 @@ def create_lead(
     the commit."""
     contact = resolve_contact(request, phone_region)
     lead_input = contact[0]
-    begin = repo.begin_lead_write_later(session, customer_id, utcnow())
+    begin = repo.begin_lead_write_later(session, customer_id, utcnow(), key_check)
     matching = repo.leads_matching_later(
         session,
         customer_id,
