@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
+
+import orjson
 
 FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # strftime; the SQL renderings of leads/documents.py match it
 
@@ -29,3 +32,38 @@ def _format(value: datetime) -> str:
 def format_time_or_none(value: datetime | None) -> str | None:
     """format_time(), None for None (a time the row does not have)."""
     return _format(value) if value is not None else None
+
+
+# --- a time known only when the write commits (PostgreSQL's createLead) ----------------------
+
+# PostgreSQL: `value` (a timestamptz expression) in FORMAT (the SQL rendering of leads/documents.py).
+PG_FORMAT_SQL = """to_char({value} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+# createLead on PostgreSQL renders the times its write sets before it takes the customer's lock,
+# which fixes them (customers.leads_clock_us): in JSON, each is this fragment, a raw U+0001 that
+# orjson never writes by itself (it escapes control characters inside strings), replaced by the
+# time's JSON string in the statement that stores the JSON (stamped_json_sql), and in the
+# response once the write has committed (fill_stamps).
+STAMP = orjson.Fragment(b"\x01")
+STAMP_CHAR = "\x01"
+
+# The customer's write clock as a timestamptz, `{customer}` an SQL expression of its id: what a
+# write that took the customer's lock (leads.repository.begin_customer_write) stamps.
+PG_CLOCK_SQL = (
+    "(SELECT TIMESTAMPTZ 'epoch' + leads_clock_us * INTERVAL '1 microsecond' FROM customers "
+    "WHERE customers.id = {customer})"
+)
+
+
+def stamped_json_sql(json_sql: str, time_sql: str) -> str:
+    """PostgreSQL: the JSON text `json_sql` with each STAMP replaced by the JSON string of the
+    timestamptz `time_sql` (in FORMAT)."""
+    return f"""replace({json_sql}, chr(1), '"' || {PG_FORMAT_SQL.format(value=time_sql)} || '"')"""
+
+
+def fill_stamps(body: dict[str, Any], time: datetime) -> None:
+    """Replace, in place, each member of `body` that is STAMP by `time` in FORMAT."""
+    text = _format(time)
+    for name, value in body.items():
+        if value is STAMP:
+            body[name] = text

@@ -36,9 +36,11 @@ def counted() -> Iterator[tuple[TestClient, RoundTripCounter, Database]]:
     name = f"{up.database}_roundtrips"
     fresh_database(POSTGRES_URL, name)
     with RoundTripCounter(up.host or "127.0.0.1", up.port or 5432) as counter:
-        url = up.set(host="127.0.0.1", port=counter.port, database=name).update_query_dict(
-            {"sslmode": "disable"}
-        ).render_as_string(hide_password=False)
+        url = (
+            up.set(host="127.0.0.1", port=counter.port, database=name)
+            .update_query_dict({"sslmode": "disable"})
+            .render_as_string(hide_password=False)
+        )
         from mega_crm.migrate import upgrade
 
         upgrade(Database(url).url)
@@ -77,20 +79,22 @@ def test_round_trips_per_request(counted: tuple[TestClient, RoundTripCounter, Da
     # request, the page's statement confirms it (auth.access.KeyCheck): one.
     assert page == 1, counts
     # Issue 12's targets are 3 and 4. With the key cached, in one psycopg pipeline: BEGIN, the
-    # customer's clock (its write lock) with the key's state, stages and fields and the webhooks
-    # to notify, and the dedup candidates, answered together; then the
-    # lead, its count, any event and deliveries, and COMMIT, answered together. An
+    # key's state with the customer's stages and fields and the webhooks to notify, and the
+    # dedup candidates, answered together; then the customer's clock (its write lock), the
+    # lead with its count, any event and deliveries, and COMMIT, answered together. An
     # Idempotency-Key adds its claim to the first and its response to the second.
     assert create == 2, counts
     assert keyed == 2, counts
 
 
 def test_statements_per_create(counted: tuple[TestClient, RoundTripCounter, Database]) -> None:
-    """With the key cached: BEGIN; the customer's clock with the key's state, its pipeline,
-    fields and webhooks (leads.repository.begin_lead_write_later); the dedup candidates; the lead
-    with its count (repository.write_plan); COMMIT. Each statement costs psycopg and the server
-    their own parse, bind and execute (9 before session 10; 6 before the key's state moved into
-    the clock's statement in session 11)."""
+    """With the key cached: BEGIN; the key's state with the customer's pipeline, fields and
+    webhooks (leads.repository.begin_lead_write_later); the dedup candidates; the customer's
+    clock (its write lock); the lead with its count, checked and stamped under the lock
+    (repository.write_plan's guard); COMMIT. Each statement costs psycopg and the server their
+    own parse, bind and execute (9 before session 10; 6 before the key's state moved into the
+    clock's statement in session 11; 5 until session 12 took the lock in the write's round
+    trip, in a statement of its own, which cost one more and saved the lock's wait)."""
     client, counter, db = counted
     tenant = make_tenant(db)
     statements = []
@@ -100,7 +104,7 @@ def test_statements_per_create(counted: tuple[TestClient, RoundTripCounter, Data
         assert r.status_code == 201, r.text
         if run >= 3:
             statements.append(counter.reset_statements())
-    assert sorted(statements)[len(statements) // 2] == 5, statements
+    assert sorted(statements)[len(statements) // 2] == 6, statements
 
 
 def test_a_create_with_webhooks_to_notify_takes_the_same_round_trips(

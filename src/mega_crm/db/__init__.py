@@ -7,10 +7,15 @@ The names below are this package's surface; import them from here.
 
 from mega_crm.db.base import NAMING_CONVENTION, Base, UTCDateTime, new_id, utcnow
 from mega_crm.db.database import DEFAULT_TIMEOUT_SECONDS, Database
-from mega_crm.db.engines import connection_options, driver_connect_args, normalize_database_url
+from mega_crm.db.engines import (
+    connection_options,
+    driver_connect_args,
+    normalize_database_url,
+    write_conflict,
+)
 from mega_crm.db.lanes import DatabaseTimeout, Lane
 from mega_crm.db.memos import Memo, Memos, memoized, memos_of
-from mega_crm.db.raw import Query, RawConnection, as_datetime, as_json, as_shared_uuid, as_uuid
+from mega_crm.db.raw import Pending, Query, RawConnection, as_datetime, as_json, as_shared_uuid, as_uuid
 
 __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
@@ -21,6 +26,7 @@ __all__ = [
     "Lane",
     "Memo",
     "Memos",
+    "Pending",
     "Query",
     "RawConnection",
     "UTCDateTime",
@@ -35,4 +41,5 @@ __all__ = [
     "new_id",
     "normalize_database_url",
     "utcnow",
+    "write_conflict",
 ]

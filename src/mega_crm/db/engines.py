@@ -114,6 +114,17 @@ def lost_connection(exc: BaseException) -> bool:
     return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
+def write_conflict(exc: BaseException) -> bool:
+    """A PostgreSQL statement refused with SQLSTATE 40001 (serialization_failure): what a write
+    that checks its reads under a lock raises when they changed (migration 0011's
+    mega_crm_write_conflict); the transaction is rolled back and may be run again."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError):
+        exc = exc.orig or exc
+    return getattr(exc, "sqlstate", None) == "40001"
+
+
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 

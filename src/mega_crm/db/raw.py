@@ -217,7 +217,11 @@ def pipelined(session: Session, *, commit: bool) -> Iterator[None]:
     except BaseException:
         if not (driver.closed or driver.broken) and driver.info.transaction_status != TransactionStatus.IDLE:
             try:
-                driver.cursor().execute("ROLLBACK")
+                # psycopg's own rollback(), which also resets its record of the statements it
+                # prepared: after an aborted pipeline, a ROLLBACK sent as a statement left that
+                # record out of step with the server ("prepared statement … does not exist"
+                # in the connection's next transaction).
+                driver.rollback()
             except Exception:  # a lost connection: the error that brought us here is raised
                 pass
         raise

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from mega_crm.db import Memo, Query, RawConnection, UTCDateTime, as_json, as_uuid, memoized, memos_of, utcnow
 from mega_crm.lead_shape import WEBHOOK_FIELDS
+from mega_crm.timestamps import PG_CLOCK_SQL, STAMP_CHAR, stamped_json_sql
 
 LEAD_CREATED = "lead.created"
 LEAD_UPDATED = "lead.updated"  # a single createLead merged into a lead and changed it
@@ -153,15 +154,24 @@ def remember_subscriptions(session: Session, customer_id: uuid.UUID, rows: list[
 
 # Raw (see mega_crm.db.Query), so that in a pipelined transaction they go out with the commit.
 _EVENT_COLUMNS = "id, customer_id, event_type, lead_id, lead, details, created_at"
+_EVENT_VALUES = ":id, :customer_id, :event_type, :lead_id, {lead}, {details}, :created_at"
 _INSERT_EVENT = {
     dialect: Query(
         text(
-            f"INSERT INTO webhook_events ({_EVENT_COLUMNS}) VALUES (:id, :customer_id, :event_type, "
-            f":lead_id, {json_param.format('lead')}, {json_param.format('details')}, :created_at)"
+            f"INSERT INTO webhook_events ({_EVENT_COLUMNS}) VALUES ("
+            + _EVENT_VALUES.format(lead=json_param.format(":lead"), details=json_param.format(":details"))
+            + ")"
         )
     )
-    for dialect, json_param in (("sqlite", ":{}"), ("postgresql", "CAST(:{} AS json)"))
+    for dialect, json_param in (("sqlite", "{}"), ("postgresql", "CAST({} AS json)"))
 }
+# A payload with times the write fixes as it commits (timestamps.STAMP: PostgreSQL's createLead),
+# stamped with the customer's clock, which the write has taken.
+_CLOCK_JSON = stamped_json_sql(":lead", PG_CLOCK_SQL.format(customer=":customer_id"))
+_INSERT_STAMPED_EVENT = Query(text(
+    f"INSERT INTO webhook_events ({_EVENT_COLUMNS}) VALUES "
+    f"({_EVENT_VALUES.format(lead=f'CAST({_CLOCK_JSON} AS json)', details='CAST(:details AS json)')})"
+))  # fmt: skip
 _INSERT_DELIVERY = Query(insert(_DELIVERIES))
 
 
@@ -174,22 +184,24 @@ def insert_event(
     details: dict[str, Any] | None,
     now: datetime,
 ) -> uuid.UUID:
-    """One webhook_events row (`lead`: the payload's lead; `details`: the payload's other
-    members). -> its id. Its deliveries: insert_deliveries, to webhooks the caller holds locked
+    """One webhook_events row (`lead`: the payload's lead, where a timestamps.STAMP is the
+    customer's clock, which the transaction took; `details`: the payload's other members).
+    -> its id. Its deliveries: insert_deliveries, to webhooks the caller holds locked
     (or read in a write transaction that runs alone, as on SQLite); a lead event's go to those
     still live (_insert_lead_event)."""
     event_id = uuid.uuid4()
     raw = RawConnection.of(session)
+    lead_json = orjson.dumps(lead).decode()  # JSON text, as SQLAlchemy's JSON type writes it
+    stamped = STAMP_CHAR in lead_json  # only ever written by timestamps.STAMP (PostgreSQL)
     raw.run(
-        _INSERT_EVENT[raw.dialect.name],
+        _INSERT_STAMPED_EVENT if stamped else _INSERT_EVENT[raw.dialect.name],
         {
             "id": event_id,
             "customer_id": customer_id,
             "event_type": event_type,
             "lead_id": lead_id,
-            # JSON text, as SQLAlchemy's JSON type writes it (None as JSON null)
-            "lead": orjson.dumps(lead).decode(),
-            "details": orjson.dumps(details).decode(),
+            "lead": lead_json,
+            "details": orjson.dumps(details).decode(),  # None as JSON null
             "created_at": now,
         },
     )

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from mega_crm.db import Database, Query, RawConnection, as_datetime, as_json, as_uuid, new_id, utcnow
 from mega_crm.errors import ApiError, ConflictError, InvalidRequestError
 from mega_crm.idempotency.models import IdempotencyRecord
+from mega_crm.timestamps import PG_CLOCK_SQL, STAMP_CHAR, stamped_json_sql
 
 CLAIM_LEASE = timedelta(seconds=30)
 PURGE_INTERVAL = timedelta(minutes=10)
@@ -176,14 +177,20 @@ _TAKE_OVER = Query(
         "expires_at = :expires_at, response_status = NULL, response_body = NULL WHERE id = :id"
     )
 )
+_RECORD_CLOCK = PG_CLOCK_SQL.format(customer="idempotency_records.customer_id")
 _STORE = {
     dialect: Query(
         text(
-            f"UPDATE idempotency_records SET response_status = :status, response_body = {body} "
-            "WHERE id = :id"
+            f"UPDATE idempotency_records SET response_status = :status, response_body = {body} WHERE id = :id"
         )
     )
-    for dialect, body in (("sqlite", ":body"), ("postgresql", "CAST(:body AS json)"))
+    for dialect, body in (
+        ("sqlite", ":body"),
+        ("postgresql", "CAST(:body AS json)"),
+        # A body with times its write fixes as it commits (timestamps.STAMP: PostgreSQL's
+        # createLead), stamped with the customer's clock, which that write has taken.
+        ("stamped", f"CAST({stamped_json_sql(':body', _RECORD_CLOCK)} AS json)"),
+    )
 }
 
 
@@ -218,9 +225,11 @@ def _claim(
 
 
 def store_response(raw: RawConnection, record_id: uuid.UUID, status: int, body: dict[str, Any]) -> None:
-    """The response of the request that claimed `record_id`, in the transaction of its work."""
+    """The response of the request that claimed `record_id`, in the transaction of its work (a
+    timestamps.STAMP in `body`: the customer's clock, which that transaction took)."""
     stored = orjson.dumps(body).decode()
-    raw.run(_STORE[raw.dialect.name], {"id": record_id, "status": status, "body": stored})
+    dialect = "stamped" if STAMP_CHAR in stored else raw.dialect.name  # only written by STAMP
+    raw.run(_STORE[dialect], {"id": record_id, "status": status, "body": stored})
 
 
 def _in_progress() -> ConflictError:

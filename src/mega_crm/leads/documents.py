@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -27,7 +28,7 @@ from sqlalchemy import Uuid, bindparam, text
 from sqlalchemy.orm import Session
 
 from mega_crm.lead_shape import DOCUMENT_FIELDS, LeadField
-from mega_crm.timestamps import format_time_or_none
+from mega_crm.timestamps import PG_FORMAT_SQL, STAMP, format_time_or_none
 
 LEAD_LINE = "lead_line"
 
@@ -60,11 +61,18 @@ _OBJECT_PARTS = {f.name: f.parts for f in DOCUMENT_FIELDS if f.kind == "object"}
 
 
 def lead_body(
-    rec: dict[str, Any], stage: Any | None, owner: Any | None, *, include_custom_fields: bool = True
+    rec: dict[str, Any],
+    stage: Any | None,
+    owner: Any | None,
+    *,
+    include_custom_fields: bool = True,
+    stamp: datetime | None = None,
 ) -> dict[str, Any]:
     """A lead row (column -> value) as the contract's `Lead`, members in LEAD_FIELDS' order.
     `stage` / `owner`: the joined rows (attributes named as the objects' fields), or None; an
-    object field added to the table is one more of these."""
+    object field added to the table is one more of these. `stamp`: the write's provisional time;
+    a time that is this very object is rendered as timestamps.STAMP, to be filled with the time
+    the write commits with (PostgreSQL's createLead)."""
     joined = {"current_stage": stage, "owner": owner}
     body: dict[str, Any] = {}
     for name, source, convert, is_object in _STEPS:
@@ -77,7 +85,10 @@ def lead_body(
             )
         else:
             value = rec[source]
-            body[name] = value if convert is None else convert(value)
+            if stamp is not None and value is stamp:
+                body[name] = STAMP
+            else:
+                body[name] = value if convert is None else convert(value)
     if include_custom_fields:
         body["custom_fields"] = custom_fields_of(rec)
     return body
@@ -100,9 +111,12 @@ def custom_fields_of(rec: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def render_document(rec: dict[str, Any], stage: Any | None, owner: Any | None) -> str:
-    """What `leads.document` holds for this row: its `Lead` without custom_fields."""
-    return orjson.dumps(lead_body(rec, stage, owner, include_custom_fields=False)).decode()
+def render_document(
+    rec: dict[str, Any], stage: Any | None, owner: Any | None, stamp: datetime | None = None
+) -> str:
+    """What `leads.document` holds for this row: its `Lead` without custom_fields (`stamp`: see
+    lead_body)."""
+    return orjson.dumps(lead_body(rec, stage, owner, include_custom_fields=False, stamp=stamp)).decode()
 
 
 # --- the SQL form -----------------------------------------------------------------------------
@@ -122,7 +136,7 @@ def _postgres_uuid(column: str) -> str:
 
 
 def _postgres_time(column: str) -> str:
-    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+    return PG_FORMAT_SQL.format(value=column)
 
 
 def _sql_value(dialect: str, field: LeadField, column: str) -> str:

@@ -15,7 +15,17 @@ from sqlalchemy.orm import Session
 
 from mega_crm.auth.access import KeyCheck, confirming, key_state_sql
 from mega_crm.customers.models import Customer, Owner
-from mega_crm.db import Memo, Query, RawConnection, as_datetime, as_json, as_shared_uuid, as_uuid, memos_of
+from mega_crm.db import (
+    Memo,
+    Pending,
+    Query,
+    RawConnection,
+    as_datetime,
+    as_json,
+    as_shared_uuid,
+    as_uuid,
+    memos_of,
+)
 from mega_crm.leads.counts import (
     COUNTS,
     PG_COUNTS_CTE,
@@ -29,6 +39,7 @@ from mega_crm.leads.counts import (
 from mega_crm.leads.filters import LeadFilters, searched
 from mega_crm.leads.models import Lead
 from mega_crm.leads.pages import Page, page_of_leads
+from mega_crm.timestamps import PG_CLOCK_SQL, stamped_json_sql
 
 # The reads and the counts have modules of their own; their names stay importable from here.
 __all__ = [
@@ -249,6 +260,50 @@ _PG_COUNTED = {
     "insert": Query(text(PG_COUNTS_CTE + _PG_INSERT_SQL)),
     "upsert": Query(text(PG_COUNTS_CTE + _PG_UPSERT_SQL)),
 }
+# The same again, guarded (write_plan's `guard`): `checked` is the customer's clock (read after
+# the lock was taken: its new value), once the leads matching the contact are found to be those
+# the write read before it, by id and updated_at (every lead write sets updated_at, under the
+# lock); else mega_crm_write_conflict raises (migration 0011). A missing customer has no clock.
+# (A statement's snapshot is taken when it starts: the check is a statement after the lock's.)
+_STAMPED = ("created_at", "updated_at", "last_interaction_at")
+_PG_CHECKED_CTE = (
+    ", checked AS (SELECT CASE WHEN s.same AND s.t IS NOT NULL THEN s.t ELSE "
+    "mega_crm_write_conflict('the leads this write read changed before it took the lock') END AS t "
+    f"FROM (SELECT {PG_CLOCK_SQL.format(customer=':customer_id')} AS t, "
+    "(SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}') = CAST(:seen_ids AS uuid[]) "
+    "AND coalesce(array_agg(l.updated_at ORDER BY l.id), '{}') = CAST(:seen_times AS timestamptz[]) "
+    "FROM leads l WHERE l.customer_id = :customer_id AND (l.email_normalized = CAST(:email AS text) "
+    "OR l.phone_last10 = CAST(:phone AS text))) AS same) AS s) "
+)  # fmt: skip
+
+
+def _guarded_value(name: str) -> str:
+    if name in _STAMPED:
+        return f"CASE WHEN '{name}' = ANY(CAST(:stamped AS text[])) THEN checked.t ELSE r.{name} END"
+    if name == "document":
+        return stamped_json_sql("r.document", "checked.t")
+    return f"r.{name}"
+
+
+_PG_GUARDED_SQL = (
+    f"{PG_COUNTS_CTE}{_PG_CHECKED_CTE}INSERT INTO leads ({_PG_COLUMNS}) "
+    f"SELECT {', '.join(_guarded_value(name) for name in LEAD_COLUMNS)} "
+    "FROM json_populate_recordset(NULL::leads, CAST(:rows AS json)) AS r CROSS JOIN checked"
+)
+_PG_GUARDED = {
+    "insert": Query(text(_PG_GUARDED_SQL)),
+    "upsert": Query(text(_PG_GUARDED_SQL + _PG_UPSERT_SQL[len(_PG_INSERT_SQL) :])),
+}
+
+
+class Guard(NamedTuple):
+    """What a lead write read before it took the customer's lock, for write_plan to check under
+    it (PostgreSQL's createLead: leads.service.create_lead)."""
+
+    now: datetime  # the provisional time: the record's times that are this object take the lock's
+    email: str | None  # the contact the leads in `seen` matched (leads_matching_later)
+    phone: str | None
+    seen: list[dict[str, Any]]  # those leads, as read
 
 
 def write_plan(
@@ -258,24 +313,64 @@ def write_plan(
     updates: list[dict[str, Any]],
     changed: dict[uuid.UUID, set[str]],
     deltas: dict[Bucket, int],
-) -> None:
+    guard: Guard | None = None,
+) -> Pending | None:
     """A merge plan's writes: the new leads (insert_leads), the changed ones (update_leads, with
     `changed` their changed columns) and the customer's counts moved by `deltas`
     (add_to_counts). PostgreSQL sends the counts in the first lead statement (counts.
-    PG_COUNTS_CTE): a createLead writes one statement, not two."""
+    PG_COUNTS_CTE): a createLead writes one statement, not two.
+
+    With a `guard` (PostgreSQL, one lead written): first the customer's write lock and time
+    (begin_customer_write, its answer the returned Pending: the time, microseconds since the
+    epoch), then the lead, in a statement that stamps it with that time (the record's times
+    that are `guard.now`, and timestamps.STAMP in its document) once it has checked, under the
+    lock, that the leads matching the contact are still `guard.seen`, unchanged; otherwise it
+    raises SQLSTATE 40001 (db.write_conflict: the transaction must be run again)."""
     raw = RawConnection.of(session)
     counts = count_rows(customer_id, deltas)
+    if guard is not None:
+        return _write_guarded(raw, customer_id, inserts, updates, counts, guard)
     if raw.is_sqlite or not counts or not (inserts or updates):
         insert_leads(session, inserts)
         update_leads(session, updates, changed)
         add_to_counts(session, customer_id, deltas)
-        return
+        return None
     params = {"counts": orjson.dumps(counts).decode()}
     if inserts:
         raw.run(_PG_COUNTED["insert"], {**params, "rows": orjson.dumps(inserts).decode()})
         update_leads(session, updates, changed)
     else:
         raw.run(_PG_COUNTED["upsert"], {**params, "rows": orjson.dumps(updates).decode()})
+    return None
+
+
+def _write_guarded(
+    raw: RawConnection,
+    customer_id: uuid.UUID,
+    inserts: list[dict[str, Any]],
+    updates: list[dict[str, Any]],
+    counts: list[dict[str, Any]],
+    guard: Guard,
+) -> Pending:
+    """write_plan with a guard: see there."""
+    records = inserts or updates
+    if raw.is_sqlite or len(records) != 1 or (inserts and updates):
+        raise ValueError("a guarded write is PostgreSQL's, of one lead")
+    (rec,) = records
+    clock = raw.send(_BEGIN_WRITE, {"customer_id": customer_id, "now_us": _to_us(guard.now)})
+    seen = sorted(guard.seen, key=lambda lead: lead["id"])
+    params = {
+        "customer_id": customer_id,
+        "counts": orjson.dumps(counts).decode(),
+        "rows": orjson.dumps(records).decode(),
+        "stamped": [name for name in _STAMPED if rec[name] is guard.now],
+        "email": guard.email,
+        "phone": guard.phone,
+        "seen_ids": [lead["id"] for lead in seen],
+        "seen_times": [lead["updated_at"] for lead in seen],
+    }
+    raw.run(_PG_GUARDED["insert" if inserts else "upsert"], params)
+    return clock
 
 
 def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
@@ -345,11 +440,18 @@ class WriteStart(NamedTuple):
 
 
 def begin_lead_write_later(
-    session: Session, customer_id: uuid.UUID, now: datetime, key_check: KeyCheck | None = None
+    session: Session,
+    customer_id: uuid.UUID,
+    now: datetime,
+    key_check: KeyCheck | None = None,
+    *,
+    lock: bool = True,
 ) -> Callable[[], WriteStart | None]:
     """createLead's first reads, sent now and read when the result is called (None: no customer).
     `key_check`: a cached key, confirmed as the result is read (auth.access.StaleKey if it
-    changed; left unconfirmed when there is no customer).
+    changed; left unconfirmed when there is no customer). `lock` False (PostgreSQL): the same
+    reads without the customer's lock, the write's time left at `now` (provisional: the write
+    takes the lock and its time in write_plan, with a Guard).
 
     PostgreSQL: one statement. The UPDATE of begin_customer_write returns the customer's
     pipeline, custom-field slugs and live webhooks beside its clock, and the key's state when
@@ -376,10 +478,12 @@ def begin_lead_write_later(
             return WriteStart(when, stages, slugs, None)
 
         return read_apart
-    params: dict[str, Any] = {"customer_id": customer_id, "now_us": _to_us(now)}
+    params: dict[str, Any] = {"customer_id": customer_id}
+    if lock:
+        params["now_us"] = _to_us(now)
     if key_check is not None:
         params.update(key_check.params)
-    pending = raw.send(_BEGIN_WRITE_WITH_CONFIG[key_check is not None], params)
+    pending = raw.send(_BEGIN_WRITE_WITH_CONFIG[lock, key_check is not None], params)
 
     def read() -> WriteStart | None:
         row = pending.first()
@@ -389,7 +493,7 @@ def begin_lead_write_later(
         if key_check is not None:
             key_check.confirm(row[4])
         return WriteStart(
-            _EPOCH + timedelta(microseconds=clock),
+            _EPOCH + timedelta(microseconds=clock) if lock else now,
             [StageRow(as_uuid(i), slug, name, color) for i, slug, name, color in orjson.loads(stages)],
             set(orjson.loads(slugs)),
             [(webhook_id, types) for webhook_id, types in orjson.loads(webhooks)],
@@ -413,10 +517,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # begin_lead_write_later's statement on PostgreSQL: _BEGIN_WRITE's, with the customer's
 # configuration (_CONFIG's rows) and live webhooks (events.outbox's _SUBSCRIBED) as JSON arrays;
 # [True]: and the key's state (auth.access.key_state_sql), for a cached key it confirms.
-_BEGIN_WRITE_WITH_CONFIG_SQL = (
-    "UPDATE customers SET leads_version = leads_version + 1, "
-    "leads_clock_us = GREATEST(leads_clock_us + 1, CAST(:now_us AS bigint)) "
-    "WHERE id = :customer_id RETURNING leads_clock_us, "
+# begin_lead_write_later's statement on PostgreSQL: _BEGIN_WRITE's, with the customer's
+# configuration (_CONFIG's rows) and live webhooks (events.outbox's _SUBSCRIBED) as JSON arrays;
+# without the lock (lock=False), the same columns read by a SELECT; with a cached key to
+# confirm, and the key's state (auth.access.key_state_sql).
+_CONFIG_COLUMNS = (
     "(SELECT coalesce(json_agg(json_build_array(id, slug, name, color) ORDER BY position, slug), '[]') "
     "FROM stages WHERE customer_id = :customer_id)::text, "
     "(SELECT coalesce(json_agg(slug), '[]') FROM custom_field_definitions "
@@ -424,10 +529,24 @@ _BEGIN_WRITE_WITH_CONFIG_SQL = (
     "(SELECT coalesce(json_agg(json_build_array(id, event_types)), '[]') FROM webhooks "
     "WHERE customer_id = :customer_id AND is_active IS true AND deleted_at IS NULL)::text"
 )  # fmt: skip
-_BEGIN_WRITE_WITH_CONFIG = {
-    False: Query(text(_BEGIN_WRITE_WITH_CONFIG_SQL)),
-    True: Query(text(f"{_BEGIN_WRITE_WITH_CONFIG_SQL}, {key_state_sql()}")),
+_WITH_CONFIG_HEAD = {
+    True: "UPDATE customers SET leads_version = leads_version + 1, "
+    "leads_clock_us = GREATEST(leads_clock_us + 1, CAST(:now_us AS bigint)) "
+    "WHERE id = :customer_id RETURNING leads_clock_us, {columns}",
+    False: "SELECT leads_clock_us, {columns} FROM customers WHERE id = :customer_id",
 }
+_BEGIN_WRITE_WITH_CONFIG = {
+    (lock, keyed): Query(text(
+        head.format(columns=_CONFIG_COLUMNS + (f", {key_state_sql()}" if keyed else ""))
+    ))
+    for lock, head in _WITH_CONFIG_HEAD.items()
+    for keyed in (False, True)
+}  # fmt: skip
+
+
+def clock_time(clock_us: int) -> datetime:
+    """A value of customers.leads_clock_us (microseconds since the epoch) as an aware datetime."""
+    return _EPOCH + timedelta(microseconds=clock_us)
 
 
 def _to_us(value: datetime) -> int:

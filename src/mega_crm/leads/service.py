@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -14,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mega_crm.auth.access import KeyCheck
-from mega_crm.db import RawConnection, utcnow
+from mega_crm.db import Pending, RawConnection, utcnow, write_conflict
 from mega_crm.errors import ConflictError, InvalidRequestError
 from mega_crm.events.outbox import record_lead_created, record_lead_updated, remember_subscriptions
 from mega_crm.leads import repository as repo
@@ -24,7 +25,11 @@ from mega_crm.leads.documents import lead_body, render_document
 from mega_crm.leads.rows import CustomerConfig, load_config, parse_uuid, resolve_contact, resolve_row
 from mega_crm.leads.schemas import BulkLeadRow, LeadCreateRequest, ListLeadsQuery
 from mega_crm.leads.search import SearchTerms, parse_search, search_columns
+from mega_crm.observability import metrics
+from mega_crm.timestamps import fill_stamps
 from mega_crm.validation import describe_errors
+
+T = TypeVar("T")
 
 LEAD_STATUSES = ("active", "won", "lost", "nurture", "archived")
 
@@ -45,14 +50,16 @@ def _apply_plan(
     plan: MergePlan,
     before: dict[uuid.UUID, repo.Bucket],
     config: CustomerConfig,
-) -> None:
+    guard: repo.Guard | None = None,
+) -> Pending | None:
     """Write the plan (each lead with its rendered document), and move the per-bucket counts by
     what it changed. `before`: the (status, stage, lead_line) of each existing lead as loaded,
-    before the merge."""
+    before the merge. `guard`: see repository.write_plan (-> the write's time, when given)."""
     _load_owners(session, customer_id, config, plan.inserts + plan.updates)
+    stamp = guard.now if guard is not None else None
     for rec in plan.inserts + plan.updates:
         owner = config.owners.get(rec["owner_id"])
-        rec["document"] = render_document(rec, config.stage(rec["stage_id"]), owner)
+        rec["document"] = render_document(rec, config.stage(rec["stage_id"]), owner, stamp)
         search_columns(rec)
     counts: Counter[repo.Bucket] = Counter(repo.bucket_of(rec) for rec in plan.inserts)
     for rec in plan.updates:
@@ -61,7 +68,9 @@ def _apply_plan(
             counts[old] -= 1
             counts[new] += 1
     try:
-        repo.write_plan(session, customer_id, plan.inserts, plan.updates, plan.changed_columns, counts)
+        return repo.write_plan(
+            session, customer_id, plan.inserts, plan.updates, plan.changed_columns, counts, guard
+        )
     except IntegrityError:
         # Only reachable if a writer bypassed the customer lock; the transaction is rolled back.
         raise ConflictError("A concurrent write touched the same lead; retry the request.") from None
@@ -77,6 +86,45 @@ def _load_owners(
         config.owners.update(repo.owners_by_id(session, customer_id, missing))
 
 
+class Provisional:
+    """createLead on PostgreSQL, its reads before the customer's lock (see create_lead): the
+    response's times are timestamps.STAMP until the write has committed (`settle`)."""
+
+    def __init__(self) -> None:
+        self._clock: Pending | None = None
+        self._lead: dict[str, Any] | None = None
+
+    def wrote(self, clock: Pending, lead: dict[str, Any]) -> None:
+        """The write's time (repository.write_plan's answer) and the response's lead."""
+        self._clock, self._lead = clock, lead
+
+    def settle(self) -> None:
+        """Once committed: the response's stamped times set to the write's (the last write, when
+        the work ran more than once: an Idempotency-Key taken over)."""
+        if self._clock is None or self._lead is None:
+            return
+        row = self._clock.first()
+        assert row is not None  # the guarded write raised otherwise
+        fill_stamps(self._lead, repo.clock_time(row[0]))
+
+
+def create_lead_retrying(attempt: Callable[[Provisional | None], T], is_sqlite: bool) -> T:
+    """`attempt` runs createLead's transaction (create_lead, given its `provisional`) and, once
+    committed, settles the provisional response (unless it answered with a stored one).
+    PostgreSQL: first with its reads before the customer's lock; when another write changed,
+    in between, the leads it matched (db.write_conflict: rolled back), once more with the lock
+    first. SQLite: with the lock first."""
+    if is_sqlite:
+        return attempt(None)
+    try:
+        return attempt(Provisional())
+    except Exception as exc:
+        if not write_conflict(exc):
+            raise
+    metrics.LEAD_WRITE_RETRIES.inc()
+    return attempt(None)
+
+
 def create_lead(
     session: Session,
     customer_id: uuid.UUID,
@@ -84,6 +132,7 @@ def create_lead(
     phone_region: str,
     outcomes: list[str] | None = None,
     key_check: KeyCheck | None = None,
+    provisional: Provisional | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """createLead inside the caller's write transaction -> (201, {"lead": …}).
     `outcomes`: gets "created" or "merged" appended (for metrics, once the caller has committed).
@@ -91,18 +140,25 @@ def create_lead(
     if it changed); a refusal raised before that statement is read leaves it unconfirmed.
 
     Its reads are sent together, then read (one round trip in a pipelined transaction): the
-    customer's write lock (held from here to COMMIT) with the pipeline and fields and the
-    webhooks to notify (repository.begin_lead_write_later), then the dedup candidates, after
-    the lock so that they include every lead committed before it. Its writes then go out with
-    the commit."""
+    customer's pipeline, fields and webhooks to notify (repository.begin_lead_write_later), and
+    the dedup candidates; its writes then go out with the commit. The customer's write lock
+    (which orders its lead writes and their times) is held from its first statement to COMMIT:
+
+    * without `provisional` (SQLite; PostgreSQL's second try): taken by the first read, the
+      candidates read after it, so that they include every lead committed before it;
+    * with `provisional` (PostgreSQL): taken by the first write, which checks that the candidates
+      are still those read (repository.Guard) and stamps the lead with the lock's time: the lock
+      is held for one round trip's statements, not for this work too (with eight concurrent
+      creates for one customer, that wait was most of a create's time). The response's times
+      are then timestamps.STAMP until `provisional.settle()`; a check that fails raises
+      SQLSTATE 40001 as the transaction commits (create_lead_retrying)."""
     contact = resolve_contact(request, phone_region)
     lead_input = contact[0]
-    begin = repo.begin_lead_write_later(session, customer_id, utcnow(), key_check)
+    email, phone = lead_input.email_normalized, lead_input.phone_last10
+    locked = provisional is None
+    begin = repo.begin_lead_write_later(session, customer_id, utcnow(), key_check, lock=locked)
     matching = repo.leads_matching_later(
-        session,
-        customer_id,
-        {lead_input.email_normalized} if lead_input.email_normalized else set(),
-        {lead_input.phone_last10} if lead_input.phone_last10 else set(),
+        session, customer_id, {email} if email else set(), {phone} if phone else set()
     )
     start = begin()
     if start is None:  # deleted between auth and now
@@ -128,17 +184,21 @@ def create_lead(
     originals = {
         rec["id"]: {**rec, "custom_fields": dict(rec.get("custom_fields") or {})} for rec in existing
     }
+    guard = None if locked else repo.Guard(now, email, phone, list(originals.values()))
     plan = plan_merge([(resolved, RowOutcome(row_ref=None, status="failed"))], existing, defaults)
-    _apply_plan(session, customer_id, plan, before, config)
+    clock = _apply_plan(session, customer_id, plan, before, config, guard)
     outcome = plan.outcomes[0]
     assert outcome.lead_id is not None
     rec = plan.leads[outcome.lead_id]
-    body = lead_body(rec, config.stage(rec["stage_id"]), config.owners.get(rec["owner_id"]))
+    stamp = None if locked else now
+    body = lead_body(rec, config.stage(rec["stage_id"]), config.owners.get(rec["owner_id"]), stamp=stamp)
     if outcome.status == "created":
         record_lead_created(session, customer_id, body)
     elif outcome.lead_id in plan.changed_columns:
         was = originals[outcome.lead_id]
         record_lead_updated(session, customer_id, body, lead_body(was, config.stage(was["stage_id"]), None))
+    if provisional is not None and clock is not None:
+        provisional.wrote(clock, body)
     if outcomes is not None:
         outcomes.append("created" if outcome.status == "created" else "merged")
     return 201, {"lead": body}

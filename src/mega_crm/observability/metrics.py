@@ -68,6 +68,11 @@ IDEMPOTENT_REPLAYS = Counter(
 LEADS_CREATED = Counter(
     "mega_leads_created_total", "createLead requests committed, by outcome (created, merged)", ["outcome"]
 )
+LEAD_WRITE_RETRIES = Counter(
+    "mega_lead_write_retries_total",
+    "createLead writes run again with the customer's lock first, after another write changed the "
+    "leads they matched between their reads and their write (PostgreSQL)",
+)
 BULK_ROWS = Counter(
     "mega_bulk_rows_total", "bulkImportLeads rows committed, by outcome (created, updated, skipped, failed)",
     ["outcome"],

@@ -92,16 +92,25 @@ def _create_lead(call: Call) -> Response:
     # its own, since a replay runs no create.
     folded = call.key_check if key is None else None
 
-    result = run_idempotent(
-        state.db,
-        customer_id=call.customer_id,
-        endpoint="createLead",
-        key=key,
-        fingerprint=lambda: request_fingerprint(body.model_dump(mode="json", exclude_none=True)),
-        ttl=timedelta(hours=state.settings.idempotency_ttl_hours),
-        work=lambda session: service.create_lead(session, call.customer_id, body, region, outcomes, folded),
-        confirm=None if folded is not None else confirming(call.key_check),
-    )
+    def attempt(provisional: service.Provisional | None) -> StoredResponse:
+        outcomes.clear()
+        result = run_idempotent(
+            state.db,
+            customer_id=call.customer_id,
+            endpoint="createLead",
+            key=key,
+            fingerprint=lambda: request_fingerprint(body.model_dump(mode="json", exclude_none=True)),
+            ttl=timedelta(hours=state.settings.idempotency_ttl_hours),
+            work=lambda session: service.create_lead(
+                session, call.customer_id, body, region, outcomes, folded, provisional
+            ),
+            confirm=None if folded is not None else confirming(call.key_check),
+        )
+        if provisional is not None and not result.replayed:  # a replay's times are stored
+            provisional.settle()
+        return result
+
+    result = service.create_lead_retrying(attempt, state.db.is_sqlite)
     if outcomes and not result.replayed:
         metrics.LEADS_CREATED.labels(outcomes[-1]).inc()
     return _reply(result, "createLead")
