@@ -104,7 +104,7 @@ def test_statements_per_create(counted: tuple[TestClient, RoundTripCounter, Data
         assert r.status_code == 201, r.text
         if run >= 3:
             statements.append(counter.reset_statements())
-    assert sorted(statements)[len(statements) // 2] == 6, statements
+    assert sorted(statements)[len(statements) // 2] == 5, statements
 
 
 def test_a_create_with_webhooks_to_notify_takes_the_same_round_trips(

@@ -494,12 +494,50 @@ def begin_lead_write_later(
             key_check.confirm(row[4])
         return WriteStart(
             _EPOCH + timedelta(microseconds=clock) if lock else now,
-            [StageRow(as_uuid(i), slug, name, color) for i, slug, name, color in orjson.loads(stages)],
+            _stages_of(stages),
             set(orjson.loads(slugs)),
-            [(webhook_id, types) for webhook_id, types in orjson.loads(webhooks)],
+            _webhooks_of(webhooks),
         )
 
     return read
+
+
+def lead_write_reads_later(
+    session: Session,
+    customer_id: uuid.UUID,
+    now: datetime,
+    key_check: KeyCheck | None,
+    email: str | None,
+    phone: str | None,
+) -> Callable[[], tuple[WriteStart | None, list[dict[str, Any]]]]:
+    """PostgreSQL: begin_lead_write_later(lock=False) and leads_matching_later for one contact
+    (`email`, `phone`: normalised, None for none) in one statement, sent now, read when the
+    result is called -> (the WriteStart, None with no customer; the matching leads)."""
+    params: dict[str, Any] = {"customer_id": customer_id, "email": email, "phone": phone}
+    if key_check is not None:
+        params.update(key_check.params)
+    pending = RawConnection.of(session).send(_CONFIG_AND_MATCHING[key_check is not None], params)
+
+    def read() -> tuple[WriteStart | None, list[dict[str, Any]]]:
+        rows = pending.all()
+        if not rows:
+            return None, []
+        _clock, stages, slugs, webhooks = rows[0][:4]
+        width = 5 if key_check is not None else 4
+        if key_check is not None:
+            key_check.confirm(rows[0][4])
+        start = WriteStart(now, _stages_of(stages), set(orjson.loads(slugs)), _webhooks_of(webhooks))
+        return start, [_record(row[width:]) for row in rows if row[width] is not None]
+
+    return read
+
+
+def _stages_of(stages: str) -> list[StageRow]:
+    return [StageRow(as_uuid(i), slug, name, color) for i, slug, name, color in orjson.loads(stages)]
+
+
+def _webhooks_of(webhooks: str) -> list[tuple[Any, ...]]:
+    return [(webhook_id, types) for webhook_id, types in orjson.loads(webhooks)]
 
 
 _CUSTOMERS: Table = Customer.__table__  # type: ignore[assignment]
@@ -535,6 +573,17 @@ _WITH_CONFIG_HEAD = {
     "WHERE id = :customer_id RETURNING leads_clock_us, {columns}",
     False: "SELECT leads_clock_us, {columns} FROM customers WHERE id = :customer_id",
 }
+# PostgreSQL's createLead with its reads before the lock (leads_for_write_later): the SELECT's
+# columns, and beside them each lead the contact matches (_MATCHING_ONE), one row per lead (one
+# row of NULLs when none does): one statement, not two.
+_CONFIG_AND_MATCHING = {
+    keyed: Query(text(
+        f"SELECT c.leads_clock_us, {_CONFIG_COLUMNS}{f', {key_state_sql()}' if keyed else ''}, m.* "
+        f"FROM customers c LEFT JOIN LATERAL ({_MATCHING_ONE.statement.text}) m ON true "
+        "WHERE c.id = :customer_id"
+    ))
+    for keyed in (False, True)
+}  # fmt: skip
 _BEGIN_WRITE_WITH_CONFIG = {
     (lock, keyed): Query(text(
         head.format(columns=_CONFIG_COLUMNS + (f", {key_state_sql()}" if keyed else ""))

@@ -156,11 +156,15 @@ def create_lead(
     lead_input = contact[0]
     email, phone = lead_input.email_normalized, lead_input.phone_last10
     locked = provisional is None
-    begin = repo.begin_lead_write_later(session, customer_id, utcnow(), key_check, lock=locked)
-    matching = repo.leads_matching_later(
-        session, customer_id, {email} if email else set(), {phone} if phone else set()
-    )
-    start = begin()
+    if locked:
+        begin = repo.begin_lead_write_later(session, customer_id, utcnow(), key_check)
+        matching = repo.leads_matching_later(
+            session, customer_id, {email} if email else set(), {phone} if phone else set()
+        )
+        start = begin()
+    else:
+        reads = repo.lead_write_reads_later(session, customer_id, utcnow(), key_check, email, phone)()
+        start, matching = reads[0], lambda: reads[1]
     if start is None:  # deleted between auth and now
         raise InvalidRequestError("Unknown customer.")
     now = start.now
