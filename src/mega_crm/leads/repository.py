@@ -444,14 +444,11 @@ def begin_lead_write_later(
     customer_id: uuid.UUID,
     now: datetime,
     key_check: KeyCheck | None = None,
-    *,
-    lock: bool = True,
 ) -> Callable[[], WriteStart | None]:
-    """createLead's first reads, sent now and read when the result is called (None: no customer).
+    """createLead's first reads with the customer's lock taken first (lead_write_reads_later:
+    without it), sent now and read when the result is called (None: no customer).
     `key_check`: a cached key, confirmed as the result is read (auth.access.StaleKey if it
-    changed; left unconfirmed when there is no customer). `lock` False (PostgreSQL): the same
-    reads without the customer's lock, the write's time left at `now` (provisional: the write
-    takes the lock and its time in write_plan, with a Guard).
+    changed; left unconfirmed when there is no customer).
 
     PostgreSQL: one statement. The UPDATE of begin_customer_write returns the customer's
     pipeline, custom-field slugs and live webhooks beside its clock, and the key's state when
@@ -478,12 +475,10 @@ def begin_lead_write_later(
             return WriteStart(when, stages, slugs, None)
 
         return read_apart
-    params: dict[str, Any] = {"customer_id": customer_id}
-    if lock:
-        params["now_us"] = _to_us(now)
+    params: dict[str, Any] = {"customer_id": customer_id, "now_us": _to_us(now)}
     if key_check is not None:
         params.update(key_check.params)
-    pending = raw.send(_BEGIN_WRITE_WITH_CONFIG[lock, key_check is not None], params)
+    pending = raw.send(_BEGIN_WRITE_WITH_CONFIG[key_check is not None], params)
 
     def read() -> WriteStart | None:
         row = pending.first()
@@ -493,7 +488,7 @@ def begin_lead_write_later(
         if key_check is not None:
             key_check.confirm(row[4])
         return WriteStart(
-            _EPOCH + timedelta(microseconds=clock) if lock else now,
+            _EPOCH + timedelta(microseconds=clock),
             _stages_of(stages),
             set(orjson.loads(slugs)),
             _webhooks_of(webhooks),
@@ -510,9 +505,10 @@ def lead_write_reads_later(
     email: str | None,
     phone: str | None,
 ) -> Callable[[], tuple[WriteStart | None, list[dict[str, Any]]]]:
-    """PostgreSQL: begin_lead_write_later(lock=False) and leads_matching_later for one contact
-    (`email`, `phone`: normalised, None for none) in one statement, sent now, read when the
-    result is called -> (the WriteStart, None with no customer; the matching leads)."""
+    """PostgreSQL: begin_lead_write_later's reads without the lock (the WriteStart's time is
+    `now`, provisional: write_plan's Guard), and leads_matching_later for one contact (`email`,
+    `phone`: normalised, None for none), in one statement sent now and read when the result is
+    called -> (the WriteStart, None with no customer; the matching leads)."""
     params: dict[str, Any] = {"customer_id": customer_id, "email": email, "phone": phone}
     if key_check is not None:
         params.update(key_check.params)
@@ -555,10 +551,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # begin_lead_write_later's statement on PostgreSQL: _BEGIN_WRITE's, with the customer's
 # configuration (_CONFIG's rows) and live webhooks (events.outbox's _SUBSCRIBED) as JSON arrays;
 # [True]: and the key's state (auth.access.key_state_sql), for a cached key it confirms.
-# begin_lead_write_later's statement on PostgreSQL: _BEGIN_WRITE's, with the customer's
-# configuration (_CONFIG's rows) and live webhooks (events.outbox's _SUBSCRIBED) as JSON arrays;
-# without the lock (lock=False), the same columns read by a SELECT; with a cached key to
-# confirm, and the key's state (auth.access.key_state_sql).
 _CONFIG_COLUMNS = (
     "(SELECT coalesce(json_agg(json_build_array(id, slug, name, color) ORDER BY position, slug), '[]') "
     "FROM stages WHERE customer_id = :customer_id)::text, "
@@ -567,28 +559,24 @@ _CONFIG_COLUMNS = (
     "(SELECT coalesce(json_agg(json_build_array(id, event_types)), '[]') FROM webhooks "
     "WHERE customer_id = :customer_id AND is_active IS true AND deleted_at IS NULL)::text"
 )  # fmt: skip
-_WITH_CONFIG_HEAD = {
-    True: "UPDATE customers SET leads_version = leads_version + 1, "
+_BEGIN_WRITE_WITH_CONFIG_SQL = (
+    "UPDATE customers SET leads_version = leads_version + 1, "
     "leads_clock_us = GREATEST(leads_clock_us + 1, CAST(:now_us AS bigint)) "
-    "WHERE id = :customer_id RETURNING leads_clock_us, {columns}",
-    False: "SELECT leads_clock_us, {columns} FROM customers WHERE id = :customer_id",
+    f"WHERE id = :customer_id RETURNING leads_clock_us, {_CONFIG_COLUMNS}"
+)
+_BEGIN_WRITE_WITH_CONFIG = {
+    False: Query(text(_BEGIN_WRITE_WITH_CONFIG_SQL)),
+    True: Query(text(f"{_BEGIN_WRITE_WITH_CONFIG_SQL}, {key_state_sql()}")),
 }
-# PostgreSQL's createLead with its reads before the lock (leads_for_write_later): the SELECT's
-# columns, and beside them each lead the contact matches (_MATCHING_ONE), one row per lead (one
-# row of NULLs when none does): one statement, not two.
+# PostgreSQL's createLead with its reads before the lock (lead_write_reads_later): the same
+# columns read by a SELECT, and beside them each lead the contact matches (_MATCHING_ONE), one
+# row per lead (one row of NULLs when none does): one statement, not two.
 _CONFIG_AND_MATCHING = {
     keyed: Query(text(
         f"SELECT c.leads_clock_us, {_CONFIG_COLUMNS}{f', {key_state_sql()}' if keyed else ''}, m.* "
         f"FROM customers c LEFT JOIN LATERAL ({_MATCHING_ONE.statement.text}) m ON true "
         "WHERE c.id = :customer_id"
     ))
-    for keyed in (False, True)
-}  # fmt: skip
-_BEGIN_WRITE_WITH_CONFIG = {
-    (lock, keyed): Query(text(
-        head.format(columns=_CONFIG_COLUMNS + (f", {key_state_sql()}" if keyed else ""))
-    ))
-    for lock, head in _WITH_CONFIG_HEAD.items()
     for keyed in (False, True)
 }  # fmt: skip
 
