@@ -49,9 +49,11 @@ STAMP_CHAR = "\x01"
 
 # The customer's write clock as a timestamptz, `{customer}` an SQL expression of its id: what a
 # write that took the customer's lock (leads.repository.begin_customer_write) stamps.
+# (Whole seconds and microseconds apart: `interval * number` multiplies in floating point,
+# exact only up to 2**53 microseconds, the year 2255.)
 PG_CLOCK_SQL = (
-    "(SELECT TIMESTAMPTZ 'epoch' + leads_clock_us * INTERVAL '1 microsecond' FROM customers "
-    "WHERE customers.id = {customer})"
+    "(SELECT to_timestamp(leads_clock_us / 1000000) + leads_clock_us % 1000000 * INTERVAL '1 microsecond' "
+    "FROM customers WHERE customers.id = {customer})"
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from sqlalchemy import select, text, update
 
+from mega_crm.admin import service as admin
 from mega_crm.customers.models import Customer
 from mega_crm.db import Database, utcnow
 from mega_crm.leads import service
@@ -65,13 +66,20 @@ def stored(db: Database, lead_id: str) -> Lead:
         return session.get_one(Lead, uuid.UUID(lead_id))
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+THREE_DAYS_AHEAD = (utcnow() + timedelta(days=3) - EPOCH) // timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize(
+    "clock_us", [THREE_DAYS_AHEAD, 10**16 + 123_456], ids=["3-days-ahead", "past-2**53-us"]
+)
 def test_a_create_takes_the_time_of_the_customers_clock(
-    client: TestClient, db: Database, tenant: Tenant
+    client: TestClient, db: Database, tenant: Tenant, clock_us: int
 ) -> None:
     """The clock ahead of this machine's (another server's writes, a clock stepped back): the
-    lead's times are the clock's, everywhere they are kept, not the time the create began with."""
-    ahead = utcnow() + timedelta(days=3)
-    clock_us = int((ahead.timestamp()) * 1_000_000)
+    lead's times are the clock's, everywhere they are kept, not the time the create began with;
+    to the microsecond past 2**53 µs too (the year 2286), where an interval multiplied in
+    floating point is not."""
     with db.write_session() as session:
         session.add(
             Webhook(
@@ -90,7 +98,7 @@ def test_a_create_takes_the_time_of_the_customers_clock(
             select(Customer.leads_clock_us).where(Customer.id == tenant.customer_id)
         ).one()
     assert now_us == clock_us + 1
-    expected = format_time(ahead.replace(microsecond=0) + timedelta(microseconds=clock_us % 1_000_000 + 1))
+    expected = format_time(EPOCH + timedelta(microseconds=clock_us + 1))
     assert made["created_at"] == made["updated_at"] == made["last_interaction_at"] == expected
     row = stored(db, made["id"])
     assert format_time(row.created_at) == format_time(row.updated_at) == expected
@@ -164,3 +172,48 @@ def test_a_write_to_other_leads_in_between_is_no_conflict(
     other, mine = sorted(page, key=lambda found: found["created_at"])
     assert mine == made
     assert other["created_at"] < made["created_at"]
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_a_key_revoked_before_the_second_try_is_refused(
+    client: TestClient,
+    db: Database,
+    tenant: Tenant,
+    meanwhile: Callable[[Callable[[], None]], None],
+    keyed: bool,
+) -> None:
+    """The first try confirmed the key, then met a changed lead and was rolled back; the key was
+    revoked in between: the second try finds it changed, and the request is judged on the key
+    as it now is (401), not a 500. (A hostile helper's finding: 41 × 500 in 2,100 requests.)"""
+    body = lead()
+    create(client, tenant, body)  # the key is cached from here
+
+    def twin_then_revoke() -> None:
+        create_elsewhere(db, tenant, {**body, "contact_name": "Elsewhere"})
+        admin.revoke_key(db, tenant.key_id)
+
+    meanwhile(twin_then_revoke)
+    headers = {**tenant.headers, **({"Idempotency-Key": uuid.uuid4().hex} if keyed else {})}
+    r = client.post(LEADS, json={**body, "contact_name": "Refused"}, headers=headers)
+    assert r.status_code == 401, r.text
+    with db.read_session() as session:
+        names = session.scalars(select(Lead.contact_name).where(Lead.customer_id == tenant.customer_id)).all()
+    assert names == ["Elsewhere"]
+
+
+def test_limits_changed_before_the_second_try_are_no_error(
+    client: TestClient, db: Database, tenant: Tenant, meanwhile: Callable[[Callable[[], None]], None]
+) -> None:
+    """A key's cached state includes its customer's limits: changed between the tries, the
+    second try runs on the key looked up again, and the create succeeds."""
+    body = lead()
+    create(client, tenant, body)
+
+    def twin_then_limits() -> None:
+        create_elsewhere(db, tenant, {**body, "contact_name": "Elsewhere"})
+        admin.set_limits(db, tenant.customer_id, "99999/minute", None)
+
+    meanwhile(twin_then_limits)
+    merged = create(client, tenant, {**body, "contact_name": "Last"})
+    assert merged["contact_name"] == "Last"
+    assert merged["interaction_count"] == 3

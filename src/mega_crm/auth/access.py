@@ -188,6 +188,11 @@ class KeyCheck:
             raise StaleKey
         self.confirmed = True
 
+    def reopen(self) -> None:
+        """The transaction that confirmed it was rolled back, and its work runs again: it is to
+        be confirmed afresh (a StaleKey then is judged on the key looked up, not an error)."""
+        self.confirmed = False
+
 
 class KeyCache:
     """Live keys looked up before (token hash -> _KEY_LOOKUP's row), for routes that confirm a

@@ -94,6 +94,8 @@ def _create_lead(call: Call) -> Response:
 
     def attempt(provisional: service.Provisional | None) -> StoredResponse:
         outcomes.clear()
+        if provisional is None and call.key_check is not None:
+            call.key_check.reopen()  # a second try (rolled back) confirms the key again
         result = run_idempotent(
             state.db,
             customer_id=call.customer_id,
