@@ -6,6 +6,7 @@ the flag changes nothing."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
@@ -97,3 +98,129 @@ def test_only_a_gone_connection_counts_as_lost(sqlstate: str | None, lost: bool)
     error = psycopg.OperationalError("server said no")
     error.sqlstate = sqlstate
     assert lost_connection(error) is lost
+
+
+# PostgreSQL's pipeline (mega_crm.db.pipeline): libpq's pipeline mode driven directly, its
+# statements prepared through psycopg's own record of them.
+
+
+def _pg(db: Database) -> None:
+    if db.is_sqlite:
+        pytest.skip("the pipeline is PostgreSQL's")
+
+
+_PREPARED = text("SELECT count(*) FROM pg_prepared_statements")
+_DUPLICATE = Query(
+    text(
+        "INSERT INTO customers (id, name, created_at, leads_version, leads_clock_us) "
+        "VALUES (:id, 'dup', now(), 0, 0)"
+    )
+)
+
+
+def _taken(db: Database) -> uuid.UUID:
+    """A customer id already in the table."""
+    taken = uuid.uuid4()
+    with db.write_session() as session:
+        RawConnection.of(session).run(_NEW_CUSTOMER, {"id": taken, "name": "taken", "created_at": utcnow()})
+    return taken
+
+
+def test_the_first_error_is_what_every_later_read_raises(db: Database) -> None:
+    """A statement queued after a failing one is never run: reading it raises the failure
+    itself (a unique violation here), not psycopg's PipelineAborted, and so does the commit."""
+    _pg(db)
+    import psycopg
+
+    taken, fresh = _taken(db), uuid.uuid4()
+
+    def duplicate_then_read() -> None:
+        with db.write_session(pipelined=True) as session:
+            raw = RawConnection.of(session)
+            raw.run(_DUPLICATE, {"id": taken})
+            after = raw.send(_NAME, {"id": taken})
+            raw.run(_NEW_CUSTOMER, {"id": fresh, "name": "never", "created_at": utcnow()})
+            after.all()
+
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        duplicate_then_read()
+    assert names(db, fresh) == []
+
+
+def test_a_sqlalchemy_statement_after_a_failed_one_raises_that_failure(db: Database) -> None:
+    _pg(db)
+    taken = _taken(db)
+
+    def duplicate_then_sqlalchemy() -> None:
+        with db.write_session(pipelined=True) as session:
+            RawConnection.of(session).run(_DUPLICATE, {"id": taken})
+            session.execute(text("SELECT 1"))
+
+    with pytest.raises(Exception, match="duplicate key") as raised:  # noqa: PT011
+        duplicate_then_sqlalchemy()
+    assert "UniqueViolation" in repr(raised.value)
+
+
+def test_statements_are_prepared_and_survive_psycopgs_deallocate_all(db: Database) -> None:
+    """Past psycopg's threshold the pipeline's statements are prepared (on the connection,
+    through psycopg's record); a failed transaction's ROLLBACK makes psycopg DEALLOCATE ALL and
+    forget them, and the next transactions prepare them again instead of meeting "prepared
+    statement … does not exist"."""
+    _pg(db)
+    single = Database(db.url, pool_size=1, threads=1)  # one connection: every transaction on it
+    try:
+
+        def write(*, fail: bool = False) -> int:
+            with single.write_session(pipelined=True) as session:
+                raw = RawConnection.of(session)
+                raw.run(_NEW_CUSTOMER, {"id": uuid.uuid4(), "name": "prepared", "created_at": utcnow()})
+                seen = raw.send(_NAME, {"id": uuid.uuid4()})
+                if fail:
+                    raw.run(_NEW_CUSTOMER, {"id": None, "name": "no id", "created_at": utcnow()})
+                assert seen.all() == []
+                return int(session.execute(_PREPARED).scalar_one())
+
+        counts = [write() for _ in range(8)]
+        assert counts[0] == 0
+        assert counts[-1] >= 2  # BEGIN, the INSERT and the SELECT, in time
+        with pytest.raises(Exception, match="null value"):  # noqa: PT011
+            write(fail=True)
+        after = [write() for _ in range(8)]
+        assert after[-1] >= 2
+    finally:
+        single.dispose()
+
+
+def test_behind_a_transaction_pooler_nothing_is_prepared(db: Database) -> None:
+    """pool_mode=transaction (PgBouncer): psycopg prepares nothing, nor does the pipeline."""
+    _pg(db)
+    pooled = Database(
+        db.url + ("&" if "?" in db.url else "?") + "pool_mode=transaction", pool_size=1, threads=1
+    )
+    try:
+        for _ in range(8):
+            with pooled.write_session(pipelined=True) as session:
+                raw = RawConnection.of(session)
+                raw.run(_NEW_CUSTOMER, {"id": uuid.uuid4(), "name": "unprepared", "created_at": utcnow()})
+                assert raw.send(_NAME, {"id": uuid.uuid4()}).all() == []
+                assert session.execute(_PREPARED).scalar_one() == 0
+    finally:
+        pooled.dispose()
+
+
+def test_a_failed_transaction_logs_nothing(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """psycopg's own Pipeline warned "error ignored terminating <Pipeline>" beside the error it
+    raised (about one createLead retry in twenty); the error is raised here, and only raised."""
+    _pg(db)
+    caplog.set_level(logging.DEBUG, logger="psycopg")
+    taken = _taken(db)
+
+    def duplicate() -> None:
+        with db.write_session(pipelined=True) as session:
+            RawConnection.of(session).run(_DUPLICATE, {"id": taken})
+            RawConnection.of(session).send(_NAME, {"id": taken}).all()
+
+    for _ in range(3):
+        with pytest.raises(Exception, match="duplicate key"):  # noqa: PT011
+            duplicate()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []

@@ -18,6 +18,7 @@ from sqlalchemy import Dialect, Engine, event
 from sqlalchemy.orm import Session
 
 from mega_crm.db.memos import Memos, memos_of
+from mega_crm.db.pipeline import Pipeline, Slot
 
 
 class Query:
@@ -50,9 +51,13 @@ class RawConnection:
         self.memos = memos
 
     def execute(self, sql: str, parameters: Any = ()) -> Any:
-        """-> the DBAPI cursor that ran `sql` with `parameters` (in the driver's paramstyle)."""
+        """-> the DBAPI cursor that ran `sql` with `parameters` (in the driver's paramstyle).
+        In a pipelined transaction, every statement queued before it is answered first."""
         if self.memos is not None:
             self.memos.saw(sql)
+        pipeline = self._pipeline()
+        if pipeline is not None:
+            pipeline.suspend()
         cursor = self.connection.cursor()
         cursor.execute(sql, parameters)
         return cursor
@@ -107,18 +112,24 @@ class RawConnection:
 
     def all(self, query: Query, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """-> every row `query` answers with `params` (by name), as tuples of raw column values."""
-        return list(self.execute(*self._bind(query, params)).fetchall())
+        return self.send(query, params).all()
 
     def run(self, query: Query, params: dict[str, Any]) -> None:
-        """Run `query` (a write) with `params`; no rows back."""
-        self.execute(*self._bind(query, params))
+        """Run `query` (a write) with `params`; no rows back (in a pipelined transaction it is
+        only queued: its error, if any, is raised at the next answer read, or at COMMIT)."""
+        self.send(query, params)
 
     def run_many(self, query: Query, rows: list[dict[str, Any]]) -> None:
-        """One statement per row, in one DBAPI call."""
+        """One statement per row, in one DBAPI call (pipelined: queued one after another)."""
         if rows:
             bound = [self._bind(query, row) for row in rows]
             if self.memos is not None:
                 self.memos.saw(bound[0][0])
+            pipeline = self._pipeline()
+            if pipeline is not None:
+                for sql, parameters in bound:
+                    pipeline.send(sql, parameters)
+                return
             self.connection.cursor().executemany(bound[0][0], [parameters for _, parameters in bound])
 
     def run_values(self, statement: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
@@ -151,26 +162,36 @@ class RawConnection:
         """Run `query` with `params`; its rows are read from the returned Pending. In a pipelined
         transaction (`pipelined`) the statement is only queued: statements sent one after another,
         then read, share one round trip. Elsewhere it has run and been read when this returns."""
-        cursor = self.execute(*self._bind(query, params))
-        if _PIPELINE not in self.connection.info:
+        sql, parameters = self._bind(query, params)
+        pipeline = self._pipeline()
+        if pipeline is None:
+            cursor = self.execute(sql, parameters)
             return Pending(rows=list(cursor.fetchall()) if cursor.description else [])
-        return Pending(cursor=cursor)
+        if self.memos is not None:
+            self.memos.saw(sql)
+        return Pending(slot=pipeline.send(sql, parameters))
+
+    def _pipeline(self) -> Pipeline | None:
+        """The connection's open pipelined transaction (PostgreSQL, `pipelined`), else None."""
+        return None if self.is_sqlite else self.connection.info.get(_PIPELINE)
 
 
 class Pending:
     """The rows of a statement sent by RawConnection.send, read on first use."""
 
-    __slots__ = ("_cursor", "_rows")
+    __slots__ = ("_rows", "_slot")
 
-    def __init__(self, *, rows: list[tuple[Any, ...]] | None = None, cursor: Any = None) -> None:
+    def __init__(self, *, rows: list[tuple[Any, ...]] | None = None, slot: Slot | None = None) -> None:
         self._rows = rows
-        self._cursor = cursor
+        self._slot = slot
 
     def all(self) -> list[tuple[Any, ...]]:
-        """-> every row (PostgreSQL, pipelined: waits for the answers of what was sent so far)."""
+        """-> every row (PostgreSQL, pipelined: waits for the answers of what was sent so far;
+        raises the transaction's first statement error, a psycopg.Error)."""
         if self._rows is None:
-            self._rows = list(self._cursor.fetchall())
-            self._cursor = None
+            assert self._slot is not None
+            self._rows = self._slot.rows()
+            self._slot = None
         return self._rows
 
     def first(self) -> tuple[Any, ...] | None:
@@ -191,30 +212,32 @@ _PIPELINE = "mega_pipeline"  # in a pooled connection's info while its transacti
 
 @contextmanager
 def pipelined(session: Session, *, commit: bool) -> Iterator[None]:
-    """PostgreSQL: the session's transaction in psycopg's pipeline mode, for the hot writes.
+    """PostgreSQL: the session's transaction in libpq's pipeline mode, for the hot writes
+    (mega_crm.db.pipeline: psycopg's own Pipeline cost a tenth of a createLead's CPU more).
 
     A raw statement (RawConnection.run / send) is queued, not waited for: the reads a write
     needs go out together and are answered in one round trip (Pending), and the writes after
     them go out with the COMMIT and the Sync that ends the pipeline, one more round trip. The
-    transaction's BEGIN and COMMIT are our own queued statements (psycopg would Sync after its
-    BEGIN); the session's commit() then finds no transaction open and sends nothing. A
-    statement run through SQLAlchemy is answered at once (`_answer_now`): SQLAlchemy reads its
-    result as soon as it is run. An error of a queued statement is raised when the answers are
-    read, at the latest when the block ends; the transaction is then rolled back. On leaving,
-    the connection is back in psycopg's own transaction handling."""
+    transaction's BEGIN and COMMIT are our own queued statements; the session's commit() then
+    finds no transaction open and sends nothing. Before a statement run through SQLAlchemy (or
+    a raw one that wants a cursor) everything queued is answered and the pipeline suspended
+    (`_answer_first`), the transaction still open. An error of a queued statement is raised
+    when the answers are read, at the latest when the block ends; the transaction is then
+    rolled back. On leaving, the connection is back in psycopg's own transaction handling."""
     from psycopg.pq import TransactionStatus
 
     connection = session.connection()
     fairy = connection.connection
     driver: Any = fairy.driver_connection  # a psycopg.Connection
     driver.autocommit = True  # the BEGIN below is ours, queued with what follows
+    pipeline = Pipeline(driver)
     try:
-        with driver.pipeline() as pipeline:
-            fairy.info[_PIPELINE] = pipeline
-            driver.cursor().execute("BEGIN")
-            yield
-            driver.cursor().execute("COMMIT" if commit else "ROLLBACK")
+        fairy.info[_PIPELINE] = pipeline
+        pipeline.send("BEGIN", None)
+        yield
+        pipeline.finish(b"COMMIT" if commit else b"ROLLBACK")
     except BaseException:
+        pipeline.abandon()
         if not (driver.closed or driver.broken) and driver.info.transaction_status != TransactionStatus.IDLE:
             try:
                 # psycopg's own rollback(), which also resets its record of the statements it
@@ -232,15 +255,16 @@ def pipelined(session: Session, *, commit: bool) -> Iterator[None]:
 
 
 def watch_pipelines(engine: Engine) -> None:
-    """Statements run through SQLAlchemy in a pipelined transaction are answered at once."""
+    """A statement run through SQLAlchemy in a pipelined transaction runs once the statements
+    queued before it are answered, outside pipeline mode (psycopg runs it)."""
     if engine.dialect.name == "postgresql":
-        event.listen(engine, "after_cursor_execute", _answer_now)
+        event.listen(engine, "before_cursor_execute", _answer_first)
 
 
-def _answer_now(connection: Any, *_: Any) -> None:
+def _answer_first(connection: Any, *_: Any) -> None:
     pipeline = connection.connection.info.get(_PIPELINE)
     if pipeline is not None:
-        pipeline.sync()  # a Sync inside BEGIN … COMMIT: the transaction stays open
+        pipeline.suspend()  # a Sync inside BEGIN … COMMIT: the transaction stays open
 
 
 @contextmanager

@@ -134,7 +134,6 @@ def configure_logging(level: str = "info", log_format: str | None = None) -> Non
     # hold a receiver's token. The delivery log and webhook_attempt lines say what happened.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("psycopg").addFilter(drop_pipeline_echo)  # once: the same function
     # uvicorn's own handlers would print a second, differently formatted copy of each line.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
@@ -142,15 +141,6 @@ def configure_logging(level: str = "info", log_format: str | None = None) -> Non
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # the request line replaces it
     request_line.configure(numeric, fmt, sys.stderr)
-
-
-def drop_pipeline_echo(record: logging.LogRecord) -> bool:
-    """A logging filter for psycopg's "error ignored terminating <Pipeline>": when a statement's
-    error ends a pipelined transaction, psycopg raises it, and, closing the pipeline, warns of
-    the same failure again (about one PostgreSQL createLead second try in twenty: a write
-    conflict, retried and answered). The error itself is raised and handled, or logged with its
-    request. False: drop the record."""
-    return not (record.name == "psycopg" and str(record.msg).startswith("error ignored terminating"))
 
 
 class RequestLine:
