@@ -352,8 +352,10 @@ def test_last_four_digits_find_exactly_the_brute_force_matches(
         {"contact_name": "09 58"},  # found by `09 58` (text), not by `0958`
         # more digit runs than lead_digit_grams keeps of a text (MORE_GRAMS): its text is read
         {"contact_name": "Serial " + "".join(f"{n:04d}" for n in range(0, 4000, 37)) + " 0958"},
-        {"contact_name": "Ref " + "-".join(f"{n:04d}" for n in range(1, 4000, 41)),
-         "contact_phone": "+1 646 555 0958"},  # and its phone
+        {
+            "contact_name": "Ref " + "-".join(f"{n:04d}" for n in range(1, 4000, 41)),
+            "contact_phone": "+1 646 555 0958",
+        },  # and its phone
     ]
     for row in rows[:4]:
         create(client, tenant, row)

@@ -258,7 +258,9 @@ def test_every_form_of_a_lead_follows_the_field_table() -> None:
     payload = webhook_lead(lead)
     assert list(payload) == list(WEBHOOK_ORDER)
     assert WebhookLead.model_validate(payload).model_dump(mode="json") == {
-        **payload, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+        **payload,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
     }
     assert payload["lead_line"] == "buyer"
     assert payload["current_stage"] == {"slug": "new", "name": "New"}

@@ -95,7 +95,6 @@ def test_postgresql_searches_through_its_packed_trigram_index(
     assert "ix_leads_search_packed_trgm" in plan, plan
 
 
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     name=st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30).filter(str.strip),

@@ -23,7 +23,7 @@ BAD_CHUNKS = (
 ).encode()
 SHORT_BODY = (
     f"POST {LEADS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    "Content-Length: 1000\r\n\r\n{\"contact_"
+    'Content-Length: 1000\r\n\r\n{"contact_'
 ).encode()
 
 

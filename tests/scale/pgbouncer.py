@@ -91,9 +91,10 @@ def pgbouncer(upstream: str, database: str) -> Iterator[str]:
         deadline = time.monotonic() + 10
         while True:
             try:
-                with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(
-                    hide_password=False
-                ), connect_timeout=2) as conn:
+                with psycopg.connect(
+                    make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+                    connect_timeout=2,
+                ) as conn:
                     conn.execute("SELECT 1")
                 break
             except psycopg.OperationalError:

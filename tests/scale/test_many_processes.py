@@ -73,9 +73,20 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
             log = open(Path(logs) / f"serve-{i}.log", "wb")  # noqa: SIM115 - the process keeps it
             servers.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "mega_crm.cli", "serve", "--port", str(port),
-                     "--workers", "2", "--no-worker"],
-                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                    [
+                        sys.executable,
+                        "-m",
+                        "mega_crm.cli",
+                        "serve",
+                        "--port",
+                        str(port),
+                        "--workers",
+                        "2",
+                        "--no-worker",
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
             )
             bases.append(f"http://127.0.0.1:{port}")
@@ -152,8 +163,9 @@ def test_shared_idempotency_dedup_and_outbox_across_processes(deployment: tuple[
             body = lead()
             start = threading.Barrier(2)
 
-            def send(base: str, body: dict[str, Any] = body, key: str = key,
-                     start: threading.Barrier = start) -> httpx.Response:
+            def send(
+                base: str, body: dict[str, Any] = body, key: str = key, start: threading.Barrier = start
+            ) -> httpx.Response:
                 start.wait()
                 return post(base, {**tenant.headers, "Idempotency-Key": key}, body)
 
@@ -179,10 +191,12 @@ def test_shared_idempotency_dedup_and_outbox_across_processes(deployment: tuple[
         email = f"one-{uuid.uuid4().hex[:12]}@example.com"
         ports = itertools.cycle(bases)
         with ThreadPoolExecutor(10) as pool:
-            answers = list(pool.map(
-                lambda base: post(base, tenant.headers, lead(contact_email=email)),
-                [next(ports) for _ in range(50)],
-            ))
+            answers = list(
+                pool.map(
+                    lambda base: post(base, tenant.headers, lead(contact_email=email)),
+                    [next(ports) for _ in range(50)],
+                )
+            )
         assert {r.status_code for r in answers} == {201}, {r.text for r in answers if r.status_code != 201}
         ids = {r.json()["lead"]["id"] for r in answers}
         assert len(ids) == 1
@@ -191,7 +205,8 @@ def test_shared_idempotency_dedup_and_outbox_across_processes(deployment: tuple[
         # Every lead.created delivered by the two workers, each once.
         wait_until(
             lambda: created <= {a.json["lead"]["id"] for a in endpoint.arrivals},
-            30, "every lead.created delivered",
+            30,
+            "every lead.created delivered",
         )
         arrivals = endpoint.quiet_for(1.5)
         delivered = [a.json["lead"]["id"] for a in arrivals if a.json["event"] == "lead.created"]

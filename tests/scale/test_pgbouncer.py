@@ -122,7 +122,10 @@ def test_every_route_and_the_worker_process_through_pgbouncer(
                 singles = set(pool.map(create, range(40)))
             created = set(singles)
             bulk = call(
-                "POST", f"{LEADS}/bulk", f"{LEADS}/bulk", 200,
+                "POST",
+                f"{LEADS}/bulk",
+                f"{LEADS}/bulk",
+                200,
                 json={"leads": [{"row_ref": str(i), **lead()} for i in range(50)]},
             )
             created |= {row["lead_id"] for row in bulk["results"] if row["lead_id"]}
@@ -144,7 +147,8 @@ def test_every_route_and_the_worker_process_through_pgbouncer(
             try:
                 wait_until(
                     lambda: singles <= {a.json["lead"]["id"] for a in endpoint.arrivals},
-                    30, "every lead.created delivered by the worker process",
+                    30,
+                    "every lead.created delivered by the worker process",
                 )
             except AssertionError:
                 worker_log = "".join(worker.log)
@@ -156,11 +160,18 @@ def test_every_route_and_the_worker_process_through_pgbouncer(
             log = call("GET", f"{one}/deliveries", f"{WEBHOOKS}/{hid}/deliveries", 200)
             delivery = log["deliveries"][0]["id"]
             call(
-                "POST", f"{one}/deliveries/{{delivery_id}}/redeliver",
-                f"{WEBHOOKS}/{hid}/deliveries/{delivery}/redeliver", 201,
+                "POST",
+                f"{one}/deliveries/{{delivery_id}}/redeliver",
+                f"{WEBHOOKS}/{hid}/deliveries/{delivery}/redeliver",
+                201,
             )
-            call("POST", f"{one}/recover", f"{WEBHOOKS}/{hid}/recover", 202,
-                 json={"since": "2020-01-01T00:00:00Z"})
+            call(
+                "POST",
+                f"{one}/recover",
+                f"{WEBHOOKS}/{hid}/recover",
+                202,
+                json={"since": "2020-01-01T00:00:00Z"},
+            )
             call("POST", f"{one}/test", f"{WEBHOOKS}/{hid}/test", 201)
             call("DELETE", one, f"{WEBHOOKS}/{hid}", 200)
     finally:

@@ -582,9 +582,7 @@ def test_a_webhook_removed_while_a_create_runs_gets_the_creates_delivery_cancell
         removing = threading.Thread(target=remove)
         removing.start()
         # The API waits for the create's lock (or, without it, has already answered).
-        wait_until(
-            lambda: answers or _waits_for_a_lock(wh_db, "SELECT webhooks"), what="the removal to wait"
-        )
+        wait_until(lambda: answers or _waits_for_a_lock(wh_db, "SELECT webhooks"), what="the removal to wait")
     removing.join(30)
     assert [r.status_code for r in answers] == [200]
     assert _pending_to(wh_db, hook_id) == 0

@@ -92,7 +92,7 @@ class Readiness:
         return create_engine(self.db.url, poolclass=NullPool, connect_args={"connect_timeout": timeout})
 
     def check_database(self) -> str:
-        """"ok" when the database answers with its migrations at Alembic's head (blocking)."""
+        """ "ok" when the database answers with its migrations at Alembic's head (blocking)."""
         from sqlalchemy import text
 
         with self._engine.connect() as conn:
@@ -113,7 +113,7 @@ class Readiness:
         )
 
     def check_redis(self) -> str:
-        """"ok" when Redis answers a PING (blocking; raises when it does not)."""
+        """ "ok" when Redis answers a PING (blocking; raises when it does not)."""
         self._redis.ping()
         return "ok"
 

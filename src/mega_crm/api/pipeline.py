@@ -102,23 +102,25 @@ _MAX_NAME_ECHO = 64  # an unknown parameter's name is quoted back up to this man
 def parse_query(request: Request, model: type[M]) -> M:
     """The query string as `model`: every parameter known to it (by alias), given at most once,
     with text any store can hold. InvalidRequestError (400) naming each offending parameter."""
-    if not _is_utf8(request.scope.get("query_string", b"")):
+    query_string = request.scope.get("query_string", b"")
+    if not _is_utf8(query_string):
         raise InvalidRequestError("The query string is not UTF-8 text (it has bytes that are not UTF-8).")
-    params = request.query_params
-    known = {field.alias or name for name, field in model.model_fields.items()}
     problems: list[str] = []
     values: dict[str, str] = {}
-    for name in dict.fromkeys(params.keys()):
-        given = params.getlist(name)
-        shown = name if len(name) <= _MAX_NAME_ECHO else name[:_MAX_NAME_ECHO] + "…"
-        if name not in known:
-            problems.append(f"{shown}: is not a known query parameter")
-        elif len(given) > 1:
-            problems.append(f"{name}: must be given once, not {len(given)} times")
-        elif (reason := text_refusal(given[0])) is not None:
-            problems.append(f"{name}: {reason}")
-        else:
-            values[name] = given[0]
+    if query_string:  # none (every POST): nothing to parse
+        params = request.query_params
+        known = {field.alias or name for name, field in model.model_fields.items()}
+        for name in dict.fromkeys(params.keys()):
+            given = params.getlist(name)
+            shown = name if len(name) <= _MAX_NAME_ECHO else name[:_MAX_NAME_ECHO] + "…"
+            if name not in known:
+                problems.append(f"{shown}: is not a known query parameter")
+            elif len(given) > 1:
+                problems.append(f"{name}: must be given once, not {len(given)} times")
+            elif (reason := text_refusal(given[0])) is not None:
+                problems.append(f"{name}: {reason}")
+            else:
+                values[name] = given[0]
     if problems:
         raise InvalidRequestError("; ".join(problems) + ".")
     try:

@@ -218,6 +218,8 @@ class KeyCache:
         """Forget a key (found stale)."""
         with self._lock:
             self._rows.pop(token_hash, None)
+
+
 # The keys a group commit's transaction has looked up (token hash -> _KEY_LOOKUP's row). Not
 # dropped by writes to customers: every lead write bumps its customer's clock, and the limits
 # read here change only from the operator CLI, never inside a request's transaction.

@@ -74,9 +74,7 @@ def _count_of(dialect: str, shape: tuple[bool, ...]) -> Any:
 
 # The customer's lead-write counter (leads.repository.begin_customer_write bumps it), read in a
 # page's statement: the snapshot a cached total must match.
-_VERSION = (
-    select(Customer.leads_version).where(Customer.id == bindparam("customer_id")).scalar_subquery()
-)
+_VERSION = select(Customer.leads_version).where(Customer.id == bindparam("customer_id")).scalar_subquery()
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ The reads are in leads/pages.py (filters: leads/filters.py), the counts in leads
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -363,14 +364,22 @@ def _write_guarded(
         "customer_id": customer_id,
         "counts": orjson.dumps(counts).decode(),
         "rows": orjson.dumps(records).decode(),
-        "stamped": [name for name in _STAMPED if rec[name] is guard.now],
+        # PostgreSQL array literals, not lists: psycopg's list dumper looked at every element
+        # to choose the array's type, ~45 µs a create for these three.
+        "stamped": _pg_array([name for name in _STAMPED if rec[name] is guard.now]),
         "email": guard.email,
         "phone": guard.phone,
-        "seen_ids": [lead["id"] for lead in seen],
-        "seen_times": [lead["updated_at"] for lead in seen],
+        "seen_ids": _pg_array([str(lead["id"]) for lead in seen]),
+        "seen_times": _pg_array([lead["updated_at"].isoformat() for lead in seen]),
     }
     raw.run(_PG_GUARDED["insert" if inserts else "upsert"], params)
     return clock
+
+
+def _pg_array(texts: list[str]) -> str:
+    """A PostgreSQL array literal of `texts`, for a CAST(… AS type[]) to read: each element
+    double-quoted, its backslashes and double quotes escaped (the array input syntax)."""
+    return "{" + ",".join('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"' for t in texts) + "}"
 
 
 def insert_leads(session: Session, records: list[dict[str, Any]]) -> None:
@@ -529,7 +538,12 @@ def lead_write_reads_later(
 
 
 def _stages_of(stages: str) -> list[StageRow]:
-    return [StageRow(as_uuid(i), slug, name, color) for i, slug, name, color in orjson.loads(stages)]
+    return list(_parsed_stages(stages))
+
+
+@functools.lru_cache(maxsize=256)  # a customer's pipeline changes rarely: its JSON recurs
+def _parsed_stages(stages: str) -> tuple[StageRow, ...]:
+    return tuple(StageRow(as_uuid(i), slug, name, color) for i, slug, name, color in orjson.loads(stages))
 
 
 def _webhooks_of(webhooks: str) -> list[tuple[Any, ...]]:

@@ -81,7 +81,8 @@ WEBHOOK_ATTEMPTS = Counter(
     "mega_webhook_attempts_total", "Webhook delivery attempts, by result (succeeded, failed)", ["result"]
 )
 WEBHOOK_DELIVERIES = Counter(
-    "mega_webhook_deliveries_total", "Webhook deliveries finished, by outcome (succeeded, failed)",
+    "mega_webhook_deliveries_total",
+    "Webhook deliveries finished, by outcome (succeeded, failed)",
     ["outcome"],
 )
 WEBHOOK_ATTEMPT_LATENCY = Histogram(
@@ -166,9 +167,7 @@ class DeliveryBacklogCollector(Collector):
         yield GaugeMetricFamily(
             "mega_webhook_oldest_pending_age_seconds", "Age of the oldest pending delivery (0: none)", age
         )
-        yield GaugeMetricFamily(
-            "mega_webhooks_inactive", "Webhooks switched off (is_active false)", inactive
-        )
+        yield GaugeMetricFamily("mega_webhooks_inactive", "Webhooks switched off (is_active false)", inactive)
 
 
 WEBHOOKS_DISABLED = Counter(

@@ -181,7 +181,6 @@ class WebhookRecoverRequest(_Input):
         default=None, description="End of the window (exclusive); default now."
     )
 
-
     @field_validator("until", mode="before")
     @classmethod
     def _not_null(cls, value: object) -> object:
