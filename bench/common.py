@@ -243,8 +243,18 @@ def _bare_routes(app: Any) -> None:
 
     table = Lead.__table__
     columns = [
-        "id", "customer_id", "contact_name", "contact_email", "email_normalized", "source_platform",
-        "source_type", "status", "custom_fields", "interaction_count", "created_at", "updated_at",
+        "id",
+        "customer_id",
+        "contact_name",
+        "contact_email",
+        "email_normalized",
+        "source_platform",
+        "source_type",
+        "status",
+        "custom_fields",
+        "interaction_count",
+        "created_at",
+        "updated_at",
     ]
     create = Query(insert(table).values({name: bindparam(name) for name in columns}))
     page = Query(
@@ -259,12 +269,18 @@ def _bare_routes(app: Any) -> None:
         body = orjson.loads(await request.body())
         now = utcnow()
         row = {
-            "id": new_id(), "customer_id": uuid.UUID(request.headers["x-customer-id"]),
-            "contact_name": body.get("contact_name"), "contact_email": body["contact_email"],
+            "id": new_id(),
+            "customer_id": uuid.UUID(request.headers["x-customer-id"]),
+            "contact_name": body.get("contact_name"),
+            "contact_email": body["contact_email"],
             "email_normalized": body["contact_email"].lower(),
-            "source_platform": body.get("source_platform") or "other", "source_type": "form",
-            "status": "active", "custom_fields": orjson.dumps(body.get("custom_fields") or {}).decode(),
-            "interaction_count": 0, "created_at": now, "updated_at": now,
+            "source_platform": body.get("source_platform") or "other",
+            "source_type": "form",
+            "status": "active",
+            "custom_fields": orjson.dumps(body.get("custom_fields") or {}).decode(),
+            "interaction_count": 0,
+            "created_at": now,
+            "updated_at": now,
         }
 
         def write() -> None:
@@ -447,6 +463,30 @@ class LoadResult:
     def unexpected(self, expected: int) -> str:
         bad = {s: n for s, n in self.statuses.items() if s != expected}
         return ", ".join(f"{n}×{s}" for s, n in sorted(bad.items()))
+
+
+def combined(loads: list[LoadResult]) -> LoadResult:
+    """Several windows of the same load as one: requests and seconds summed, CPU shares
+    weighted by each window's length (None for the database's if any window lacked it)."""
+    seconds = sum(load.seconds for load in loads)
+
+    def share(values: list[float]) -> float:
+        weighted = sum(v * load.seconds for v, load in zip(values, loads, strict=True))
+        return weighted / seconds if seconds else 0.0
+
+    statuses: Counter[int] = Counter()
+    for load in loads:
+        statuses.update(load.statuses)
+    database = [load.database_cpu for load in loads]
+    return LoadResult(
+        requests=sum(load.requests for load in loads),
+        seconds=seconds,
+        statuses=statuses,
+        latencies_ms=[ms for load in loads for ms in load.latencies_ms],
+        client_cpu=share([load.client_cpu for load in loads]),
+        server_cpu=share([load.server_cpu for load in loads]),
+        database_cpu=None if None in database else share([v for v in database if v is not None]),
+    )
 
 
 def run_load(
