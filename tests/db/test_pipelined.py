@@ -224,3 +224,50 @@ def test_a_failed_transaction_logs_nothing(db: Database, caplog: pytest.LogCaptu
         with pytest.raises(Exception, match="duplicate key"):  # noqa: PT011
             duplicate()
     assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+
+
+def test_a_connection_lost_mid_pipeline_fails_fast_and_the_next_write_works(db: Database) -> None:
+    """The backend terminated while its answers are awaited: the read raises an error taken
+    for a lost connection (db.engines.lost_connection: the pool is then dropped) at once,
+    never a wait on a socket that will not answer, and the next write gets a working one."""
+    _pg(db)
+    import threading
+    import time
+
+    from sqlalchemy import create_engine
+
+    from mega_crm.db.engines import lost_connection
+
+    single = Database(db.url, pool_size=1, threads=1)
+    killer = create_engine(db.url)
+    try:
+
+        def terminated_mid_read() -> None:
+            with single.write_session(pipelined=True) as session:
+                pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+                raw = RawConnection.of(session)
+                slow = raw.send(Query(text("SELECT pg_sleep(2), 1")), {})
+                raw.run(_NEW_CUSTOMER, {"id": uuid.uuid4(), "name": "never", "created_at": utcnow()})
+
+                def kill() -> None:
+                    with killer.connect() as conn:
+                        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+                threading.Timer(0.2, kill).start()
+                slow.all()
+
+        started = time.monotonic()
+        with pytest.raises(Exception) as raised:  # noqa: PT011 - psycopg's, or SQLAlchemy's wrapping it
+            terminated_mid_read()
+        assert time.monotonic() - started < 1.9  # not the statement's 2 s, nor a hang
+        assert lost_connection(raised.value)
+        single.engine.dispose(close=False)  # what Database.run does on a lost connection
+        again = uuid.uuid4()
+        with single.write_session(pipelined=True) as session:
+            RawConnection.of(session).run(
+                _NEW_CUSTOMER, {"id": again, "name": "after", "created_at": utcnow()}
+            )
+        assert names(db, again) == ["after"]
+    finally:
+        killer.dispose()
+        single.dispose()

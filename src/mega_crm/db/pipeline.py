@@ -164,13 +164,18 @@ class Pipeline:
         fileno = pgconn.socket
         while pgconn.flush():  # a nonblocking connection with more to send than the socket took
             _wait(fileno, select.POLLOUT)
+        ended = False
         while True:
             while pgconn.is_busy():
                 _wait(fileno, select.POLLIN)
                 pgconn.consume_input()
             result = pgconn.get_result()
-            if result is None:  # the end of one statement's answer
+            if result is None:  # the end of one statement's answer; twice running: nothing more
+                if ended or pgconn.status == pq.ConnStatus.BAD:  # will come (a lost connection)
+                    raise errors.OperationalError(f"the connection was lost: {_message(pgconn)}")
+                ended = True
                 continue
+            ended = False
             item = self._expected.popleft()
             if item is not None:
                 item._result = result
@@ -182,6 +187,10 @@ class Pipeline:
                 raise errors.InternalError(f"unexpected {pq.ExecStatus(result.status).name} for a Sync")
             if (item is until) if until is not None else not self._expected:
                 return
+
+
+def _message(pgconn: Any) -> str:
+    return bytes(pgconn.error_message or b"").decode("utf-8", "replace").strip() or "no answer"
 
 
 def _wait(fileno: int, event: int) -> None:
