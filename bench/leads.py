@@ -451,6 +451,9 @@ def vacuum(db: Any) -> None:
 # --- throughput --------------------------------------------------------------------------------
 
 
+NOOP_LABEL = "no-op GET /bench/noop (the baseline)"
+
+
 def throughput(ctx: Context) -> None:
     seconds = env_float("MEGA_BENCH_SECONDS", 5.0)
     connections = env_int("MEGA_BENCH_CONNECTIONS", 8)
@@ -499,9 +502,6 @@ def throughput(ctx: Context) -> None:
         ("(floor) bare page: one SELECT of 100 rows", lambda _i: bare_page, 200, None),
     ]
 
-    def measure(make: Any, window: float = seconds, warmup: float = 1.0) -> Any:
-        return run_load(ctx.server, make, connections=connections, seconds=window, warmup=warmup)
-
     def measure_in_turn() -> list[tuple[str, Any, int, float | None]]:
         """Every case for seconds / rounds, in turn, `rounds` times: the host's speed drifts
         (a shared machine: the bare create alone swung 750-1,250 req/s within minutes), and
@@ -509,7 +509,10 @@ def throughput(ctx: Context) -> None:
         runs: dict[str, list[Any]] = {label: [] for label, *_ in cases}
         for _ in range(rounds):
             for label, make, _expected, _goal in cases:
-                runs[label].append(measure(make, seconds / rounds, 0.5))
+                window = seconds / rounds
+                runs[label].append(
+                    run_load(ctx.server, make, connections=connections, seconds=window, warmup=0.5)
+                )
         return [(label, combined(runs[label]), expected, goal) for label, _make, expected, goal in cases]
 
     def detail(result: Any, expected: int) -> str:
@@ -526,16 +529,12 @@ def throughput(ctx: Context) -> None:
         bad = result.unexpected(expected)
         return text_ + (f"; UNEXPECTED {bad}" if bad else "")
 
-    # The baseline is measured before and after the lead operations; their mean is what the
-    # ratios use, which evens out drift from anything else running on the machine.
-    before = measure(lambda _i: noop)
-    line("no-op GET /bench/noop, before (baseline)", fmt_rps(before.rps))
-    print(f"      {detail(before, 200)}")
-    results = measure_in_turn()
-    after = measure(lambda _i: noop)
-    line("no-op GET /bench/noop, after (baseline)", fmt_rps(after.rps))
-    print(f"      {detail(after, 200)}")
-    base_rps = (before.rps + after.rps) / 2
+    # The baseline is measured in the rounds, beside the lead operations (measure_in_turn).
+    cases.insert(0, (NOOP_LABEL, lambda _i: noop, 200, None))
+    baseline, *results = measure_in_turn()
+    base_rps = baseline[1].rps
+    line(NOOP_LABEL, fmt_rps(base_rps))
+    print(f"      {detail(baseline[1], 200)}")
     for label, result, expected, goal in results:
         ratio = result.rps / base_rps if base_rps else 0.0
         note = f"{ratio:6.1%} of no-op"
