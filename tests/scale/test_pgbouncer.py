@@ -24,6 +24,7 @@ from mega_crm.api.state import app_state
 from mega_crm.app import create_app
 from mega_crm.db import Database
 from tests.conftest import POSTGRES_URL, TEST_SECRET, LiveServer, make_settings
+from tests.db.test_pipelined import lost_mid_pipeline
 from tests.fixtures.factories import lead, make_tenant
 from tests.scale.pgbouncer import drop_database, fresh_database, pgbouncer
 from tests.webhooks.conftest import Receiver, WorkerProcess, wait_until
@@ -51,6 +52,17 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mega_crm.cli", *args], env=env, capture_output=True, text=True, timeout=60
     )
+
+
+def test_a_server_connection_lost_mid_pipeline_closes_the_clients(pgb_url: str) -> None:
+    """PgBouncer keeps the client's connection when the server's dies, and says so with an
+    error no statement asked for: the pipelined write raises a lost connection, closes its
+    connection and the next write works (tests/db/test_pipelined.py: lost_mid_pipeline)."""
+    from mega_crm.migrate import upgrade
+
+    assert POSTGRES_URL
+    upgrade(pgb_url)
+    lost_mid_pipeline(pgb_url, POSTGRES_URL)
 
 
 def test_the_cli_migrates_and_administers_through_pgbouncer(pgb_url: str) -> None:

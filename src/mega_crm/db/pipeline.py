@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import select
 from collections import deque
-from typing import Any
+from typing import Any, NoReturn
 
 from psycopg import errors, pq
 from psycopg._preparing import Prepare
 from psycopg._queries import PostgresQuery
 from psycopg.adapt import Transformer
+
+from mega_crm.db.engines import lost_connection
 
 _FATAL = pq.ExecStatus.FATAL_ERROR
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
@@ -86,6 +88,7 @@ class Pipeline:
 
     def send(self, sql: str, params: Any) -> Slot:
         """Queue `sql` with `params` (psycopg's placeholders and values) -> its Slot."""
+        self._check()
         self._enter()
         query = PostgresQuery(self._dumper)
         query.convert(sql, params)
@@ -120,6 +123,7 @@ class Pipeline:
         """Read the answers up to `slot`'s (asking the server to send what it has: a flush
         request, which leaves the pipeline open)."""
         if slot in self._expected:
+            self._check()
             self.pgconn.send_flush_request()
             self._read(slot)
 
@@ -127,6 +131,7 @@ class Pipeline:
         """Read every answer and leave pipeline mode, the transaction still open (for a
         statement psycopg runs itself). Raises `failure` if a statement failed."""
         if self._on:
+            self._check()
             self._sync()
             self.pgconn.exit_pipeline_mode()
             self._on = False
@@ -136,6 +141,7 @@ class Pipeline:
     def finish(self, last: bytes) -> None:
         """Send `last` (COMMIT or ROLLBACK), read every answer, leave pipeline mode. Raises the
         first statement error met (the transaction is then still open, aborted)."""
+        self._check()
         self._enter()
         self.pgconn.send_query_params(last, None)
         self._expected.append(Slot(self))
@@ -150,8 +156,23 @@ class Pipeline:
             self._sync()
             self.pgconn.exit_pipeline_mode()
             self._on = False
-        except Exception:  # noqa: BLE001, S110 - the error that brought us here is the one raised
-            pass
+        except Exception:  # noqa: BLE001 - the error that brought us here is the one raised
+            self._close()  # never back into the pool in pipeline mode
+
+    def _check(self) -> None:
+        """Raise the error that closed the connection, if one did."""
+        if self.driver.closed:
+            raise self.failure or errors.OperationalError("the connection is closed")
+
+    def _close(self) -> None:
+        """Close the connection (its pool then drops it): lost, or out of step with libpq."""
+        self._on = False
+        self.driver.close()
+
+    def _lost(self, error: BaseException) -> NoReturn:
+        self.failure = self.failure or error
+        self._close()
+        raise error
 
     def _sync(self) -> None:
         self.pgconn.pipeline_sync()
@@ -172,19 +193,24 @@ class Pipeline:
             result = pgconn.get_result()
             if result is None:  # the end of one statement's answer; twice running: nothing more
                 if ended or pgconn.status == pq.ConnStatus.BAD:  # will come (a lost connection)
-                    raise errors.OperationalError(f"the connection was lost: {_message(pgconn)}")
+                    self._lost(errors.OperationalError(f"the connection was lost: {_message(pgconn)}"))
                 ended = True
                 continue
             ended = False
+            if not self._expected or (self._expected[0] is None) != (result.status == _SYNC):
+                # An answer nothing asked for: PgBouncer keeps the client's connection when the
+                # server's dies and sends an error of its own ("server conn crashed?").
+                self._lost(errors.OperationalError(f"the connection was lost: {_message(pgconn)}"))
             item = self._expected.popleft()
             if item is not None:
                 item._result = result
                 if item.prepared is not None:
                     self._prepared.validate(*item.prepared, [result])
-                if result.status == _FATAL and self.failure is None:
-                    self.failure = errors.error_from_result(result, encoding=self.driver.info.encoding)
-            elif result.status != _SYNC:  # pragma: no cover - libpq answers a Sync with PIPELINE_SYNC
-                raise errors.InternalError(f"unexpected {pq.ExecStatus(result.status).name} for a Sync")
+                if result.status == _FATAL:
+                    error = errors.error_from_result(result, encoding=self.driver.info.encoding)
+                    if lost_connection(error):  # the server's end of it (57P01, class 08…)
+                        self._lost(error)
+                    self.failure = self.failure or error
             if (item is until) if until is not None else not self._expected:
                 return
 

@@ -251,7 +251,10 @@ def pipelined(session: Session, *, commit: bool) -> Iterator[None]:
     finally:
         fairy.info.pop(_PIPELINE, None)
         if not (driver.closed or driver.broken):
-            driver.autocommit = False
+            try:
+                driver.autocommit = False
+            except Exception:  # noqa: BLE001 - a connection in no state to go back to the pool
+                driver.close()
 
 
 def watch_pipelines(engine: Engine) -> None:
