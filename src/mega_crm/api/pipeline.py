@@ -47,6 +47,9 @@ class NoQuery(BaseModel):
     """The query string of a route that takes no parameters."""
 
 
+_NO_QUERY = NoQuery()
+
+
 @dataclass(frozen=True)
 class Call:
     """One authenticated request, as the work of a route sees it."""
@@ -103,6 +106,8 @@ def parse_query(request: Request, model: type[M]) -> M:
     """The query string as `model`: every parameter known to it (by alias), given at most once,
     with text any store can hold. InvalidRequestError (400) naming each offending parameter."""
     query_string = request.scope.get("query_string", b"")
+    if not query_string and model is NoQuery:  # every POST: nothing to parse or validate
+        return _NO_QUERY  # type: ignore[return-value]
     if not _is_utf8(query_string):
         raise InvalidRequestError("The query string is not UTF-8 text (it has bytes that are not UTF-8).")
     problems: list[str] = []

@@ -66,7 +66,7 @@ def pipeline_rows(pipeline: Pipeline, result: Any) -> list[tuple[Any, ...]]:
         raise pipeline.failure or errors.PipelineAborted("the pipeline was aborted")
     if not result.ntuples:
         return []
-    loader = Transformer(pipeline.driver)
+    loader = pipeline.loader
     loader.set_pgresult(result)
     return list(loader.load_rows(0, result.ntuples, tuple))
 
@@ -82,6 +82,8 @@ class Pipeline:
         self.pgconn = driver.pgconn
         self._prepared = driver._prepared  # psycopg's PrepareManager of the connection
         self._dumper = Transformer(driver)
+        self.loader = Transformer(driver)  # the rows of one answer at a time (pipeline_rows)
+        self._poll: Any = None  # a select.poll on the connection's socket, made on first wait
         self._expected: deque[Slot | None] = deque()  # a Slot per statement; None: a Sync
         self._on = False
         self.failure: BaseException | None = None
@@ -159,6 +161,13 @@ class Pipeline:
         except Exception:  # noqa: BLE001 - the error that brought us here is the one raised
             self._close()  # never back into the pool in pipeline mode
 
+    def _wait(self, event: int) -> None:
+        """Until the connection's socket is ready for `event` (select.POLLIN, POLLOUT)."""
+        if self._poll is None:
+            self._poll = select.poll()
+        self._poll.register(self.pgconn.socket, event)  # registering again modifies
+        self._poll.poll()
+
     def _check(self) -> None:
         """Raise the error that closed the connection, if one did."""
         if self.driver.closed:
@@ -182,13 +191,12 @@ class Pipeline:
     def _read(self, until: Slot | None) -> None:
         """Read answers in order until `until`'s (None: the last Sync's)."""
         pgconn = self.pgconn
-        fileno = pgconn.socket
         while pgconn.flush():  # a nonblocking connection with more to send than the socket took
-            _wait(fileno, select.POLLOUT)
+            self._wait(select.POLLOUT)
         ended = False
         while True:
             while pgconn.is_busy():
-                _wait(fileno, select.POLLIN)
+                self._wait(select.POLLIN)
                 pgconn.consume_input()
             result = pgconn.get_result()
             if result is None:  # the end of one statement's answer; twice running: nothing more
@@ -217,9 +225,3 @@ class Pipeline:
 
 def _message(pgconn: Any) -> str:
     return bytes(pgconn.error_message or b"").decode("utf-8", "replace").strip() or "no answer"
-
-
-def _wait(fileno: int, event: int) -> None:
-    poller = select.poll()
-    poller.register(fileno, event)
-    poller.poll()
