@@ -2,7 +2,9 @@
 beside its baseline, on SQLite and on PostgreSQL (when reachable).
 
 * Throughput: createLead and listLeads (a page of 100, status=active) against `GET /bench/noop`,
-  a do-nothing route on the same app instance, same uvicorn process, same load generator.
+  a do-nothing route on the same app instance, same uvicorn process, same load generator; on
+  PostgreSQL also against issue 12's floors (a bare create, a bare page), and each operation's
+  round trips to the database per request, counted on the wire.
 * bulkImportLeads of 500 new rows and of 500 rows that all merge (HTTP round trip, p50) against a
   bare INSERT of the same 500 rows on the same database: the faster of one multi-row
   INSERT … VALUES statement and SQLAlchemy Core's executemany, each with its commit.
@@ -66,6 +68,7 @@ from bench.common import (
     postgres_url,
     redacted,
     run_load,
+    server_settings,
     timed_ms,
     verdict,
 )
@@ -427,6 +430,8 @@ def run_backend(backend: str, url: str, scale: int) -> list[Target]:
             parts = os.environ.get("MEGA_BENCH_LEADS_PARTS", "throughput,bulk,pages").split(",")
             if "throughput" in parts:
                 throughput(ctx)
+                if not db.is_sqlite:
+                    round_trips(ctx)
             if "bulk" in parts:
                 bulk(ctx)
             if "pages" in parts:
@@ -562,6 +567,55 @@ def throughput(ctx: Context) -> None:
     ratio("createLead", "(floor) bare create: one INSERT + commit", 0.60, False)
     ratio(list_label, "(floor) bare page: one SELECT of 100 rows", 0.70, False)
     ratio("createLead with Idempotency-Key", "createLead", 0.80, True)
+
+
+def round_trips(ctx: Context) -> None:
+    """Issue 12's round trips to PostgreSQL per request, counted on the wire as the test does
+    (tests/scale/wire.py: a proxy in front of the bench's PostgreSQL), in process, with the key
+    cached and the pool warm: the median of 5 requests of each operation after 3."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy.engine import make_url
+    from tests.scale.wire import RoundTripCounter
+
+    from mega_crm.api.state import app_state
+    from mega_crm.app import create_app
+
+    up = make_url(ctx.url)
+    with RoundTripCounter(up.host or "127.0.0.1", up.port or 5432) as counter:
+        url = up.set(host="127.0.0.1", port=counter.port).update_query_dict({"sslmode": "disable"})
+        app = create_app(server_settings(url.render_as_string(hide_password=False)))
+        with TestClient(app) as client:
+            tenant = make_tenant(app_state(app).db, f"{RUN_PREFIX}trips-{uuid.uuid4().hex[:8]}")
+
+            def counted(method: str, keyed: bool = False) -> int:
+                counts = []
+                for run in range(8):
+                    headers = {**tenant.headers, **({"Idempotency-Key": uuid.uuid4().hex} if keyed else {})}
+                    body = {
+                        "contact_email": f"trips.{uuid.uuid4().hex}@example.com",
+                        "contact_name": "Trip Count",
+                    }
+                    counter.reset()
+                    if method == "POST":
+                        answer = client.post(LEADS_PATH, headers=headers, json=body)
+                    else:
+                        answer = client.get(LEADS_PATH, headers=headers, params={"limit": 100})
+                    if run >= 3:
+                        counts.append(counter.reset())
+                    if answer.status_code not in (200, 201):
+                        raise RuntimeError(f"{method} {LEADS_PATH}: {answer.status_code} {answer.text[:200]}")
+                return sorted(counts)[len(counts) // 2]
+
+            figures = (("createLead", counted("POST"), 3), ("createLead with Idempotency-Key",
+                       counted("POST", keyed=True), 4), ("listLeads", counted("GET"), 2))  # fmt: skip
+            app_state(app).db.dispose()
+    heading("Round trips to PostgreSQL per request (issue 12; counted on the wire, key cached)")
+    for label, count, goal in figures:
+        line(
+            label,
+            str(count),
+            f"target ≤{goal}  " + ctx.target(f"{label} round trips", str(count), count <= goal),
+        )
 
 
 # --- bulk --------------------------------------------------------------------------------------
