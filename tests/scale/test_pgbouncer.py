@@ -96,6 +96,15 @@ def served(pgb_url: str) -> Iterator[tuple[str, Database]]:
     app_state(app).db.dispose()
 
 
+def test_readiness_through_pgbouncer(served: tuple[str, Database]) -> None:
+    """/readyz's own connection takes the URL without our pool_mode parameter (libpq refused it:
+    behind PgBouncer every instance answered 503 and left its load balancer; newcomer helper)."""
+    base, _db = served
+    ready = httpx.get(f"{base}/readyz", timeout=30)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["database"] == "ok"
+
+
 def test_every_route_and_the_worker_process_through_pgbouncer(
     served: tuple[str, Database], pgb_url: str
 ) -> None:

@@ -88,8 +88,14 @@ class Readiness:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
+        from mega_crm.db.engines import connection_options, driver_connect_args
+
         timeout = max(2, math.ceil(self.timeout))  # libpq's smallest useful connect_timeout is 2
-        return create_engine(self.db.url, poolclass=NullPool, connect_args={"connect_timeout": timeout})
+        # Without our pool_mode parameter (libpq refuses it: behind PgBouncer every check
+        # failed), and with what a transaction pooler needs, as the app's own engine.
+        url, pooled = connection_options(self.db.url)
+        args = {"connect_timeout": timeout, **driver_connect_args(pooled)}
+        return create_engine(url, poolclass=NullPool, connect_args=args)
 
     def check_database(self) -> str:
         """ "ok" when the database answers with its migrations at Alembic's head (blocking)."""
