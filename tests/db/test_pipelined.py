@@ -283,3 +283,27 @@ def lost_mid_pipeline(url: str, upstream: str) -> None:
     finally:
         killer.dispose()
         single.dispose()
+
+
+def test_a_failed_answer_raises_every_time_it_is_read(db: Database) -> None:
+    """A Pending whose statement failed raises again when read again: never [] the second time."""
+    _pg(db)
+    import psycopg
+
+    taken = _taken(db)
+    reads: list[str] = []
+
+    def read_twice() -> None:
+        with db.write_session(pipelined=True) as session:
+            failed = RawConnection.of(session).send(_DUPLICATE, {"id": taken})
+            for _ in range(2):
+                try:
+                    failed.all()
+                except psycopg.errors.UniqueViolation:
+                    reads.append("raised")
+                else:
+                    reads.append("answered")
+
+    with pytest.raises(psycopg.errors.UniqueViolation):  # and at COMMIT
+        read_twice()
+    assert reads == ["raised", "raised"]

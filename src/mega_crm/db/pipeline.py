@@ -10,7 +10,7 @@ Statements are prepared as psycopg prepares its own, through the connection's re
 (its PrepareManager: after `prepare_threshold` uses, never behind a transaction pooler, see
 db.engines), so that psycopg's DEALLOCATE ALL after a ROLLBACK, or its eviction of the least
 used, keeps that record and the server in step. Unprepared, the server parsed and planned
-createLead's statements on every request: three times the database CPU.
+createLead's statements on every request: four to six times the database CPU.
 
 While a pipeline is open psycopg must not touch the connection: `suspend()` reads every answer
 and leaves pipeline mode (a statement run through SQLAlchemy, or raw reads that want a cursor),
@@ -53,10 +53,10 @@ class Slot:
         in the transaction, failed."""
         if self._rows is None:
             pipeline = self._pipeline
-            if pipeline is not None:
-                pipeline.read_until(self)
-                self._pipeline = None
-            self._rows = pipeline_rows(pipeline, self._result) if pipeline is not None else []
+            assert pipeline is not None
+            pipeline.read_until(self)
+            self._rows = pipeline_rows(pipeline, self._result)  # raises again if asked again
+            self._pipeline = None
         return self._rows
 
 
